@@ -1,0 +1,91 @@
+"""The Python API, scikit-learn style: constructors store arguments; fit/predict/predict_proba/score do the work.
+
+    model = polyfuse.Polyfuse(label="label", image="img", audio="wav", size="tiny").fit(train_df, val_df)
+    model.predict(test_df); model.score(test_df); model.save("runs/exp1")
+    same = polyfuse.load("runs/exp1")
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import Config
+from .inference import Predictor
+
+
+class Polyfuse:
+    def __init__(self, label=None, text=None, image=None, audio=None, task=None, size=None, fusion=None,
+                 epochs=None, batch_size=None, lr=None, seed=None, config=None, out=None, base_dir=None,
+                 progress=False):
+        self.label, self.text, self.image, self.audio, self.task = label, text, image, audio, task
+        self.size, self.fusion, self.epochs, self.batch_size, self.lr, self.seed = size, fusion, epochs, batch_size, lr, seed
+        self.config, self.out, self.base_dir, self.progress = config, out, base_dir, progress
+
+    # -- the config a user asked for: only values they set override the defaults ----------
+    def build_config(self) -> Config:
+        base = self.config if isinstance(self.config, Config) else (
+            Config.load(self.config) if self.config else Config())
+        return base.merged({
+            "schema": {"label": self.label, "text": _cols(self.text), "image": _cols(self.image),
+                       "audio": _cols(self.audio), "task": self.task},
+            "model": {"size": self.size, "fusion": self.fusion},
+            "train": {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed},
+        })
+
+    def fit(self, train, val=None) -> "Polyfuse":
+        from .training.recipe import train_run
+        out = self.out or tempfile.mkdtemp(prefix="polyfuse-")
+        self.predictor_, self.summary_ = train_run(self.build_config(), train, val, out,
+                                                   base_dir=self.base_dir, progress=self.progress)
+        self.run_dir_ = Path(out)
+        self.classes_ = np.array(self.predictor_.labels.classes)
+        return self
+
+    def _encoded(self, data):
+        p = self._fitted()
+        return p.encode(p.read(data, self.base_dir))
+
+    def predict_proba(self, data) -> np.ndarray:
+        if self._fitted().labels.task == "regression":
+            raise AttributeError("predict_proba is for classification; use predict for regression")
+        return self.predictor_.outputs(self._encoded(data))
+
+    def predict(self, data) -> np.ndarray:
+        p = self._fitted()
+        return np.array(p.labels.decode(p.outputs(self._encoded(data))), dtype=object if p.labels.task != "regression" else float)
+
+    def score(self, data) -> float:
+        """Accuracy (classification), micro-F1 (multi-label) or R^2 (regression), as scikit-learn would."""
+        from .evaluation.evaluate import task_metrics
+        p = self._fitted()
+        enc = p.encode(p.read(data, self.base_dir), with_labels=True)
+        m = task_metrics(p, enc, p.outputs(enc))
+        return m[{"classification": "accuracy", "multilabel": "micro_f1", "regression": "r2"}[p.labels.task]]
+
+    def save(self, path):
+        self._fitted().save(Path(path))
+        return self
+
+    def _fitted(self) -> Predictor:
+        if not hasattr(self, "predictor_"):
+            raise RuntimeError("this Polyfuse model is not fitted yet: call fit() or polyfuse.load()")
+        return self.predictor_
+
+
+def load(path, device: str | None = None) -> Polyfuse:
+    """A fitted Polyfuse from a run folder; gives the same predictions as the model that was saved."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    p = Predictor.load(path, device)
+    s = p.schema
+    est = Polyfuse(label=s.label, text=s.text, image=s.image, audio=s.audio, task=s.task, config=p.cfg)
+    est.predictor_, est.run_dir_, est.classes_ = p, Path(path), np.array(p.labels.classes)
+    return est
+
+
+def _cols(v):
+    if v is None:
+        return None
+    return [v] if isinstance(v, str) else list(v)

@@ -1,0 +1,34 @@
+"""`polyfuse <command>`: one small module per command, each with add_parser(sub) and run(args)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import PolyfuseError
+from . import demo, evaluate, info, predict, train
+
+COMMANDS = {"train": train, "evaluate": evaluate, "predict": predict, "info": info, "demo": demo}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="polyfuse", description="Multimodal deep learning on tables.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, module in COMMANDS.items():
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command].run(args) or 0
+    except PolyfuseError as e:
+        print(f"polyfuse {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"polyfuse {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,36 @@
+"""polyfuse predict: the input rows plus prediction and per-class probabilities."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def add_parser(sub):
+    p = sub.add_parser("predict", help="predict for a table")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--data", required=True, help="table to predict for")
+    p.add_argument("--out", required=True, help="output table (.csv, .jsonl or .parquet)")
+    p.add_argument("--batch-size", type=int, default=64)
+
+
+def run(args):
+    from ..api import load
+    p = load(args.run).predictor_
+    table = p.read(args.data)
+    data = p.encode(table, progress=True)
+    outputs = p.outputs(data, batch_size=args.batch_size)
+    df = table.df.iloc[data.rows].copy()
+    df["prediction"] = p.labels.decode(outputs)
+    if p.labels.task != "regression":
+        for k, c in enumerate(p.labels.classes):
+            df[f"proba_{c}"] = np.round(outputs[:, k], 6)
+    write(df, args.out)
+    print(f"wrote {len(df)} predictions to {args.out}")
+
+
+def write(df, path: str):
+    if path.endswith(".parquet"):
+        df.to_parquet(path, index=False)
+    elif path.endswith(".jsonl"):
+        df.to_json(path, orient="records", lines=True)
+    else:
+        df.to_csv(path, index=False)

@@ -1,0 +1,75 @@
+"""polyfuse train: fit a model on a labelled table and write a run folder."""
+from __future__ import annotations
+
+import yaml
+
+from ..config import Config
+from ..errors import ConfigError
+
+
+def add_parser(sub):
+    p = sub.add_parser("train", help="train a model on a labelled table")
+    p.add_argument("--train", required=True, help="training table (.csv/.tsv/.jsonl/.parquet)")
+    p.add_argument("--val", help="validation table (early stopping, metrics.json)")
+    p.add_argument("--label", help="label column")
+    add_schema_args(p)
+    p.add_argument("--task", choices=["classification", "multilabel", "regression"])
+    p.add_argument("--config", help="YAML/JSON config file; flags override it")
+    p.add_argument("--size", help="named model size (tiny, small, base)")
+    p.add_argument("--fusion", choices=["attention", "concat", "late"])
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--patience", type=int)
+    p.add_argument("--max-minutes", type=float)
+    p.add_argument("--modality-dropout", type=float)
+    p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast")
+    p.add_argument("--on-bad-row", choices=["error", "skip"])
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="any config value, e.g. --set image.stem=conv (repeatable)")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_schema_args(p):
+    p.add_argument("--text", action="append", help="text column (repeatable)")
+    p.add_argument("--image", action="append", help="image path column (repeatable)")
+    p.add_argument("--audio", action="append", help="audio path column (repeatable)")
+
+
+def config_from_args(args) -> Config:
+    cfg = Config.load(args.config) if args.config else Config()
+    overrides = {
+        "schema": {"label": args.label, "text": args.text, "image": args.image, "audio": args.audio,
+                   "task": args.task},
+        "model": {"size": args.size, "fusion": args.fusion, "modality_dropout": args.modality_dropout},
+        "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+                  "patience": args.patience, "max_minutes": args.max_minutes, "bf16": args.bf16,
+                  "on_bad_row": args.on_bad_row},
+    }
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"--set expects SECTION.KEY=VALUE, got {item!r}")
+        overrides.setdefault(section, {})[name] = yaml.safe_load(value)
+    return cfg.merged(overrides)
+
+
+def run(args):
+    from ..training.recipe import train_run
+    _, summary = train_run(config_from_args(args), args.train, args.val, args.out, resume=args.resume,
+                           progress=not args.quiet)
+    stop = summary.get("stopped") or "all epochs"
+    print(f"trained {summary['epoch']} epoch(s) ({stop}); best epoch {summary.get('best_epoch')}; run folder {args.out}")
+    if "val_metrics" in summary:
+        from ..evaluation.evaluate import format_table
+        print(format_table(summary["val_metrics"], summary.get("task") or _task(args.out)))
+
+
+def _task(out):
+    import json
+    from pathlib import Path
+    return json.loads((Path(out) / "schema.json").read_text())["task"]

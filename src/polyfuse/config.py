@@ -1,0 +1,281 @@
+"""The config tree: one dataclass per concern, validated once when it is built.
+
+Every default lives here and nowhere else. The CLI and the Python API pass only
+the values a user actually set (None means "not given"), so a default is never
+retyped. Named sizes (tiny/small/base) are YAML files in `configs/sizes/`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError
+
+MODALITIES = ("text", "image", "audio")
+TASKS = ("classification", "multilabel", "regression")
+FUSIONS = ("attention", "concat", "late")
+
+
+@dataclass
+class SchemaConfig:
+    """Which column is which modality, and what the label is."""
+    text: list[str] = field(default_factory=list)
+    image: list[str] = field(default_factory=list)
+    audio: list[str] = field(default_factory=list)
+    label: str | None = None
+    task: str | None = None          # inferred from the label column when None
+
+    def validate(self):
+        if self.task is not None and self.task not in TASKS:
+            raise ConfigError(f"schema.task must be one of {TASKS}, got {self.task!r}")
+        seen = {}
+        for m in MODALITIES:
+            for col in getattr(self, m):
+                if col in seen:
+                    raise ConfigError(f"column '{col}' is given as both {seen[col]} and {m}")
+                seen[col] = m
+        if self.label is not None and self.label in seen:
+            raise ConfigError(f"column '{self.label}' is both the label and a {seen[self.label]} input")
+
+    def streams(self) -> list[tuple[str, str]]:
+        """(column, modality) in a fixed order: the order tokens are concatenated in."""
+        return [(c, m) for m in MODALITIES for c in getattr(self, m)]
+
+    def modalities(self) -> list[str]:
+        return [m for m in MODALITIES if getattr(self, m)]
+
+
+@dataclass
+class TextConfig:
+    max_length: int = 64
+    vocab_size: int = 8000
+    tokenizer: str = "wordpiece"     # wordpiece | bpe (trained on the training texts)
+    lowercase: bool = True
+    tokenizer_path: str | None = None  # a folder or tokenizer.json to use instead of training one
+
+    def validate(self):
+        if self.tokenizer not in ("wordpiece", "bpe"):
+            raise ConfigError(f"text.tokenizer must be 'wordpiece' or 'bpe', got {self.tokenizer!r}")
+        _positive(self, "max_length", "vocab_size")
+
+
+@dataclass
+class ImageConfig:
+    size: int = 32                   # images are resized to size x size
+    patch: int = 8                   # patch side; size must be a multiple
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    stem: str = "linear"             # linear: one projection per patch; conv: stride-2 convolutions
+    max_pixels: int = 40_000_000     # decompression-bomb guard, checked before decoding
+
+    def validate(self):
+        _positive(self, "size", "patch", "max_pixels")
+        if self.size % self.patch:
+            raise ConfigError(f"image.size ({self.size}) must be a multiple of image.patch ({self.patch})")
+        if self.stem not in ("linear", "conv"):
+            raise ConfigError(f"image.stem must be 'linear' or 'conv', got {self.stem!r}")
+        if self.stem == "conv" and self.patch & (self.patch - 1):
+            raise ConfigError("image.stem 'conv' needs a power-of-two image.patch")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ConfigError("image.mean and image.std need three values, std > 0")
+
+
+@dataclass
+class AudioConfig:
+    sample_rate: int = 16000
+    n_mels: int = 64
+    n_fft: int = 400                 # 25 ms at 16 kHz
+    hop_length: int = 160            # 10 ms
+    max_seconds: float = 4.0         # longer clips are cropped to this
+    max_file_seconds: float = 600.0  # longer files are refused before decoding
+    frames_per_token: int = 4        # spectrogram frames per audio token
+    stem: str = "linear"             # linear | conv
+
+    def validate(self):
+        _positive(self, "sample_rate", "n_mels", "n_fft", "hop_length", "max_seconds",
+                  "max_file_seconds", "frames_per_token")
+        if self.stem not in ("linear", "conv"):
+            raise ConfigError(f"audio.stem must be 'linear' or 'conv', got {self.stem!r}")
+        if self.stem == "conv" and self.frames_per_token & (self.frames_per_token - 1):
+            raise ConfigError("audio.stem 'conv' needs a power-of-two audio.frames_per_token")
+
+    @property
+    def max_frames(self) -> int:
+        """Frames of the longest (cropped) clip, rounded up to whole tokens."""
+        frames = int(self.max_seconds * self.sample_rate) // self.hop_length + 1
+        return -(-frames // self.frames_per_token) * self.frames_per_token
+
+
+@dataclass
+class ModelConfig:
+    size: str | None = None          # a named size from configs/sizes; its values fill the fields below
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.1
+    fusion: str = "attention"        # attention | concat | late
+    modality_dropout: float = 0.0    # chance of dropping each modality of a training row
+
+    def validate(self):
+        _positive(self, "d_model", "n_layers", "n_heads", "mlp_ratio")
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
+        if self.fusion not in FUSIONS:
+            raise ConfigError(f"model.fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        for name in ("dropout", "modality_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+    bf16: bool = False
+    patience: int | None = 5         # epochs without validation improvement before stopping
+    max_minutes: float | None = None
+    on_bad_row: str = "error"        # error | skip
+    label_smoothing: float = 0.0
+
+    def validate(self):
+        _positive(self, "epochs", "batch_size", "lr")
+        if self.on_bad_row not in ("error", "skip"):
+            raise ConfigError(f"train.on_bad_row must be 'error' or 'skip', got {self.on_bad_row!r}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError("train.warmup_ratio must be in [0, 1)")
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError("train.patience must be >= 1 (or null to never stop early)")
+
+
+@dataclass
+class Config:
+    schema: SchemaConfig = field(default_factory=SchemaConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> "Config":
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate()
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path):
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        """Build and validate; unknown keys are errors (with a suggestion), not silently ignored."""
+        d = dict(d or {})
+        model = dict(d.get("model") or {})
+        if model.get("size"):
+            # A named size supplies defaults; keys the user wrote next to it win.
+            model = {**load_size(model["size"]), **model}
+            d["model"] = model
+        return _build(cls, d, "").validate()
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Config":
+        path = Path(path)
+        try:
+            text = path.read_text()
+            data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+        except (OSError, ValueError, yaml.YAMLError) as e:
+            raise ConfigError(f"cannot read config {path}: {e}") from e
+        return cls.from_dict(data)
+
+    def merged(self, overrides: dict) -> "Config":
+        """A copy with nested overrides applied ({"model": {"d_model": 128}}); None values are skipped."""
+        base = self.to_dict()
+        for section, values in overrides.items():
+            if section not in base:
+                raise ConfigError(f"unknown config section '{section}'")
+            values = {k: v for k, v in values.items() if v is not None}
+            if section == "model" and values.get("size"):
+                # A newly named size replaces the width/depth it defines, unless overridden too.
+                for key in load_size(values["size"]):
+                    base["model"].pop(key, None)
+            base[section].update(values)
+        return Config.from_dict(base)
+
+
+def available_sizes() -> list[str]:
+    folder = resources.files("polyfuse") / "configs" / "sizes"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_size(name: str) -> dict:
+    if name not in available_sizes():
+        raise ConfigError(f"unknown model size {name!r}; available: {', '.join(available_sizes())}")
+    text = (resources.files("polyfuse") / "configs" / "sizes" / f"{name}.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def _positive(obj, *names):
+    for n in names:
+        if getattr(obj, n) <= 0:
+            raise ConfigError(f"{type(obj).__name__}.{n} must be > 0, got {getattr(obj, n)}")
+
+
+def _build(cls, data: dict, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{prefix or 'root'}' must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown config key '{prefix}{key}'{hint}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(value, tp, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _coerce(value, tp, name):
+    """Accept what YAML/JSON/CLI give (int for float, a string for a one-column list)."""
+    args = typing.get_args(tp)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise ConfigError(f"config key '{name}' cannot be null")
+    base = next((a for a in args if a is not type(None)), tp) if args and type(None) in args else tp
+    origin = typing.get_origin(base)
+    if origin is list:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise ConfigError(f"config key '{name}' must be a list")
+        (item_tp,) = typing.get_args(base)
+        return [_coerce(v, item_tp, name) for v in items]
+    if base is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{name}' must be true or false, got {value!r}")
+        return value
+    if base in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (base is int and value != int(value)):
+            raise ConfigError(f"config key '{name}' must be {base.__name__}, got {value!r}")
+        return base(value)
+    if base is str and not isinstance(value, str):
+        raise ConfigError(f"config key '{name}' must be a string, got {value!r}")
+    return value

@@ -1,0 +1,1 @@
+"""Tables, schemas and per-modality processors: table row -> tensors."""

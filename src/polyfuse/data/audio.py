@@ -1,0 +1,135 @@
+"""Audio processor: soundfile decode, mono, resample, log-mel, crop; normalised with training statistics."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from ..config import AudioConfig
+from ..errors import InputError
+
+
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> torch.Tensor:
+    """Triangular HTK-mel filters, (n_fft // 2 + 1, n_mels)."""
+    def hz_to_mel(f):
+        return 2595.0 * np.log10(1.0 + f / 700.0)
+
+    def mel_to_hz(m):
+        return 700.0 * (10 ** (m / 2595.0) - 1.0)
+
+    fft_freqs = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
+    hz = mel_to_hz(np.linspace(hz_to_mel(0.0), hz_to_mel(sample_rate / 2), n_mels + 2))
+    lower, center, upper = hz[:-2, None], hz[1:-1, None], hz[2:, None]
+    up = (fft_freqs[None] - lower) / (center - lower)
+    down = (upper - fft_freqs[None]) / (upper - center)
+    fb = np.maximum(0.0, np.minimum(up, down))             # (n_mels, n_freqs)
+    return torch.from_numpy(fb.T.astype(np.float32))
+
+
+def resample(wave: np.ndarray, orig: int, target: int) -> np.ndarray:
+    """Band-limited resampling in the frequency domain (exact for periodic signals, good for clips)."""
+    if orig == target:
+        return wave
+    n_out = max(1, int(round(len(wave) * target / orig)))
+    spec = np.fft.rfft(wave)
+    n_keep = min(len(spec), n_out // 2 + 1)
+    out_spec = np.zeros(n_out // 2 + 1, dtype=complex)
+    out_spec[:n_keep] = spec[:n_keep]
+    return (np.fft.irfft(out_spec, n=n_out) * (n_out / len(wave))).astype(np.float32)
+
+
+class AudioProcessor:
+    kind = "audio"
+
+    def __init__(self, cfg: AudioConfig, mean: float = 0.0, std: float = 1.0):
+        self.cfg = cfg
+        self.mean, self.std = mean, std
+        self.fb = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels)
+        self.window = torch.hann_window(cfg.n_fft)
+
+    # -- fitting and persistence -------------------------------------------------
+    def fit(self, paths, limit: int = 256) -> "AudioProcessor":
+        """Mean and std of the log-mel over (up to `limit`) training files; bad files are left for later."""
+        values = []
+        for p in paths:
+            try:
+                values.append(self.log_mel(self.decode(p)).flatten())
+            except InputError:
+                continue
+            if len(values) >= limit:
+                break
+        if values:
+            allv = torch.cat(values)
+            self.mean, self.std = float(allv.mean()), float(allv.std().clamp_min(1e-3))
+        return self
+
+    def save(self, folder: Path):
+        (folder / "audio.json").write_text(json.dumps({"mean": self.mean, "std": self.std}))
+
+    @classmethod
+    def load(cls, cfg: AudioConfig, folder: Path) -> "AudioProcessor":
+        st = json.loads((folder / "audio.json").read_text())
+        return cls(cfg, st["mean"], st["std"])
+
+    # -- one value ---------------------------------------------------------------
+    def decode(self, source) -> np.ndarray:
+        """Mono float32 at cfg.sample_rate, cropped to cfg.max_seconds. Refuses over-long files unread."""
+        name = str(source) if isinstance(source, (str, Path)) else None
+        if name is not None and not Path(source).exists():
+            raise InputError("audio file not found", file=name)
+        try:
+            info = sf.info(source)
+            if hasattr(source, "seek"):
+                source.seek(0)
+            if info.frames <= 0 or info.samplerate <= 0:
+                raise InputError("audio file has no samples", file=name)
+            seconds = info.frames / info.samplerate
+            if seconds > self.cfg.max_file_seconds:
+                raise InputError(f"audio is {seconds:.1f} s long, over the limit of "
+                                 f"{self.cfg.max_file_seconds:g} s (audio.max_file_seconds)", file=name)
+            keep = int(math.ceil(self.cfg.max_seconds * info.samplerate))
+            wave, sr = sf.read(source, frames=keep, dtype="float32", always_2d=True)
+        except InputError:
+            raise
+        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+            raise InputError(f"corrupt or unsupported audio: {e}", file=name) from None
+        if wave.shape[0] == 0:
+            raise InputError("audio file has no samples", file=name)
+        if not np.all(np.isfinite(wave)):
+            raise InputError("audio contains NaN or infinite samples", file=name)
+        return resample(wave.mean(axis=1), sr, self.cfg.sample_rate)
+
+    def log_mel(self, wave: np.ndarray) -> torch.Tensor:
+        """(n_mels, frames) natural-log mel power."""
+        x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
+        spec = torch.stft(x, self.cfg.n_fft, self.cfg.hop_length, window=self.window, center=True,
+                          pad_mode="constant", return_complex=True)
+        power = spec.abs() ** 2                                   # (n_freqs, frames)
+        return torch.log(self.fb.T @ power + 1e-6)
+
+    def __call__(self, source) -> dict:
+        mel = (self.log_mel(self.decode(source)) - self.mean) / self.std
+        # Pad each row to whole tokens here, not in the batch, so a row's last token never
+        # depends on which other rows share its batch.
+        k = self.cfg.frames_per_token
+        frames = mel.shape[1]
+        mel = torch.nn.functional.pad(mel, (0, (-frames) % k))
+        return {"mel": mel}
+
+    def collate(self, items: list[dict | None]) -> dict:
+        """mel (B, n_mels, F) padded with zeros; mask (B, F) True on real frames."""
+        F = max((x["mel"].shape[1] for x in items if x is not None), default=self.cfg.frames_per_token)
+        mel = torch.zeros(len(items), self.cfg.n_mels, F)
+        mask = torch.zeros(len(items), F, dtype=torch.bool)
+        for i, x in enumerate(items):
+            if x is not None:
+                n = x["mel"].shape[1]
+                mel[i, :, :n], mask[i, :n] = x["mel"], True
+        return {"mel": mel, "mask": mask}
+
+    def state(self) -> dict:
+        return {"mean": self.mean, "std": self.std}

@@ -1,0 +1,76 @@
+"""Image processor: Pillow decode (any mode to RGB), resize, normalise. Patches are cut by the encoder."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from ..config import ImageConfig
+from ..errors import InputError
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False   # a truncated file is an error, never silently grey
+
+
+class ImageProcessor:
+    kind = "image"
+
+    def __init__(self, cfg: ImageConfig):
+        self.cfg = cfg
+        self.mean = torch.tensor(cfg.mean).view(3, 1, 1)
+        self.std = torch.tensor(cfg.std).view(3, 1, 1)
+
+    def fit(self, paths) -> "ImageProcessor":
+        return self       # nothing learned from data: mean/std come from the config
+
+    def load_pil(self, source) -> Image.Image:
+        """Open a path or file-like object, refusing bombs before any pixel is decoded."""
+        name = str(source) if isinstance(source, (str, Path)) else None
+        if name is not None and not Path(source).exists():
+            raise InputError("image file not found", file=name)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img = Image.open(source)
+                w, h = img.size
+                if w * h > self.cfg.max_pixels:
+                    raise InputError(f"image is {w}x{h} = {w * h} pixels, over the limit of "
+                                     f"{self.cfg.max_pixels} (image.max_pixels)", file=name)
+                img.load()
+        except InputError:
+            raise
+        except UnidentifiedImageError:
+            raise InputError("not a supported image format (or not an image)", file=name) from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise InputError(f"image refused as a decompression bomb: {e}", file=name) from None
+        except (OSError, SyntaxError, ValueError) as e:
+            raise InputError(f"corrupt or truncated image: {e}", file=name) from None
+        return img
+
+    def __call__(self, source) -> dict:
+        img = self.load_pil(source)
+        return {"pixels": self.from_pil(img)}
+
+    def from_pil(self, img: Image.Image) -> torch.Tensor:
+        if img.mode in ("RGBA", "LA", "P"):
+            # Transparent pixels become white, as they are shown, not black.
+            img = img.convert("RGBA")
+            bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
+            img = Image.alpha_composite(bg, img)
+        img = img.convert("RGB").resize((self.cfg.size, self.cfg.size), Image.BILINEAR)
+        x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, H, W)
+        return (x - self.mean) / self.std
+
+    def collate(self, items: list[dict | None]) -> dict:
+        S = self.cfg.size
+        pixels = torch.zeros(len(items), 3, S, S)
+        present = torch.zeros(len(items), dtype=torch.bool)
+        for i, x in enumerate(items):
+            if x is not None:
+                pixels[i], present[i] = x["pixels"], True
+        return {"pixels": pixels, "present": present}
+
+    def state(self) -> dict:
+        return {}

@@ -1,0 +1,85 @@
+"""All of a model's processors together: fitted on training data, saved and restored with the model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..config import Config, SchemaConfig
+from ..errors import InputError
+from .audio import AudioProcessor
+from .image import ImageProcessor
+from .manifest import Table, is_missing
+from .text import TextProcessor
+
+
+class Processors:
+    def __init__(self, cfg: Config, schema: SchemaConfig, by_modality: dict):
+        self.cfg, self.schema, self.by_modality = cfg, schema, by_modality
+
+    @classmethod
+    def build(cls, cfg: Config, schema: SchemaConfig) -> "Processors":
+        make = {"text": lambda: TextProcessor(cfg.text), "image": lambda: ImageProcessor(cfg.image),
+                "audio": lambda: AudioProcessor(cfg.audio)}
+        return cls(cfg, schema, {m: make[m]() for m in schema.modalities()})
+
+    def fit(self, table: Table) -> "Processors":
+        for m, proc in self.by_modality.items():
+            values = [v for c in getattr(self.schema, m) for v in table.df[c] if not is_missing(v)]
+            if m == "text":
+                proc.fit(str(v) for v in values)
+            else:
+                proc.fit(table.resolve(v) for v in values)
+        return self
+
+    def save(self, folder: Path):
+        folder.mkdir(parents=True, exist_ok=True)
+        for m in ("text", "audio"):
+            if m in self.by_modality:
+                self.by_modality[m].save(folder)
+
+    @classmethod
+    def load(cls, cfg: Config, schema: SchemaConfig, folder: Path) -> "Processors":
+        by = {}
+        for m in schema.modalities():
+            if m == "text":
+                by[m] = TextProcessor.load(cfg.text, folder)
+            elif m == "audio":
+                by[m] = AudioProcessor.load(cfg.audio, folder)
+            else:
+                by[m] = ImageProcessor(cfg.image)
+        return cls(cfg, schema, by)
+
+    @property
+    def text(self) -> TextProcessor | None:
+        return self.by_modality.get("text")
+
+    def process_cell(self, table: Table, row: int, column: str, modality: str):
+        """One cell -> tensors, or None when the cell is empty (the modality is absent)."""
+        value = table.df.at[row, column]
+        if is_missing(value):
+            return None
+        proc = self.by_modality[modality]
+        try:
+            return proc(value if modality == "text" else table.resolve(value))
+        except InputError as e:
+            raise e.at(table=table.name, row=row, column=column) from None
+
+    def collate(self, rows: list[dict]) -> dict:
+        """rows: [{column: item or None}] -> {column: batch part}; a column absent in every row is left out."""
+        out = {}
+        for column, modality in self.schema.streams():
+            items = [r.get(column) for r in rows]
+            if any(x is not None for x in items):
+                part = self.by_modality[modality].collate(items)
+                part["modality"] = modality
+                out[column] = part
+        return out
+
+
+def batch_size_of(inputs: dict) -> int:
+    for part in inputs.values():
+        for v in part.values():
+            if isinstance(v, torch.Tensor):
+                return v.shape[0]
+    return 0

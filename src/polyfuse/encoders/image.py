@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..config import Config
+
+
+def conv_stem(c_in: int, d: int, stride: int) -> nn.Sequential:
+    """log2(stride) stride-2 3x3 convolutions, widening to d. Small-data transformers learn far
+    faster from a convolutional stem than from one linear map per patch (Xiao et al., 2021)."""
+    layers, c = [], c_in
+    steps = int(math.log2(stride))
+    for i in range(steps):
+        c_out = d if i == steps - 1 else max(16, d // 2 ** (steps - 1 - i))
+        layers += [nn.Conv2d(c, c_out, 3, stride=2, padding=1), nn.GELU()]
+        c = c_out
+    layers.append(nn.Conv2d(c, d, 1))
+    return nn.Sequential(*layers)
+
+
+class ImageEncoder(nn.Module):
+    """Patch embedding + 2-D position (a row embedding plus a column embedding)."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        D, p = cfg.model.d_model, cfg.image.patch
+        self.grid = cfg.image.size // p
+        if cfg.image.stem == "conv":
+            self.patch = conv_stem(3, D, p)
+        else:
+            self.patch = nn.Conv2d(3, D, kernel_size=p, stride=p)   # == a linear map of each flattened patch
+        self.row = nn.Parameter(torch.zeros(self.grid, D))
+        self.col = nn.Parameter(torch.zeros(self.grid, D))
+        nn.init.normal_(self.row, std=0.02)
+        nn.init.normal_(self.col, std=0.02)
+        self.drop = nn.Dropout(cfg.model.dropout)
+
+    def forward(self, part: dict) -> dict:
+        x = self.patch(part["pixels"])                             # (B, D, G, G)
+        x = x.flatten(2).transpose(1, 2)                           # (B, G*G, D)
+        pos = (self.row[:, None, :] + self.col[None, :, :]).reshape(-1, x.shape[-1])
+        x = x + pos[None]
+        mask = part["present"][:, None].expand(-1, x.shape[1])     # (B, G*G)
+        return {"tokens": self.drop(x), "mask": mask}

@@ -1,0 +1,3 @@
+from .task import TaskHead
+
+__all__ = ["TaskHead"]

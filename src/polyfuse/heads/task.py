@@ -1,0 +1,31 @@
+"""Task heads: pooled state -> logits, and the task's loss."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class TaskHead(nn.Module):
+    def __init__(self, d: int, n_outputs: int, task: str, label_smoothing: float = 0.0):
+        super().__init__()
+        self.task, self.label_smoothing = task, label_smoothing
+        self.fc = nn.Linear(d, n_outputs)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.fc(pooled)                                     # (B, K)
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        if self.task == "classification":
+            return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        if self.task == "multilabel":
+            return F.binary_cross_entropy_with_logits(logits, y)
+        return F.mse_loss(logits.squeeze(-1), y)                   # y is standardised
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.task == "classification":
+            return logits.float().softmax(-1)
+        if self.task == "multilabel":
+            return logits.float().sigmoid()
+        return logits.float()
