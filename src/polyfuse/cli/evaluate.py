@@ -12,21 +12,29 @@ def add_parser(sub):
     p.add_argument("--out", help="where to write metrics.json (default: the run folder)")
     p.add_argument("--no-ablation", action="store_true", help="skip the per-modality ablation")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--report", action="store_true", help="also write report.html next to metrics.json")
+    p.add_argument("--group", help="column to slice by: per-group metrics and the largest gap between groups")
 
 
 def run(args):
     from ..api import load
     from ..evaluation.evaluate import evaluate, format_table
+    from ..evaluation.labelled import read_labelled
     from ..training.checkpoint import atomic_write_text
     p = load(args.run).predictor_
-    table = p.read(args.data)
-    if p.schema.label not in table.df.columns:
-        from ..errors import InputError
-        raise InputError(f"label column '{p.schema.label}' is not in the table", table=table.name,
-                         column=p.schema.label)
-    data = p.encode(table, with_labels=True, progress=True)
-    result = evaluate(p, data, ablation=not args.no_ablation, batch_size=args.batch_size)
+    ld = read_labelled(p, args.data, progress=True, extra_columns=(args.group,) if args.group else ())
+    outputs = p.outputs(ld.data, batch_size=args.batch_size)
+    result = evaluate(p, ld.data, ablation=not args.no_ablation, batch_size=args.batch_size, y=ld.y, outputs=outputs)
     result["data"] = str(args.data)
+    if ld.unseen:
+        result["unseen_labels"] = ld.unseen
+        print(f"{len(ld.unseen)} row(s) have a label never seen in training; scored as wrong: "
+              + ", ".join(f"row {u['row']} ({u['label']})" for u in ld.unseen[:10]))
+    slices = None
+    if args.group:
+        from ..evaluation.slices import slice_metrics
+        slices = result["groups"] = slice_metrics(p.labels, ld.table, ld.data.rows, ld.y, outputs, args.group)
+        print(format_groups(slices))
     print(format_table(result, p.labels.task))
     out = Path(args.out) if args.out else Path(args.run) / "metrics.json"
     if out.suffix != ".json":
@@ -34,3 +42,19 @@ def run(args):
         out = out / "metrics.json"
     atomic_write_text(out, json.dumps(result, indent=2))
     print(f"wrote {out}")
+    if args.report:
+        from ..evaluation.report import write_report
+        from ..evaluation.robustness import robustness_curves
+        curves = robustness_curves(p, ld.data, ld.y, result, batch_size=args.batch_size)
+        result["robustness"] = curves
+        atomic_write_text(out, json.dumps(result, indent=2))
+        print(f"wrote {write_report(out.parent / 'report.html', p, Path(args.run), ld, outputs, result, curves, slices)}")
+
+
+def format_groups(sl: dict) -> str:
+    lines = [f"{sl['metric']} by {sl['column']}:"]
+    lines += [f"  {g:<20} n={m['n']:<6} {m[sl['metric']]:.4f}" for g, m in sl["groups"].items()]
+    gap = sl["largest_gap"]
+    if gap:
+        lines.append(f"  largest gap {gap['gap']:.4f}: {gap['best']} (best) vs {gap['worst']} (worst)")
+    return "\n".join(lines)

@@ -10,33 +10,45 @@ from .metrics import classification_metrics, multilabel_metrics, regression_metr
 
 
 def task_metrics(predictor: Predictor, data: EncodedSet, outputs: np.ndarray) -> dict:
-    labels = predictor.labels
+    return metrics_for(predictor.labels, encoded_labels(predictor, data), outputs)
+
+
+def encoded_labels(predictor: Predictor, data: EncodedSet) -> np.ndarray:
+    """The labels of an EncodedSet in the form metrics_for takes (regression: label units)."""
     y = torch.stack(data.labels).numpy()
+    labels = predictor.labels
+    return y * labels.std + labels.mean if labels.task == "regression" else y
+
+
+def metrics_for(labels, y: np.ndarray, outputs: np.ndarray) -> dict:
     if labels.task == "classification":
         return classification_metrics(y, outputs, labels.classes)
     if labels.task == "multilabel":
         return multilabel_metrics(y.astype(int), outputs, labels.classes)
-    return regression_metrics(y * labels.std + labels.mean, outputs)
+    return regression_metrics(y, outputs)
 
 
-def evaluate(predictor: Predictor, data: EncodedSet, ablation: bool = True, batch_size: int = 64) -> dict:
+def evaluate(predictor: Predictor, data: EncodedSet, ablation: bool = True, batch_size: int = 64,
+             y: np.ndarray | None = None, outputs: np.ndarray | None = None) -> dict:
     """{"<metric>": ..., "modality_ablation": {"without_image": {...}, "only_audio": {...}}}.
 
     `without_m` removes every column of modality m, as if its cells were empty; with three or more
     modalities `only_m` keeps just one (with two, only_a is without_b and is not repeated).
     """
-    result = task_metrics(predictor, data, predictor.outputs(data, batch_size=batch_size))
+    y = encoded_labels(predictor, data) if y is None else y
+    outputs = predictor.outputs(data, batch_size=batch_size) if outputs is None else outputs
+    result = metrics_for(predictor.labels, y, outputs)
     mods = predictor.schema.modalities()
     if ablation and len(mods) > 1:
         abl = {}
+
+        def without(drop):
+            return compact(metrics_for(predictor.labels, y, predictor.outputs(data, drop=drop, batch_size=batch_size)))
         for m in mods:
-            abl[f"without_{m}"] = _compact(task_metrics(predictor, data, predictor.outputs(data, drop=(m,),
-                                                                                           batch_size=batch_size)))
+            abl[f"without_{m}"] = without((m,))
         if len(mods) > 2:
             for m in mods:
-                others = tuple(o for o in mods if o != m)
-                abl[f"only_{m}"] = _compact(task_metrics(predictor, data, predictor.outputs(data, drop=others,
-                                                                                             batch_size=batch_size)))
+                abl[f"only_{m}"] = without(tuple(o for o in mods if o != m))
         result["modality_ablation"] = abl
     return result
 
@@ -54,7 +66,7 @@ def single_modality_scores(result: dict, mods: list[str], metric: str) -> dict:
     return out
 
 
-def _compact(m: dict) -> dict:
+def compact(m: dict) -> dict:
     return {k: v for k, v in m.items() if k not in ("confusion_matrix", "classes")}
 
 

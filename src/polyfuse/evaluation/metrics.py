@@ -5,21 +5,47 @@ import numpy as np
 from sklearn import metrics as skm
 
 
+UNSEEN = -1    # the class index of a label never seen in training: no prediction can match it
+
+
 def classification_metrics(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict:
-    """y: (N,) class indices; proba: (N, K)."""
+    """y: (N,) class indices, UNSEEN for a label never seen in training (always wrong); proba: (N, K)."""
     pred = proba.argmax(1)
     labels = list(range(len(classes)))
+    seen = y != UNSEEN
     out = {
         "n": int(len(y)),
         "accuracy": float(skm.accuracy_score(y, pred)),
         "macro_f1": float(skm.f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
         "macro_precision": float(skm.precision_score(y, pred, labels=labels, average="macro", zero_division=0)),
         "macro_recall": float(skm.recall_score(y, pred, labels=labels, average="macro", zero_division=0)),
-        "roc_auc": roc_auc(y, proba),
+        "roc_auc": roc_auc(y[seen], proba[seen]),
+        "ece": expected_calibration_error(y, proba),
+        "n_unseen_label": int((~seen).sum()),
         "confusion_matrix": skm.confusion_matrix(y, pred, labels=labels).tolist(),
         "classes": classes,
     }
     return out
+
+
+def reliability_bins(y: np.ndarray, proba: np.ndarray, n_bins: int = 10) -> list[dict]:
+    """Top-label calibration: rows binned by confidence (max probability) into n_bins equal-width
+    bins of (0, 1]; per non-empty bin its mean confidence, accuracy and row count."""
+    conf, correct = proba.max(1), (proba.argmax(1) == y)
+    which = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+    out = []
+    for b in range(n_bins):
+        sel = which == b
+        if sel.any():
+            out.append({"lo": b / n_bins, "hi": (b + 1) / n_bins, "n": int(sel.sum()),
+                        "confidence": float(conf[sel].mean()), "accuracy": float(correct[sel].mean())})
+    return out
+
+
+def expected_calibration_error(y: np.ndarray, proba: np.ndarray, n_bins: int = 10) -> float:
+    """ECE = sum over bins of (rows in bin / N) * |accuracy - mean confidence| (scikit-learn has none)."""
+    bins = reliability_bins(y, proba, n_bins)
+    return float(sum(b["n"] * abs(b["accuracy"] - b["confidence"]) for b in bins) / max(1, len(y)))
 
 
 def roc_auc(y: np.ndarray, proba: np.ndarray) -> float | None:
