@@ -53,7 +53,7 @@ class PolyfuseModel(nn.Module):
             logits = (logits * w).sum(1) / w.sum(1).clamp_min(1.0)
         else:
             logits = self.head(fused["pooled"])
-        out = {"logits": logits, "pooled": fused["pooled"]}
+        out = {"logits": logits, "pooled": fused["pooled"], "per_column_pooled": fused["per_column_pooled"]}
         if "label" in batch:
             out["loss"] = self.head.loss(logits, batch["label"])
         return out

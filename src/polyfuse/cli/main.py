@@ -6,8 +6,10 @@ import sys
 
 from ..errors import PolyfuseError
 from . import demo, evaluate, info, predict, train
+from . import export, prune, serve
 
 COMMANDS = {"train": train, "evaluate": evaluate, "predict": predict, "info": info, "demo": demo}
+COMMANDS.update({"serve": serve, "export": export, "prune": prune})
 
 
 def build_parser() -> argparse.ArgumentParser:

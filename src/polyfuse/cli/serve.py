@@ -1,0 +1,50 @@
+"""polyfuse serve: an HTTP server for a run folder (eager PyTorch) or an exported folder (ONNX Runtime)."""
+from __future__ import annotations
+
+import os
+
+from ..errors import ConfigError
+
+
+def add_parser(sub):
+    p = sub.add_parser("serve", help="serve a run folder or an exported ONNX folder over HTTP")
+    p.add_argument("run", help="run folder, or a folder written by `polyfuse export`")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int)
+    p.add_argument("--api-key-env", metavar="VAR", help="require the API key held in this environment variable")
+    p.add_argument("--max-batch-size", type=int)
+    p.add_argument("--max-wait-ms", type=float)
+    p.add_argument("--timeout-ms", type=float, help="per-request timeout (answers 504)")
+    p.add_argument("--max-body-bytes", type=int)
+    p.add_argument("--max-rows", type=int, help="rows per request")
+    p.add_argument("--max-image-pixels", type=int)
+    p.add_argument("--max-audio-seconds", type=float)
+    p.add_argument("--onnx-file", help="which .onnx file of an exported folder to serve")
+    p.add_argument("--log-level", default="info")
+
+
+def settings_from_args(args):
+    from ..serving.settings import ServeConfig
+    key = None
+    if args.api_key_env:
+        key = os.environ.get(args.api_key_env)
+        if not key:
+            raise ConfigError(f"--api-key-env {args.api_key_env}: that environment variable is not set or empty")
+    return ServeConfig().merged(host=args.host, port=args.port, api_key=key, max_batch_size=args.max_batch_size,
+                                max_wait_ms=args.max_wait_ms, timeout_ms=args.timeout_ms,
+                                max_body_bytes=args.max_body_bytes, max_rows=args.max_rows,
+                                max_image_pixels=args.max_image_pixels, max_audio_seconds=args.max_audio_seconds)
+
+
+def run(args):
+    import uvicorn
+
+    from ..serving.app import create_app
+    from ..serving.backend import load_backend
+    settings = settings_from_args(args)
+    backend = load_backend(args.run, args.onnx_file)
+    app = create_app(backend, settings)
+    print(f"serving {args.run} ({backend.name}) on http://{settings.host}:{settings.port} "
+          f"(docs at /docs{', API key required' if settings.api_key else ''})", flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
+                timeout_graceful_shutdown=settings.graceful_timeout_s)

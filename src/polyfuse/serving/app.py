@@ -1,0 +1,195 @@
+"""The HTTP server: decode -> batch -> predict -> unbatch -> encode, on FastAPI.
+
+    POST /v1/predict   JSON (one row object, or an array of them) or multipart/form-data (files)
+    POST /v1/embed     the same inputs -> fused, per-column and per-modality embeddings
+    GET  /v1/model     columns, task and classes      GET /healthz, /readyz, /metrics, /docs
+"""
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.concurrency import run_in_threadpool
+
+from .backend import Backend
+from .batcher import Batcher, BatchTimeout
+from .metrics import Metrics
+from .protocol import ApiError, decode_rows, embeddings, parse_form, parse_json, predictions, read_form_values
+from .settings import ServeConfig
+
+log = logging.getLogger("polyfuse.serve")
+
+
+def create_app(backend: Backend, settings: ServeConfig | None = None) -> FastAPI:
+    settings = (settings or ServeConfig()).validate()
+    metrics = Metrics(settings.max_batch_size)
+    state = {"ready": False}
+
+    @asynccontextmanager
+    async def lifespan(app):
+        batcher = Batcher(backend.run, settings.max_batch_size, settings.max_wait_ms, metrics.observe_batch)
+        batcher.start()
+        app.state.batcher = batcher
+        metrics.queue_depth = lambda: batcher.queued_rows
+        await run_in_threadpool(warm_up, backend)
+        state["ready"] = True
+        yield
+        # uvicorn has stopped accepting and waited for in-flight requests; drain whatever is left.
+        state["ready"] = False
+        await batcher.stop()
+
+    app = FastAPI(title="Polyfuse", version="1", lifespan=lifespan,
+                  description=f"Serving a Polyfuse model ({backend.name}): "
+                              f"{', '.join(f'{c} ({m})' for c, m in backend.streams)}.")
+    app.add_middleware(Guard, settings=settings, metrics=metrics)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request, exc: ApiError):
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request, exc: Exception):
+        log.exception("unexpected error on %s", request.url.path)
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}", "field": None, "status": 500},
+                            status_code=500)
+
+    def require_key(request: Request):
+        if settings.api_key is None:
+            return
+        given = request.headers.get("x-api-key") or ""
+        auth = request.headers.get("authorization") or ""
+        if auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        if not hmac.compare_digest(given.encode(), settings.api_key.encode()):
+            raise ApiError(401, "missing or wrong API key (send 'Authorization: Bearer KEY' or 'X-API-Key: KEY')",
+                           "authorization")
+
+    async def infer(request: Request) -> tuple[list, dict]:
+        ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        if ctype == "multipart/form-data":
+            try:
+                form = await request.form(max_files=settings.max_rows * len(backend.streams),
+                                          max_fields=settings.max_rows * len(backend.streams))
+            except ApiError:
+                raise
+            except Exception as e:
+                raise ApiError(400, f"cannot read the multipart body: {getattr(e, 'detail', e)}", "body") from None
+            try:
+                raw = await read_form_values(parse_form(form, backend, settings), backend)
+            finally:
+                await form.close()
+            rows = await run_in_threadpool(decode_rows, raw, backend, settings)
+        elif ctype in ("application/json", ""):
+            body = await request.body()
+            rows = await run_in_threadpool(lambda: decode_rows(parse_json(body, backend, settings), backend, settings))
+        else:
+            raise ApiError(415, f"content type '{ctype}' is not accepted; send application/json or "
+                                "multipart/form-data", "content-type")
+        try:
+            out = await request.app.state.batcher.submit(rows, settings.timeout_ms / 1000.0)
+        except BatchTimeout:
+            raise ApiError(504, f"no answer within {settings.timeout_ms:g} ms", "timeout") from None
+        return rows, out
+
+    body_doc = {"requestBody": request_schema(backend, settings)}
+
+    @app.post("/v1/predict", dependencies=[Depends(require_key)], openapi_extra=body_doc,
+              summary="Predict for one row or a list of rows")
+    async def predict(request: Request):
+        rows, out = await infer(request)
+        return {"predictions": predictions(out, backend), "backend": backend.name}
+
+    @app.post("/v1/embed", dependencies=[Depends(require_key)], openapi_extra=body_doc,
+              summary="Fused, per-column and per-modality embeddings")
+    async def embed(request: Request):
+        rows, out = await infer(request)
+        return {"embeddings": embeddings(out, rows, backend), "backend": backend.name}
+
+    @app.get("/v1/model", dependencies=[Depends(require_key)], summary="What the model takes and returns")
+    async def model_info():
+        return backend.describe()
+
+    @app.get("/healthz", summary="The process is up")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="The model is loaded and taking requests")
+    async def readyz():
+        if not state["ready"]:
+            return JSONResponse({"status": "not ready"}, status_code=503)
+        return {"status": "ready"}
+
+    @app.get("/metrics", dependencies=[Depends(require_key)], response_class=PlainTextResponse,
+             summary="Prometheus metrics")
+    async def prometheus():
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+class Guard:
+    """ASGI middleware: the body size limit (Content-Length, then counted as it streams) and metrics."""
+
+    def __init__(self, app, settings: ServeConfig, metrics: Metrics):
+        self.app, self.settings, self.metrics = app, settings, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0, status = time.perf_counter(), [500]
+        limit = self.settings.max_body_bytes
+
+        async def send_status(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        seen = [0]
+
+        async def limited_receive():
+            message = await receive()
+            seen[0] += len(message.get("body", b""))
+            if seen[0] > limit:
+                raise ApiError(413, f"request body is over the limit of {limit} bytes", "body")
+            return message
+
+        self.metrics.in_flight += 1
+        try:
+            length = dict(scope["headers"]).get(b"content-length")
+            if length is not None and (not length.isdigit() or int(length) > limit):
+                err = ApiError(413, f"request body is over the limit of {limit} bytes", "body") \
+                    if length.isdigit() else ApiError(400, "bad Content-Length header", "content-length")
+                await JSONResponse(err.body(), status_code=err.status)(scope, receive, send_status)
+                return
+            await self.app(scope, limited_receive, send_status)
+        finally:
+            self.metrics.in_flight -= 1
+            route = scope.get("route")
+            self.metrics.observe_request(getattr(route, "path", "unmatched"), status[0], time.perf_counter() - t0)
+
+
+def warm_up(backend: Backend):
+    """One tiny batch before reporting ready, so the first real request does not pay for lazy init."""
+    backend.run([{}])
+
+
+def request_schema(backend: Backend, settings: ServeConfig) -> dict:
+    """The OpenAPI request body, from the model's columns: JSON (base64 for files) and multipart."""
+    json_props, form_props = {}, {}
+    for c, m in backend.streams:
+        if m == "text":
+            json_props[c] = {"type": "string", "maxLength": settings.max_text_chars, "nullable": True}
+            form_props[c] = {"type": "string"}
+        else:
+            json_props[c] = {"type": "string", "format": "byte", "nullable": True,
+                             "description": f"{m} file content, base64 (never a path)"}
+            form_props[c] = {"type": "string", "format": "binary"}
+    row = {"type": "object", "properties": json_props, "additionalProperties": False}
+    return {"required": True, "content": {
+        "application/json": {"schema": {"oneOf": [row, {"type": "array", "items": row, "minItems": 1,
+                                                        "maxItems": settings.max_rows}]}},
+        "multipart/form-data": {"schema": {"type": "object", "properties": form_props}}}}
