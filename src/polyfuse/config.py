@@ -59,11 +59,16 @@ class TextConfig:
     tokenizer: str = "wordpiece"     # wordpiece | bpe (trained on the training texts)
     lowercase: bool = True
     tokenizer_path: str | None = None  # a folder or tokenizer.json to use instead of training one
+    encoder: str = "scratch"         # scratch | word2vec | a Hugging Face model folder or hub id
+    word2vec_vectors: str | None = None  # with encoder word2vec: a saved KeyedVectors file instead of training
 
     def validate(self):
         if self.tokenizer not in ("wordpiece", "bpe"):
             raise ConfigError(f"text.tokenizer must be 'wordpiece' or 'bpe', got {self.tokenizer!r}")
         _positive(self, "max_length", "vocab_size")
+        _check_encoder("text", self.encoder, ("scratch", "word2vec"))
+        if self.word2vec_vectors is not None and self.encoder != "word2vec":
+            raise ConfigError("text.word2vec_vectors needs text.encoder: word2vec")
 
 
 @dataclass
@@ -74,9 +79,11 @@ class ImageConfig:
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     stem: str = "linear"             # linear: one projection per patch; conv: stride-2 convolutions
     max_pixels: int = 40_000_000     # decompression-bomb guard, checked before decoding
+    encoder: str = "scratch"         # scratch | a Hugging Face model folder or hub id
 
     def validate(self):
         _positive(self, "size", "patch", "max_pixels")
+        _check_encoder("image", self.encoder, ("scratch",))
         if self.size % self.patch:
             raise ConfigError(f"image.size ({self.size}) must be a multiple of image.patch ({self.patch})")
         if self.stem not in ("linear", "conv"):
@@ -97,10 +104,12 @@ class AudioConfig:
     max_file_seconds: float = 600.0  # longer files are refused before decoding
     frames_per_token: int = 4        # spectrogram frames per audio token
     stem: str = "linear"             # linear | conv
+    encoder: str = "scratch"         # scratch | a Hugging Face model folder or hub id
 
     def validate(self):
         _positive(self, "sample_rate", "n_mels", "n_fft", "hop_length", "max_seconds",
                   "max_file_seconds", "frames_per_token")
+        _check_encoder("audio", self.encoder, ("scratch",))
         if self.stem not in ("linear", "conv"):
             raise ConfigError(f"audio.stem must be 'linear' or 'conv', got {self.stem!r}")
         if self.stem == "conv" and self.frames_per_token & (self.frames_per_token - 1):
@@ -123,9 +132,24 @@ class ModelConfig:
     dropout: float = 0.1
     fusion: str = "attention"        # attention | concat | late
     modality_dropout: float = 0.0    # chance of dropping each modality of a training row
+    # Pretrained towers (text/image/audio.encoder set to a model folder or hub id):
+    freeze_encoders: bool = False    # towers' weights stay fixed; their projections to d_model still train
+    unfreeze_top_k: int = 0          # with freeze_encoders: train the top k layers of each tower again
+    lora: bool = False               # train LoRA adapters (peft) on frozen towers instead
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    feature_cache: bool = True       # fully frozen towers: compute each input's tower output once
+    feature_cache_dir: str = "~/.cache/polyfuse/features"
 
     def validate(self):
-        _positive(self, "d_model", "n_layers", "n_heads", "mlp_ratio")
+        _positive(self, "d_model", "n_layers", "n_heads", "mlp_ratio", "lora_rank", "lora_alpha")
+        if self.unfreeze_top_k < 0:
+            raise ConfigError(f"model.unfreeze_top_k must be >= 0, got {self.unfreeze_top_k}")
+        if self.unfreeze_top_k and not self.freeze_encoders:
+            raise ConfigError("model.unfreeze_top_k needs model.freeze_encoders: true (it unfreezes the top "
+                              "layers of frozen towers)")
+        if self.lora and self.unfreeze_top_k:
+            raise ConfigError("model.lora and model.unfreeze_top_k cannot be combined: choose one way to adapt towers")
         if self.d_model % self.n_heads:
             raise ConfigError(f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
         if self.fusion not in FUSIONS:
@@ -172,6 +196,11 @@ class Config:
     def validate(self) -> "Config":
         for f in dataclasses.fields(self):
             getattr(self, f.name).validate()
+        m = self.model
+        if (m.freeze_encoders or m.lora) and all(getattr(self, x).encoder in ("scratch", "word2vec")
+                                                  for x in MODALITIES):
+            raise ConfigError("model.freeze_encoders / model.lora need a pretrained tower "
+                              "(text.encoder, image.encoder or audio.encoder set to a model folder or hub id)")
         return self
 
     def to_dict(self) -> dict:
@@ -226,6 +255,20 @@ def load_size(name: str) -> dict:
         raise ConfigError(f"unknown model size {name!r}; available: {', '.join(available_sizes())}")
     text = (resources.files("polyfuse") / "configs" / "sizes" / f"{name}.yaml").read_text()
     return yaml.safe_load(text)
+
+
+def _check_encoder(section: str, value: str, keywords: tuple[str, ...]):
+    """A keyword, or else a model folder / hub id (checked when the tower is built, not here: a
+    saved run reloads its tower from its own folder, so the original path need not exist any more)."""
+    if not value.strip():
+        raise ConfigError(f"{section}.encoder must be one of {keywords} or a model folder / hub id, got {value!r}")
+    if value == "word2vec" and "word2vec" not in keywords:
+        raise ConfigError(f"{section}.encoder 'word2vec' is for text only")
+
+
+def is_tower(encoder: str) -> bool:
+    """True when an encoder setting names a pretrained Hugging Face model rather than a keyword."""
+    return encoder not in ("scratch", "word2vec")
 
 
 def _positive(obj, *names):

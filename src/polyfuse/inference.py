@@ -15,6 +15,7 @@ from .config import Config
 from .data.dataset import EncodedSet, encode_table, make_collate
 from .data.labels import LabelCodec
 from .data.manifest import Table, read_table
+from .data.pretrained import tower_sources
 from .data.processors import Processors
 from .errors import InputError, PolyfuseError
 from .model import PolyfuseModel
@@ -66,7 +67,7 @@ class Predictor:
         cfg = Config.from_dict(meta["config"])
         processors = Processors.load(cfg, cfg.schema, run_dir / "processors")
         labels = LabelCodec.load(run_dir / "labels.json")
-        model = PolyfuseModel(cfg, cfg.schema, meta["n_outputs"], meta["vocab_size"])
+        model = PolyfuseModel(cfg, cfg.schema, meta["n_outputs"], meta["vocab_size"], towers=tower_sources(processors))
         load_weights(model, run_dir / "model.safetensors")
         model.to(device).eval()
         return cls(cfg, processors, labels, model)

@@ -26,11 +26,24 @@ def add_parser(sub):
     p.add_argument("--modality-dropout", type=float)
     p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast")
     p.add_argument("--on-bad-row", choices=["error", "skip"])
+    add_tower_args(p)
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="any config value, e.g. --set image.stem=conv (repeatable)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_tower_args(p):
+    g = p.add_argument_group("pretrained encoders")
+    for m in ("text", "image", "audio"):
+        g.add_argument(f"--{m}-encoder", metavar="PATH_OR_HUB_ID",
+                       help=f"{m} encoder: a Hugging Face model folder or hub id"
+                            + (", 'word2vec', or 'scratch'" if m == "text" else ", or 'scratch'"))
+    g.add_argument("--freeze-encoders", action="store_true", default=None, help="keep pretrained towers fixed")
+    g.add_argument("--unfreeze-top", type=int, metavar="K", help="train the top K layers of frozen towers")
+    g.add_argument("--lora", action="store_true", default=None, help="train LoRA adapters on frozen towers")
+    g.add_argument("--feature-cache-dir", help="where frozen towers' outputs are cached")
 
 
 def add_schema_args(p):
@@ -44,7 +57,12 @@ def config_from_args(args) -> Config:
     overrides = {
         "schema": {"label": args.label, "text": args.text, "image": args.image, "audio": args.audio,
                    "task": args.task},
-        "model": {"size": args.size, "fusion": args.fusion, "modality_dropout": args.modality_dropout},
+        "model": {"size": args.size, "fusion": args.fusion, "modality_dropout": args.modality_dropout,
+                  "freeze_encoders": True if args.unfreeze_top else args.freeze_encoders,
+                  "unfreeze_top_k": args.unfreeze_top, "lora": args.lora,
+                  "feature_cache_dir": args.feature_cache_dir},
+        "text": {"encoder": args.text_encoder}, "image": {"encoder": args.image_encoder},
+        "audio": {"encoder": args.audio_encoder},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                   "patience": args.patience, "max_minutes": args.max_minutes, "bf16": args.bf16,
                   "on_bad_row": args.on_bad_row},

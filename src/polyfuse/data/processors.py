@@ -10,6 +10,7 @@ from ..errors import InputError
 from .audio import AudioProcessor
 from .image import ImageProcessor
 from .manifest import Table, is_missing
+from .pretrained import load_processor, make_processor
 from .text import TextProcessor
 
 
@@ -21,7 +22,8 @@ class Processors:
     def build(cls, cfg: Config, schema: SchemaConfig) -> "Processors":
         make = {"text": lambda: TextProcessor(cfg.text), "image": lambda: ImageProcessor(cfg.image),
                 "audio": lambda: AudioProcessor(cfg.audio)}
-        return cls(cfg, schema, {m: make[m]() for m in schema.modalities()})
+        # Pretrained towers and word2vec come from data/pretrained.py; None means a built-in one.
+        return cls(cfg, schema, {m: make_processor(cfg, m) or make[m]() for m in schema.modalities()})
 
     def fit(self, table: Table) -> "Processors":
         for m, proc in self.by_modality.items():
@@ -34,15 +36,17 @@ class Processors:
 
     def save(self, folder: Path):
         folder.mkdir(parents=True, exist_ok=True)
-        for m in ("text", "audio"):
-            if m in self.by_modality:
-                self.by_modality[m].save(folder)
+        for proc in self.by_modality.values():
+            if hasattr(proc, "save"):     # the scratch image processor has nothing to save
+                proc.save(folder)
 
     @classmethod
     def load(cls, cfg: Config, schema: SchemaConfig, folder: Path) -> "Processors":
         by = {}
         for m in schema.modalities():
-            if m == "text":
+            if (tower := load_processor(cfg, m, folder)) is not None:
+                by[m] = tower
+            elif m == "text":
                 by[m] = TextProcessor.load(cfg.text, folder)
             elif m == "audio":
                 by[m] = AudioProcessor.load(cfg.audio, folder)

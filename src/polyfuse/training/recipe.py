@@ -15,6 +15,7 @@ from ..config import Config
 from ..data.dataset import encode_table, make_collate, write_skipped
 from ..data.labels import LabelCodec
 from ..data.manifest import read_table, resolve_schema
+from ..data.pretrained import tower_sources
 from ..data.processors import Processors
 from ..errors import ConfigError, InputError
 from ..inference import Predictor
@@ -80,7 +81,8 @@ def train_run(cfg: Config, train, val=None, out: str | Path = "runs/exp", resume
 
     # 5. Model and training. The best weights are saved (config.json last) whenever validation improves.
     torch.manual_seed(cfg.train.seed)
-    model = PolyfuseModel(cfg, schema, labels.n_outputs, processors.text.vocab_size if processors.text else None)
+    model = PolyfuseModel(cfg, schema, labels.n_outputs, processors.text.vocab_size if processors.text else None,
+                          towers=tower_sources(processors, pretrained_weights=True))
     predictor = Predictor(cfg, processors, labels, model)
     if acc.is_main_process:
         predictor.save_preprocessing(out)

@@ -1,0 +1,220 @@
+"""Processors for pretrained Hugging Face towers, built from the checkpoint's own preprocessing config.
+
+text  -> AutoTokenizer (special tokens added, as the tower was trained with them)
+image -> AutoImageProcessor on the PIL backend (no torchvision needed)
+audio -> AutoFeatureExtractor, after our own guarded decode and resampling to its sampling rate
+
+Each saves its tokenizer / processor config *and the tower's model config* into
+`processors/<modality>_tower/`, so a saved run rebuilds the tower's architecture from its own
+folder (weights come from model.safetensors) with no hub access and no original path.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from ..config import Config, is_tower
+from ..errors import ConfigError, InputError
+from .audio import AudioProcessor
+from .image import ImageProcessor
+from .text import TextProcessor
+
+
+@dataclasses.dataclass
+class TowerSource:
+    """Where a tower comes from: a checkpoint with weights (training) or just its config (reloading)."""
+    path: str
+    with_weights: bool
+
+
+def tower_folder(folder: Path, modality: str) -> Path:
+    return folder / f"{modality}_tower"
+
+
+def _hf(kind: str, source: str, modality: str, **kwargs):
+    """AutoTokenizer/AutoImageProcessor/AutoFeatureExtractor/AutoConfig.from_pretrained with a clear error."""
+    import transformers
+    try:
+        return getattr(transformers, kind).from_pretrained(source, **kwargs)
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError(f"{modality}.encoder {source!r}: cannot load its {kind[4:]} (a Hugging Face model "
+                          f"folder, or a hub id already in the local cache; nothing is downloaded at run time): "
+                          f"{str(e).splitlines()[0]}") from None
+
+
+class _TowerProcessor:
+    """Shared by the three: fitting learns nothing; saving writes the HF files and the model config."""
+    modality = ""
+
+    def __init__(self, cfg: Config, hf, model_config, source: TowerSource):
+        self.cfg, self.hf, self.model_config, self.source = cfg, hf, model_config, source
+
+    @classmethod
+    def create(cls, cfg: Config, source: TowerSource):
+        path = source.path
+        return cls(cfg, cls._load_hf(path), _hf("AutoConfig", path, cls.modality), source)
+
+    @classmethod
+    def _load_hf(cls, path: str):
+        raise NotImplementedError
+
+    def fit(self, values):
+        return self
+
+    def save(self, folder: Path):
+        out = tower_folder(folder, self.modality)
+        out.mkdir(parents=True, exist_ok=True)
+        self.hf.save_pretrained(str(out))
+        self.model_config.save_pretrained(str(out))
+        (out / "polyfuse_tower.json").write_text(json.dumps({"encoder": getattr(self.cfg, self.modality).encoder}))
+
+    @classmethod
+    def load(cls, cfg: Config, folder: Path):
+        return cls.create(cfg, TowerSource(str(tower_folder(folder, cls.modality)), with_weights=False))
+
+    def state(self) -> dict:
+        return {"tower": getattr(self.cfg, self.modality).encoder}
+
+
+class TowerTextProcessor(_TowerProcessor):
+    modality = "text"
+
+    @classmethod
+    def _load_hf(cls, path):
+        return _hf("AutoTokenizer", path, "text")
+
+    @property
+    def tokenizer(self):
+        return self.hf
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.hf)
+
+    @property
+    def pad_id(self) -> int:
+        return self.hf.pad_token_id or 0
+
+    @property
+    def mask_id(self) -> int:
+        return self.hf.mask_token_id if self.hf.mask_token_id is not None else self.vocab_size - 1
+
+    def __call__(self, value) -> dict:
+        value = value if isinstance(value, str) else str(value)
+        if not value.strip():
+            raise InputError("text is empty (only whitespace)")
+        ids = self.hf(value, truncation=True, max_length=self.cfg.text.max_length)["input_ids"]
+        return {"ids": torch.tensor(ids, dtype=torch.long)}
+
+    collate = TextProcessor.collate        # pads with self.pad_id, the tower tokenizer's own
+
+
+class TowerImageProcessor(_TowerProcessor):
+    modality = "image"
+
+    def __init__(self, cfg, hf, model_config, source):
+        super().__init__(cfg, hf, model_config, source)
+        self.reader = ImageProcessor(cfg.image)          # same guarded decode as scratch images
+
+    @classmethod
+    def _load_hf(cls, path):
+        return _hf("AutoImageProcessor", path, "image", backend="pil")
+
+    def __call__(self, source) -> dict:
+        img = self.reader.load_pil(source)
+        if img.mode in ("RGBA", "LA", "P"):
+            # Transparent pixels become white, as they are shown (the scratch processor does the same).
+            img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img.convert("RGBA"))
+        pixels = self.hf(images=img.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+        return {"pixels": pixels.float()}
+
+    def collate(self, items: list[dict | None]) -> dict:
+        shape = next(x["pixels"].shape for x in items if x is not None)
+        pixels = torch.zeros(len(items), *shape)
+        present = torch.zeros(len(items), dtype=torch.bool)
+        for i, x in enumerate(items):
+            if x is not None:
+                pixels[i], present[i] = x["pixels"], True
+        return {"pixels": pixels, "present": present}
+
+
+class TowerAudioProcessor(_TowerProcessor):
+    """Raw waveform (wav2vec2) or spectrogram features (Whisper, AST): whatever the extractor makes.
+
+    Rows are padded along their last axis; `lengths` keeps each row's real length so the tower
+    gets an attention mask (when its extractor asks for one) and padding never leaks into a row.
+    """
+    modality = "audio"
+
+    def __init__(self, cfg, hf, model_config, source):
+        super().__init__(cfg, hf, model_config, source)
+        self.reader = AudioProcessor(dataclasses.replace(cfg.audio, sample_rate=int(hf.sampling_rate)))
+
+    @classmethod
+    def _load_hf(cls, path):
+        return _hf("AutoFeatureExtractor", path, "audio")
+
+    def __call__(self, source) -> dict:
+        wave = self.reader.decode(source)
+        feats = self.hf(wave, sampling_rate=self.hf.sampling_rate, return_tensors="pt")
+        values = feats[self.hf.model_input_names[0]][0].float()
+        return {"values": values}
+
+    def collate(self, items: list[dict | None]) -> dict:
+        real = [x["values"] for x in items if x is not None]
+        lead, L = real[0].shape[:-1], max(v.shape[-1] for v in real)
+        values = torch.zeros(len(items), *lead, L)
+        lengths = torch.zeros(len(items), dtype=torch.long)
+        for i, x in enumerate(items):
+            if x is not None:
+                n = x["values"].shape[-1]
+                values[i, ..., :n], lengths[i] = x["values"], n
+        out = {"values": values, "lengths": lengths, "present": lengths > 0}
+        if getattr(self.hf, "return_attention_mask", False) and values.ndim == 2:
+            out["attention_mask"] = (torch.arange(L)[None] < lengths[:, None]).long()   # (B, L)
+        return out
+
+
+TOWER_PROCESSORS = {"text": TowerTextProcessor, "image": TowerImageProcessor, "audio": TowerAudioProcessor}
+
+
+def make_processor(cfg: Config, modality: str):
+    """The processor a non-scratch encoder setting needs, or None for the built-in ones."""
+    encoder = getattr(cfg, modality).encoder
+    if modality == "text" and encoder == "word2vec":
+        from .word2vec import Word2VecTextProcessor
+        return Word2VecTextProcessor(cfg.text, d_model=cfg.model.d_model, seed=cfg.train.seed)
+    if is_tower(encoder):
+        return TOWER_PROCESSORS[modality].create(cfg, TowerSource(encoder, with_weights=True))
+    return None
+
+
+def load_processor(cfg: Config, modality: str, folder: Path):
+    """A tower's processor from a run folder's processors/, or None when the modality has no tower."""
+    if is_tower(getattr(cfg, modality).encoder):
+        if not (tower_folder(folder, modality) / "config.json").exists():
+            raise ConfigError(f"{folder}: the run uses a pretrained {modality} tower but "
+                              f"{tower_folder(folder, modality).name}/ is missing")
+        return TOWER_PROCESSORS[modality].load(cfg, folder)
+    return None
+
+
+def tower_sources(processors, pretrained_weights: bool = False) -> dict:
+    """{modality: what PolyfuseModel builds that modality's encoder from} (towers and word2vec init).
+
+    pretrained_weights=True (training): towers load the configured checkpoint's weights, even when
+    the processors were read back from a run folder (--resume, DDP ranks). False (reloading a
+    finished run): the architecture comes from processors/, the weights from model.safetensors.
+    """
+    out = {}
+    for m, proc in processors.by_modality.items():
+        if isinstance(proc, _TowerProcessor):
+            encoder = getattr(proc.cfg, m).encoder
+            out[m] = TowerSource(encoder, True) if pretrained_weights else proc.source
+        elif getattr(proc, "init_vectors", None) is not None:
+            out[m] = proc.init_vectors
+    return out

@@ -1,0 +1,245 @@
+"""Pretrained Hugging Face towers as Polyfuse encoders, and the choice of encoder per modality.
+
+A tower is any `AutoModel` (BERT/MiniLM, ViT/ConvNeXt, wav2vec2/Whisper encoder/AST) whose last
+hidden states are projected by a Linear to d_model:
+
+    forward(part) -> {"tokens": (B, T, D), "mask": (B, T)}     (same interface as scratch encoders)
+
+Adaptation (model.*): freeze_encoders fixes the tower (only the projection trains), unfreeze_top_k
+trains its top k layers again, lora adds peft LoRA adapters to a frozen tower. A fully frozen
+tower runs in eval mode without gradients, and with model.feature_cache its output per input
+is computed once and kept on disk (encoders/feature_cache.py).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import Config, is_tower
+from ..data.pretrained import TowerSource
+from ..data.word2vec import InitVectors
+from ..errors import ConfigError
+from ..fusion.transformer import init_weights
+from . import ENCODERS
+from .feature_cache import FeatureCache, module_identity, row_key
+from .text import TextEncoder
+
+# model_type -> (path of the tower's layer list, modules after it that belong to the top layer).
+# Explicit on purpose: unfreezing "the top k layers" must mean the same thing every time.
+LAYERS = {
+    "bert": ("encoder.layer", ()), "roberta": ("encoder.layer", ()), "xlm-roberta": ("encoder.layer", ()),
+    "electra": ("encoder.layer", ()), "distilbert": ("transformer.layer", ()),
+    "vit": ("encoder.layer", ("layernorm",)), "deit": ("encoder.layer", ("layernorm",)),
+    "dinov2": ("encoder.layer", ("layernorm",)), "convnext": ("encoder.stages", ()),
+    "audio-spectrogram-transformer": ("encoder.layer", ("layernorm",)),
+    "wav2vec2": ("encoder.layers", ()), "hubert": ("encoder.layers", ()),
+    "whisper": ("layers", ("layer_norm",)),          # the encoder half of WhisperModel
+}
+# model_type -> LoRA target modules (attention query/value projections); others: every Linear.
+LORA_TARGETS = {
+    "bert": ["query", "value"], "roberta": ["query", "value"], "xlm-roberta": ["query", "value"],
+    "electra": ["query", "value"], "vit": ["query", "value"], "deit": ["query", "value"],
+    "dinov2": ["query", "value"], "audio-spectrogram-transformer": ["query", "value"],
+    "distilbert": ["q_lin", "v_lin"], "wav2vec2": ["q_proj", "v_proj"], "hubert": ["q_proj", "v_proj"],
+    "whisper": ["q_proj", "v_proj"],
+}
+
+
+def build_encoder(modality: str, cfg: Config, vocab_size: int | None, source=None) -> nn.Module:
+    """The encoder cfg.<modality>.encoder asks for. `source` (from the processors) says where a
+    tower's weights come from, or carries word2vec vectors; without it a tower loads its checkpoint."""
+    encoder = getattr(cfg, modality).encoder
+    if is_tower(encoder):
+        return TowerEncoder(cfg, modality, source if isinstance(source, TowerSource) else TowerSource(encoder, True))
+    if modality == "text":
+        if encoder == "word2vec":
+            return Word2VecTextEncoder(cfg, vocab_size, source if isinstance(source, InitVectors) else None)
+        return ENCODERS["text"](cfg, vocab_size)
+    return ENCODERS[modality](cfg)
+
+
+class Word2VecTextEncoder(TextEncoder):
+    """The scratch text encoder whose token embeddings start from word2vec vectors (data/word2vec.py)."""
+
+    def __init__(self, cfg: Config, vocab_size: int, vectors: InitVectors | None):
+        super().__init__(cfg, vocab_size)
+        self.vectors = vectors           # None when reloading a run: the trained weights follow
+
+    def init_weights(self):
+        init_weights(self)
+        if self.vectors is not None:
+            found = self.vectors.found
+            self.tok.weight.data[found] = self.vectors.vectors[found].to(self.tok.weight.dtype)
+            self.vectors = None          # only needed once; do not keep a second copy
+
+
+def load_tower(source: TowerSource, modality: str) -> nn.Module:
+    from transformers import AutoConfig, AutoModel
+    try:
+        if source.with_weights:
+            model = AutoModel.from_pretrained(source.path, dtype=torch.float32)
+        else:   # reloading a run: architecture from processors/<m>_tower, weights from model.safetensors
+            model = AutoModel.from_config(AutoConfig.from_pretrained(source.path), dtype=torch.float32)
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError(f"{modality}.encoder {source.path!r}: cannot load the model (a Hugging Face model "
+                          f"folder, or a hub id already in the local cache): {str(e).splitlines()[0]}") from None
+    # Encoder-decoder checkpoints (Whisper): only the encoder reads the input.
+    return model.get_encoder() if getattr(model.config, "is_encoder_decoder", False) else model
+
+
+def _submodule(module: nn.Module, path: str) -> nn.Module:
+    for name in path.split("."):
+        module = getattr(module, name)
+    return module
+
+
+class TowerEncoder(nn.Module):
+    def __init__(self, cfg: Config, modality: str, source: TowerSource):
+        super().__init__()
+        mc = cfg.model
+        self.modality = modality
+        self.tower = load_tower(source, modality)
+        self.model_type = self.tower.config.model_type
+        width = getattr(self.tower.config, "hidden_size", None) or self.tower.config.hidden_sizes[-1]
+        self.proj = nn.Linear(width, mc.d_model)
+        self.drop = nn.Dropout(mc.dropout)
+        self.fully_frozen = mc.freeze_encoders and not mc.unfreeze_top_k and not mc.lora
+        if mc.freeze_encoders or mc.lora:
+            self.tower.requires_grad_(False)
+        if mc.unfreeze_top_k:
+            self._unfreeze_top(mc.unfreeze_top_k)
+        if mc.lora:
+            self._add_lora(mc.lora_rank, mc.lora_alpha)
+        self.cache_dir = Path(mc.feature_cache_dir).expanduser() if self.fully_frozen and mc.feature_cache else None
+        self._cache: FeatureCache | None = None
+
+    # -- adaptation ------------------------------------------------------------------
+    def _unfreeze_top(self, k: int):
+        if self.model_type not in LAYERS:
+            raise ConfigError(f"model.unfreeze_top_k: no known layer list for model type {self.model_type!r} "
+                              f"(known: {', '.join(sorted(LAYERS))}); use model.lora or freeze_encoders alone")
+        path, after = LAYERS[self.model_type]
+        layers = _submodule(self.tower, path)
+        if k > len(layers):
+            raise ConfigError(f"model.unfreeze_top_k is {k} but the {self.modality} tower has {len(layers)} layers")
+        for layer in list(layers)[-k:]:
+            layer.requires_grad_(True)
+        for name in after:
+            _submodule(self.tower, name).requires_grad_(True)
+
+    def _add_lora(self, rank: int, alpha: float):
+        from peft import LoraConfig, inject_adapter_in_model
+        targets = LORA_TARGETS.get(self.model_type, "all-linear")
+        self.tower = inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets),
+                                             self.tower)
+        for name, p in self.tower.named_parameters():
+            p.requires_grad_("lora_" in name)
+
+    def init_weights(self):
+        """Only the projection is new; the tower keeps its pretrained weights (LoRA B stays zero)."""
+        init_weights(self.proj)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.fully_frozen:       # no dropout in a frozen tower: its output is a fixed feature
+            self.tower.eval()
+        return self
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._cache = None          # new weights, new identity
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    # -- forward -----------------------------------------------------------------------
+    def forward(self, part: dict) -> dict:
+        h, mask = self.features(part)                              # (B, T, H), (B, T)
+        return {"tokens": self.drop(self.proj(h)), "mask": mask}
+
+    def features(self, part: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tower's last hidden states for present rows (zeros and an all-False mask elsewhere)."""
+        present = self._present(part)
+        idx = present.nonzero().flatten().tolist()
+        if self.cache_dir is not None:
+            rows = self._cached_rows(part, idx)
+        else:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.fully_frozen):
+                rows = self._run(part, idx) if idx else []
+        return _scatter(rows, idx, len(present), self.proj.in_features, self.proj.weight)
+
+    def _present(self, part: dict) -> torch.Tensor:
+        return part["mask"].any(1) if self.modality == "text" else part["present"]
+
+    def _row_inputs(self, part: dict, i: int) -> list[torch.Tensor]:
+        """Exactly what the tower sees for row i, without padding: the cache key's content."""
+        if self.modality == "text":
+            return [part["ids"][i][part["mask"][i]]]
+        if self.modality == "image":
+            return [part["pixels"][i]]
+        return [part["values"][i][..., : int(part["lengths"][i])]]
+
+    def _cached_rows(self, part: dict, idx: list[int]) -> list[torch.Tensor]:
+        if self._cache is None:
+            self._cache = FeatureCache(self.cache_dir, module_identity(
+                self.tower, {"modality": self.modality, "output": "last_hidden_state"}))
+        keys = [row_key(self._row_inputs(part, i)) for i in idx]
+        rows = [self._cache.get(k) for k in keys]
+        miss = [j for j, r in enumerate(rows) if r is None]
+        if miss:
+            with torch.no_grad():
+                computed = self._run(part, [idx[j] for j in miss])
+            for j, feats in zip(miss, computed):
+                self._cache.put(keys[j], feats)
+                rows[j] = feats
+        device = self.proj.weight.device
+        return [r.to(device) for r in rows]
+
+    def _run(self, part: dict, idx: list[int]) -> list[torch.Tensor]:
+        """The tower on rows idx; one (T_i, H) tensor per row, padding removed."""
+        if self.modality == "text":
+            mask = part["mask"][idx]
+            T = int(mask.sum(1).max())
+            mask = mask[:, :T]
+            h = self.tower(input_ids=part["ids"][idx][:, :T], attention_mask=mask.long()).last_hidden_state
+            return [h[j, mask[j]] for j in range(len(idx))]
+        if self.modality == "image":
+            h = self.tower(pixel_values=part["pixels"][idx]).last_hidden_state
+            if h.ndim == 4:                                        # conv nets: (b, C, h, w) -> (b, h*w, C)
+                h = h.flatten(2).transpose(1, 2)
+            return list(h)
+        return self._run_audio(part, idx)
+
+    def _run_audio(self, part: dict, idx: list[int]) -> list[torch.Tensor]:
+        name = self.tower.main_input_name
+        lengths = part["lengths"][idx]
+        L = int(lengths.max())
+        if "attention_mask" in part or bool((lengths == L).all()):
+            kwargs = {name: part["values"][idx][..., :L]}
+            if "attention_mask" in part:
+                kwargs["attention_mask"] = part["attention_mask"][idx][:, :L]
+            h = self.tower(**kwargs).last_hidden_state
+            return [h[j, : self._out_length(int(lengths[j]), h.shape[1])] for j in range(len(idx))]
+        # Extractors without an attention mask (wav2vec2-base style) see padding as signal:
+        # run each row alone so that a row's features never depend on its batch.
+        out = []
+        for j, i in enumerate(idx):
+            x = part["values"][i : i + 1][..., : int(lengths[j])]
+            out.append(self.tower(**{name: x}).last_hidden_state[0])
+        return out
+
+    def _out_length(self, n_in: int, n_out: int) -> int:
+        fn = getattr(self.tower, "_get_feat_extract_output_lengths", None)
+        if fn is None:                   # fixed-length inputs (Whisper, AST): every frame is real
+            return n_out
+        return min(n_out, int(fn(torch.tensor(n_in))))
+
+
+def _scatter(rows: list[torch.Tensor], idx: list[int], B: int, width: int, like: torch.Tensor):
+    """Per-row (T_i, H) features -> (B, T, H) zero-padded and a (B, T) mask; absent rows all-False."""
+    T = max((r.shape[0] for r in rows), default=1)
+    h = torch.zeros(B, T, width, dtype=like.dtype, device=like.device)
+    mask = torch.zeros(B, T, dtype=torch.bool, device=like.device)
+    for r, i in zip(rows, idx):
+        h[i, : r.shape[0]] = r.to(like.dtype)
+        mask[i, : r.shape[0]] = True
+    return h, mask
