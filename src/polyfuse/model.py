@@ -9,22 +9,28 @@ import torch
 from torch import nn
 
 from .config import Config, SchemaConfig
-from .encoders import ENCODERS
+from .encoders.pretrained import build_encoder
 from .fusion import FUSIONS
 from .fusion.transformer import init_weights
 from .heads import TaskHead
 
 
 class PolyfuseModel(nn.Module):
-    def __init__(self, cfg: Config, schema: SchemaConfig, n_outputs: int, vocab_size: int | None = None):
+    def __init__(self, cfg: Config, schema: SchemaConfig, n_outputs: int, vocab_size: int | None = None,
+                 towers: dict | None = None):
+        """towers: {modality: TowerSource or InitVectors} from data.pretrained.tower_sources(processors)."""
         super().__init__()
         self.cfg, self.schema = cfg, schema
-        self.encoders = nn.ModuleDict({m: ENCODERS[m](cfg, vocab_size) if m == "text" else ENCODERS[m](cfg)
+        self.encoders = nn.ModuleDict({m: build_encoder(m, cfg, vocab_size, (towers or {}).get(m))
                                        for m in schema.modalities()})
         self.fusion = FUSIONS[cfg.model.fusion](cfg, schema.streams())
         self.head = TaskHead(cfg.model.d_model, n_outputs, schema.task or "classification",
                              cfg.train.label_smoothing)
-        init_weights(self)
+        # Same order (so the same random draws) as init_weights(self), except that an encoder with
+        # its own init_weights (pretrained tower, word2vec embeddings) keeps its pretrained values.
+        for name, module in self.named_children():
+            for sub in (module.values() if name == "encoders" else [module]):
+                sub.init_weights() if hasattr(sub, "init_weights") else init_weights(sub)
 
     def encode(self, inputs: dict, drop: tuple[str, ...] = (), modality_dropout: float = 0.0) -> dict:
         """Encoders + fusion. `drop` makes whole modalities absent (ablation); modality_dropout, per row.
