@@ -56,7 +56,10 @@ class SchemaConfig:
 class TextConfig:
     max_length: int = 64
     vocab_size: int = 8000
-    tokenizer: str = "wordpiece"     # wordpiece | bpe (trained on the training texts)
+    # bpe | wordpiece, trained on the training texts. BPE by default: its training is reproducible,
+    # while WordPiece training numbers "##" pieces in hash-map order (huggingface/tokenizers#1794),
+    # so the same data and seed can give another vocabulary.
+    tokenizer: str = "bpe"
     lowercase: bool = True
     tokenizer_path: str | None = None  # a folder or tokenizer.json to use instead of training one
     encoder: str = "scratch"         # scratch | word2vec | a Hugging Face model folder or hub id
@@ -185,6 +188,33 @@ class TrainConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Training-time augmentations (data/augment.py), drawn from the global RNG seeded by train.seed."""
+    enabled: bool = False
+    image_crop_scale: float = 0.7    # random resized crop keeps between this and all of the area
+    image_flip: bool = False         # off by default: flipping changes digits, letters and arrows
+    color_jitter: float = 0.3        # brightness/contrast/saturation factors in [1 - j, 1 + j]
+    audio_shift: float = 0.1         # circular time shift, up to this fraction of a clip
+    audio_gain_db: float = 6.0       # gain drawn in [-g, +g] dB
+    audio_noise: float = 0.05        # std of Gaussian noise on the normalised log-mel
+    time_masks: int = 2              # SpecAugment: masks of up to time_mask_width frames
+    time_mask_width: int = 8
+    freq_masks: int = 2              # SpecAugment: masks of up to freq_mask_width mel bins
+    freq_mask_width: int = 8
+    token_dropout: float = 0.1       # chance of deleting each text token
+    span_mask: float = 0.15          # one span of about this fraction of a text becomes [MASK]
+
+    def validate(self):
+        for name in ("image_crop_scale", "color_jitter", "audio_shift", "audio_noise", "token_dropout",
+                     "span_mask"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"augment.{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("time_masks", "time_mask_width", "freq_masks", "freq_mask_width", "audio_gain_db"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"augment.{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass
 class Config:
     schema: SchemaConfig = field(default_factory=SchemaConfig)
     text: TextConfig = field(default_factory=TextConfig)
@@ -192,6 +222,7 @@ class Config:
     audio: AudioConfig = field(default_factory=AudioConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def validate(self) -> "Config":
         for f in dataclasses.fields(self):

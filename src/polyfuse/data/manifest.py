@@ -5,6 +5,8 @@ name used in error messages. Rows keep their position (0-based data row) as `row
 """
 from __future__ import annotations
 
+import codecs
+import gzip
 import io
 import os
 from dataclasses import dataclass
@@ -65,11 +67,15 @@ def read_table(source, base_dir: str | Path | None = None) -> Table:
     return _checked(table)
 
 
+# Undecodable bytes become this private-use character, so the table still parses and the exact
+# cell can be named afterwards (lone surrogates would make the CSV parser itself fail).
+BAD_BYTE = "\U0010fffd"
+codecs.register_error("polyfuse_mark", lambda e: (BAD_BYTE, e.end))
+
+
 def _decode(path: Path) -> str:
-    import gzip
     raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    # surrogateescape keeps undecodable bytes as lone surrogates so we can find the exact cell later.
-    return raw.decode("utf-8-sig", errors="surrogateescape")
+    return raw.decode("utf-8-sig", errors="polyfuse_mark")
 
 
 def _read_delimited(path: Path, sep: str) -> pd.DataFrame:
@@ -81,16 +87,12 @@ def _checked(table: Table) -> Table:
     if len(table.df.columns) == 0 or len(table.df) == 0:
         raise InputError("table is empty (no rows)", table=table.name)
     for col in table.df.columns:
-        if table.df[col].dtype != object:
+        if not (table.df[col].dtype == object or pd.api.types.is_string_dtype(table.df[col])):
             continue
         for row, value in table.df[col].items():
-            if isinstance(value, str) and _has_surrogate(value):
+            if isinstance(value, str) and BAD_BYTE in value:
                 raise InputError("text is not valid UTF-8", table=table.name, row=int(row), column=str(col))
     return table
-
-
-def _has_surrogate(s: str) -> bool:
-    return any("\udc80" <= ch <= "\udcff" for ch in s)
 
 
 def is_missing(value) -> bool:
@@ -134,7 +136,7 @@ def infer_modality(series: pd.Series) -> str | None:
         return "image"
     if sum(e in AUDIO_EXT for e in exts) > len(values) / 2:
         return "audio"
-    if series.dtype == object and not _numeric(values) and np.mean([" " in v for v in values]) > 0.3:
+    if not _numeric(values) and np.mean([" " in v for v in values]) > 0.3:
         return "text"
     return None
 

@@ -82,8 +82,11 @@ def evaluate_loss_and_score(model, data: EncodedSet, collate, task: str, batch_s
 
 def fit(model: torch.nn.Module, train: EncodedSet, val: EncodedSet | None, collate, cfg: Config,
         run_dir: Path, accelerator: Accelerator, resume: bool = False,
-        on_best: Callable[[torch.nn.Module, dict], None] | None = None) -> dict:
-    """Train; call on_best(model, record) (main process) whenever validation improves. Returns a summary."""
+        on_best: Callable[[torch.nn.Module, dict], None] | None = None, train_collate=None) -> dict:
+    """Train; call on_best(model, record) (main process) whenever validation improves. Returns a summary.
+
+    train_collate, when given, makes the training batches (augmentation); validation uses collate.
+    """
     tc, task = cfg.train, cfg.schema.task
     acc = accelerator
     rank, world = acc.process_index, acc.num_processes
@@ -119,7 +122,7 @@ def fit(model: torch.nn.Module, train: EncodedSet, val: EncodedSet | None, colla
                    leave=False, mininterval=0.5)
         t_epoch, seen, loss_sum = time.perf_counter(), 0, 0.0
         for idx in bar:
-            batch = to_device(collate(idx, train), acc.device)
+            batch = to_device((train_collate or collate)(idx, train), acc.device)
             with acc.autocast():
                 out = model(batch, modality_dropout=cfg.model.modality_dropout)
             acc.backward(out["loss"])
@@ -130,9 +133,9 @@ def fit(model: torch.nn.Module, train: EncodedSet, val: EncodedSet | None, colla
             opt.zero_grad(set_to_none=True)
             state["step"] += 1
             seen += len(idx) * world
-            loss_sum += float(out["loss"]) * len(idx)
+            loss_sum += float(out["loss"].detach()) * len(idx)
             rate = seen / max(1e-9, time.perf_counter() - t_epoch)
-            bar.set_postfix(loss=f"{float(out['loss']):.4f}", samples_s=f"{rate:.0f}")
+            bar.set_postfix(loss=f"{loss_sum / max(1, seen / world):.4f}", samples_s=f"{rate:.0f}")
             if tc.max_minutes is not None and _over_budget(acc, t_start, tc.max_minutes):
                 state["stopped"] = "max_minutes"
                 break

@@ -1,0 +1,116 @@
+"""The frozen-tower feature cache: hits, misses, persistence across restarts, and invalidation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from polyfuse.config import Config
+from polyfuse.data.pretrained import tower_sources
+from polyfuse.data.processors import Processors
+from polyfuse.encoders.pretrained import build_encoder
+
+
+def setup(towers, cache_dir, modality, cache=True, **section):
+    col = {"text": "t", "image": "img"}[modality]
+    cfg = Config.from_dict({"schema": {modality: [col]}, modality: {"encoder": str(towers[modality]), **section},
+                            "model": {"d_model": 16, "n_heads": 2, "freeze_encoders": True, "feature_cache": cache,
+                                      "feature_cache_dir": str(cache_dir)}})
+    procs = Processors.build(cfg, cfg.schema)
+    torch.manual_seed(0)
+    enc = build_encoder(modality, cfg, None, tower_sources(procs, pretrained_weights=True)[modality]).eval()
+    return procs.by_modality[modality], enc
+
+
+class Calls:
+    """Counts the rows the tower actually computes."""
+    def __init__(self, enc):
+        self.rows, run = 0, enc._run
+
+        def counted(part, idx):
+            self.rows += len(idx)
+            return run(part, idx)
+        enc._run = counted
+
+
+def write_images(folder, n, seed=0):
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        p = folder / f"{i}.png"
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+def test_hit_miss_restart_and_changed_file(towers, tmp_path):
+    paths = write_images(tmp_path, 5)
+    proc, enc = setup(towers, tmp_path / "cache", "image")
+    calls = Calls(enc)
+    part = proc.collate([proc(p) for p in paths] + [None])          # the last row has no image
+    first, mask = enc.features(part)
+    assert calls.rows == 5 and enc._cache.misses == 5 and not mask[5].any()
+    # Same features as the tower computes without any cache.
+    _, plain = setup(towers, tmp_path / "unused", "image", cache=False)
+    expected, _ = plain.features(part)
+    torch.testing.assert_close(first, expected, atol=1e-5, rtol=1e-5)
+    # Second epoch: every row is a hit, the tower does not run.
+    again, _ = enc.features(part)
+    assert calls.rows == 5 and enc._cache.hits == 5
+    torch.testing.assert_close(again, first)
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 5
+    # A "restart": a new encoder object reads the entries back from disk.
+    proc2, enc2 = setup(towers, tmp_path / "cache", "image")
+    calls2 = Calls(enc2)
+    restored, _ = enc2.features(proc2.collate([proc2(p) for p in paths]))
+    assert calls2.rows == 0 and enc2._cache.hits == 5
+    torch.testing.assert_close(restored, first[:5])
+    # One file changes on disk: only that row is recomputed, and it gets the new image's features.
+    Image.fromarray(np.full((20, 20, 3), 200, dtype=np.uint8)).save(paths[2])
+    changed, _ = enc2.features(proc2.collate([proc2(p) for p in paths]))
+    assert calls2.rows == 1
+    assert not torch.allclose(changed[2], first[2])
+    torch.testing.assert_close(changed[[0, 1, 3, 4]], first[[0, 1, 3, 4]])
+
+
+def test_other_weights_or_preprocessing_never_hit(towers, tmp_path):
+    proc, enc = setup(towers, tmp_path / "cache", "text")
+    texts = ["the calm river", "a loud street today"]
+    part = proc.collate([proc(t) for t in texts])
+    first, _ = enc.features(part)
+    # Same checkpoint, weights changed (as after fine-tuning and re-saving): a new identity, all misses.
+    state = {k: v.clone() for k, v in enc.state_dict().items()}
+    state["tower.encoder.layer.1.output.dense.weight"] += 0.5 * torch.randn_like(state["tower.encoder.layer.1.output.dense.weight"])
+    enc.load_state_dict(state)
+    calls = Calls(enc)
+    changed, _ = enc.features(part)
+    assert calls.rows == 2 and not torch.allclose(changed, first)
+    # Another preprocessing (shorter max_length truncates the ids): another key, a miss.
+    proc3, enc3 = setup(towers, tmp_path / "cache", "text", max_length=3)
+    calls3 = Calls(enc3)
+    enc3.features(proc3.collate([proc3(t) for t in texts]))
+    assert calls3.rows == 2
+
+
+def test_corrupt_entry_is_a_miss_and_rewritten(towers, tmp_path):
+    proc, enc = setup(towers, tmp_path / "cache", "text")
+    part = proc.collate([proc("the old window")])
+    first, _ = enc.features(part)
+    (entry,) = (tmp_path / "cache").rglob("*.safetensors")
+    entry.write_bytes(b"not a safetensors file")
+    proc2, enc2 = setup(towers, tmp_path / "cache", "text")
+    calls = Calls(enc2)
+    again, _ = enc2.features(part)
+    assert calls.rows == 1
+    torch.testing.assert_close(again, first)
+    assert entry.read_bytes() != b"not a safetensors file"
+
+
+def test_cache_only_for_fully_frozen_towers(towers, tmp_path):
+    _, enc = setup(towers, tmp_path / "cache", "text")
+    assert enc.cache_dir is not None
+    cfg = Config.from_dict({"schema": {"text": ["t"]}, "text": {"encoder": str(towers["text"])},
+                            "model": {"d_model": 16, "n_heads": 2, "lora": True}})
+    assert build_encoder("text", cfg, None).cache_dir is None
+    pytest.importorskip("peft")

@@ -1,0 +1,31 @@
+import pytest
+import torch
+
+from polyfuse.data.labels import LabelCodec
+from polyfuse.data.manifest import read_table
+from polyfuse.data.processors import Processors
+from polyfuse.inference import Predictor
+from polyfuse.model import PolyfuseModel
+from tests.conftest import tiny_config
+
+
+def save_untrained_run(out, train_csv, seed=0):
+    """A run folder with fitted processors and seeded random weights: enough to embed, no training."""
+    cfg = tiny_config()
+    table = read_table(train_csv)
+    procs = Processors.build(cfg, cfg.schema).fit(table)
+    labels = LabelCodec("classification").fit(table.df["label"])
+    torch.manual_seed(seed)
+    model = PolyfuseModel(cfg, cfg.schema, labels.n_outputs, procs.text.vocab_size).eval()
+    Predictor(cfg, procs, labels, model).save(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def run_dir(synth, tmp_path_factory):
+    return save_untrained_run(tmp_path_factory.mktemp("run"), synth["train"])
+
+
+@pytest.fixture(scope="session")
+def other_run_dir(synth, tmp_path_factory):
+    return save_untrained_run(tmp_path_factory.mktemp("run2"), synth["train"], seed=1)
