@@ -113,4 +113,3 @@ def test_cache_only_for_fully_frozen_towers(towers, tmp_path):
     cfg = Config.from_dict({"schema": {"text": ["t"]}, "text": {"encoder": str(towers["text"])},
                             "model": {"d_model": 16, "n_heads": 2, "lora": True}})
     assert build_encoder("text", cfg, None).cache_dir is None
-    pytest.importorskip("peft")

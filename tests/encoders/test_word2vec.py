@@ -53,7 +53,7 @@ def test_keyed_vectors_map_words_and_subword_pieces(tmp_path):
     kv = KeyedVectors(vector_size=16)
     kv.add_vectors(words, rng.normal(size=(len(words), 16)).astype(np.float32))
     kv.save(str(tmp_path / "vectors.kv"))
-    cfg = w2v_config(word2vec_vectors=str(tmp_path / "vectors.kv"), vocab_size=45)
+    cfg = w2v_config(word2vec_vectors=str(tmp_path / "vectors.kv"), vocab_size=34)
     proc = Processors.build(cfg, cfg.schema).text
     texts = ["calm river running", "singing walking street", "running singing", "calm street"] * 3
     proc.fit(texts)
@@ -65,8 +65,8 @@ def test_keyed_vectors_map_words_and_subword_pieces(tmp_path):
         assert cosine(vecs.vectors[vocab[w]], kv[w]) > 0.9999
     # Rule 2: other pieces take the count-weighted mean of the corpus words that contain them.
     counts = {w: sum(t.split().count(w) for t in texts) for w in words}
-    sub = [p for p in vocab if p.startswith("##") and vecs.found[vocab[p]]]
-    assert sub
+    sub = [p for p in vocab if p not in words and vecs.found[vocab[p]]]      # e.g. "ing", "sing", "reet"
+    assert len(sub) >= 3
     for p in sub:
         having = [w for w in words if p in {t.value for t in proc.tokenizer.model.tokenize(w)}]
         mean = sum(counts[w] * kv[w] for w in having) / sum(counts[w] for w in having)

@@ -9,9 +9,9 @@ value of each token's embedding changes. Two sources:
 * a saved KeyedVectors file (`text.word2vec_vectors`; gensim's `.kv` save, or word2vec
   `.bin`/`.txt` format): vectors are per *word*, so each vocabulary piece is mapped:
     1. a piece that is itself a word of the file (e.g. "dog") takes that word's vector;
-    2. any other piece (subword pieces like "##ing", and words the file lacks) takes the
+    2. any other piece (subword pieces like "ing"/"##ing", and words the file lacks) takes the
        count-weighted mean of the vectors of the training-corpus words whose tokenization
-       contains it ("##ing" <- "running", "singing", ...);
+       contains it ("ing" <- "singing", "walking", ...);
     3. a piece with neither, and the special tokens, keeps the usual random initialisation.
     A piece "##x" whose corpus words are all missing from the file falls back to the word "x".
 
