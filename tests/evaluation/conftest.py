@@ -1,5 +1,6 @@
 """Untrained tiny run folders: evaluation, report and explain need a model, not a good one."""
 import dataclasses
+import functools
 import json
 
 import pytest
@@ -13,13 +14,20 @@ from polyfuse.inference import Predictor
 from polyfuse.model import PolyfuseModel
 
 
-def make_run(folder, train_csv, fusion="attention", seed=0) -> Predictor:
-    """A saved run folder with random weights and a two-epoch log.jsonl."""
-    cfg = tiny_config(model={"fusion": fusion})
+@functools.lru_cache(maxsize=4)
+def _fitted(train_csv):
+    """Schema, labels and processors do not depend on the fusion: fitted once per table."""
+    cfg = tiny_config()
     table = read_table(train_csv)
     cfg = dataclasses.replace(cfg, schema=resolve_schema(table, cfg.schema)).validate()
-    labels = LabelCodec(cfg.schema.task).fit(table.df[cfg.schema.label])
-    processors = Processors.build(cfg, cfg.schema).fit(table)
+    return cfg, table, LabelCodec(cfg.schema.task).fit(table.df[cfg.schema.label]), \
+        Processors.build(cfg, cfg.schema).fit(table)
+
+
+def make_run(folder, train_csv, fusion="attention", seed=0) -> Predictor:
+    """A saved run folder with random weights and a two-epoch log.jsonl."""
+    base, table, labels, processors = _fitted(train_csv)
+    cfg = base.merged({"model": {"fusion": fusion}})
     torch.manual_seed(seed)
     model = PolyfuseModel(cfg, cfg.schema, labels.n_outputs, processors.text.vocab_size).eval()
     p = Predictor(cfg, processors, labels, model)

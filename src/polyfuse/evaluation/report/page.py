@@ -40,6 +40,8 @@ figure.wide img{width:100%;max-width:900px}
 table{border-collapse:collapse;width:100%;font-size:13.5px;font-variant-numeric:tabular-nums}
 th{text-align:left;color:var(--soft);font-weight:600;border-bottom:2px solid var(--line);padding:6px 8px}
 td{border-bottom:1px solid var(--line);padding:6px 8px}
+td:first-child{white-space:nowrap}
+th{font-size:12.5px}
 tr.hl td{font-weight:700;background:#f5f3ff}
 .callout{background:#fff7ed;border:1px solid #fed7aa;border-radius:10px;padding:10px 14px;margin-bottom:14px}
 .examples{display:grid;grid-template-columns:repeat(auto-fill,minmax(330px,1fr));gap:14px}

@@ -164,3 +164,52 @@ def image_thumb(pixels: np.ndarray, heat: np.ndarray | None = None, size: float 
         ax.imshow(heat, cmap="inferno", alpha=0.55, vmin=0, vmax=1, interpolation="bilinear")
     ax.set_axis_off()
     return to_uri(fig)
+
+
+def attribution_image(pixels: np.ndarray, heats: dict) -> str:
+    """The image, then one heatmap overlay per method; heats {title: (H, W) in [0, 1]}."""
+    fig, axes = plt.subplots(1, 1 + len(heats), figsize=(2.3 * (1 + len(heats)), 2.5))
+    axes[0].imshow(pixels, interpolation="nearest")
+    axes[0].set_title("input")
+    for ax, (title, heat) in zip(axes[1:], heats.items()):
+        ax.imshow(pixels, interpolation="nearest")
+        ax.imshow(heat, cmap="inferno", alpha=0.6, vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(title)
+    for ax in axes:
+        ax.set_axis_off()
+    fig.tight_layout()
+    return to_uri(fig)
+
+
+def attribution_audio(mel: np.ndarray, frames: dict) -> str:
+    """The spectrogram with one heat strip per method above it; frames {title: (F,) in [0, 1]}."""
+    n = len(frames)
+    fig, axes = plt.subplots(n + 1, 1, figsize=(6.4, 2.0 + 0.45 * n), height_ratios=[1] * n + [4], sharex=True)
+    for ax, (title, f) in zip(axes, frames.items()):
+        ax.imshow(f[None], aspect="auto", cmap="inferno", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_yticks([0], [title], fontsize=8)
+        ax.set_xticks([])
+        ax.grid(False)
+    axes[-1].imshow(mel, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest")
+    axes[-1].set(xlabel="frame", ylabel="mel bin")
+    axes[-1].grid(False)
+    fig.tight_layout()
+    return to_uri(fig)
+
+
+def attribution_text(tokens: list[str], scores: dict) -> str:
+    """Tokens as coloured boxes, one line per method; scores {title: (T,)} signed (red +, blue -)."""
+    fig, ax = plt.subplots(figsize=(7.0, 0.35 + 0.45 * len(scores)))
+    ax.set_axis_off()
+    for line, (title, s) in enumerate(scores.items()):
+        m = np.abs(s).max() or 1.0
+        y = 1 - (line + 0.5) / len(scores)
+        ax.text(0, y, title, fontsize=8, color="#475569", va="center", transform=ax.transAxes)
+        x = 0.2
+        for tok, v in zip(tokens, s):
+            color = (0.86, 0.15, 0.15, 0.1 + 0.8 * v / m) if v >= 0 else (0.15, 0.39, 0.92, 0.1 + 0.8 * -v / m)
+            t = ax.text(x, y, tok, fontsize=9, va="center", transform=ax.transAxes,
+                        bbox=dict(boxstyle="round,pad=0.25", fc=color, ec="none"))
+            fig.canvas.draw()
+            x += t.get_bbox_patch().get_window_extent().width / fig.bbox.width + 0.008
+    return to_uri(fig)
