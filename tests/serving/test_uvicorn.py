@@ -56,7 +56,8 @@ def test_real_server_concurrent_requests_and_graceful_shutdown(serve_run, serve_
             late = [f.result() for f in pending]
         assert [r.status_code for r in late] == [200] * 6
         assert [r.json() for r in late] == [r.json() for r in first]
-        assert proc.wait(timeout=30) == 0
+        # uvicorn re-raises the signal once shut down, so the exit status says "terminated by SIGTERM".
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
     finally:
         if proc.poll() is None:
             proc.kill()

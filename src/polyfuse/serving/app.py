@@ -70,7 +70,7 @@ def create_app(backend: Backend, settings: ServeConfig | None = None) -> FastAPI
 
     async def infer(request: Request) -> tuple[list, dict]:
         ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-        if ctype == "multipart/form-data":
+        if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
             try:
                 form = await request.form(max_files=settings.max_rows * len(backend.streams),
                                           max_fields=settings.max_rows * len(backend.streams))
@@ -88,7 +88,7 @@ def create_app(backend: Backend, settings: ServeConfig | None = None) -> FastAPI
             rows = await run_in_threadpool(lambda: decode_rows(parse_json(body, backend, settings), backend, settings))
         else:
             raise ApiError(415, f"content type '{ctype}' is not accepted; send application/json or "
-                                "multipart/form-data", "content-type")
+                                "multipart/form-data (or a urlencoded form of text fields)", "content-type")
         try:
             out = await request.app.state.batcher.submit(rows, settings.timeout_ms / 1000.0)
         except BatchTimeout:
