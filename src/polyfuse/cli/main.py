@@ -8,12 +8,10 @@ from ..errors import PolyfuseError
 from . import demo, evaluate, info, predict, train
 from . import export, prune, serve
 from . import compare, explain
-from . import export, prune, serve
 
 COMMANDS = {"train": train, "evaluate": evaluate, "predict": predict, "info": info, "demo": demo}
 COMMANDS.update({"serve": serve, "export": export, "prune": prune})
 COMMANDS.update({"explain": explain, "compare": compare})
-COMMANDS.update({"serve": serve, "export": export, "prune": prune})
 
 
 def build_parser() -> argparse.ArgumentParser:
