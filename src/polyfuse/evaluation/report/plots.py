@@ -211,5 +211,5 @@ def attribution_text(tokens: list[str], scores: dict) -> str:
             t = ax.text(x, y, tok, fontsize=9, va="center", transform=ax.transAxes,
                         bbox=dict(boxstyle="round,pad=0.25", fc=color, ec="none"))
             fig.canvas.draw()
-            x += t.get_bbox_patch().get_window_extent().width / fig.bbox.width + 0.008
+            x += t.get_bbox_patch().get_window_extent().width / ax.get_window_extent().width + 0.01
     return to_uri(fig)
