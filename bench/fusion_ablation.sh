@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/fusion_ablation}
-N_TRAIN=${N_TRAIN:-1500}; N_TEST=${N_TEST:-500}; EPOCHS=${EPOCHS:-4}
+N_TRAIN=${N_TRAIN:-600}; N_TEST=${N_TEST:-300}; EPOCHS=${EPOCHS:-3}
 DATA=$(cd ../shared/datasets/avdigits && pwd)
 PY=.venv/bin/python
 mkdir -p "$OUT"
@@ -27,7 +27,7 @@ for fusion in attention concat late; do
   rm -rf "$OUT/$fusion"
   /usr/bin/time -f "$fusion train wall %e s" nice -n 10 .venv/bin/polyfuse train --train "$OUT/train.csv" \
     --val "$OUT/val.csv" --label label --image image --audio audio --size tiny --fusion $fusion \
-    --epochs "$EPOCHS" --set audio.max_seconds=1.5 --out "$OUT/$fusion" --quiet
+    --epochs "$EPOCHS" --set audio.max_seconds=1.0 --out "$OUT/$fusion" --quiet
   [ -n "${TRAIN_ONLY:-}" ] || nice -n 10 .venv/bin/polyfuse evaluate "$OUT/$fusion" --data "$OUT/test.csv" --group speaker >/dev/null
 done
 [ -n "${TRAIN_ONLY:-}" ] || .venv/bin/polyfuse compare "$OUT/attention" "$OUT/concat" "$OUT/late"

@@ -32,16 +32,21 @@ class PolyfuseModel(nn.Module):
             for sub in (module.values() if name == "encoders" else [module]):
                 sub.init_weights() if hasattr(sub, "init_weights") else init_weights(sub)
 
-    def encode(self, inputs: dict, drop: tuple[str, ...] = (), modality_dropout: float = 0.0) -> dict:
+    def encode(self, inputs: dict, drop: tuple[str, ...] = (), modality_dropout: float = 0.0,
+               edit=None) -> dict:
         """Encoders + fusion. `drop` makes whole modalities absent (ablation); modality_dropout, per row.
 
         A dropped modality is masked exactly like an empty cell, so "without image" means what a
         row without an image means, and a row left with nothing is scored from [CLS] alone.
+        `edit(column, encoder_output) -> encoder_output`, when given, changes a column's tokens before
+        fusion (pretraining puts a learned mask embedding on masked patches this way).
         """
         encoded = {}
         for col, part in inputs.items():
             m = part["modality"]
             e = self.encoders[m](part)
+            if edit is not None:
+                e = edit(col, e)
             if m in drop:
                 e["mask"] = torch.zeros_like(e["mask"])
             encoded[col] = {**e, "modality": m}

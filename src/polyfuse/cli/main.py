@@ -6,10 +6,12 @@ import sys
 
 from ..errors import PolyfuseError
 from . import demo, evaluate, info, predict, train
+from . import pretrain
 from . import export, prune, serve
 from . import compare, explain
 
 COMMANDS = {"train": train, "evaluate": evaluate, "predict": predict, "info": info, "demo": demo}
+COMMANDS.update({"pretrain": pretrain})
 COMMANDS.update({"serve": serve, "export": export, "prune": prune})
 COMMANDS.update({"explain": explain, "compare": compare})
 

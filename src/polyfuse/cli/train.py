@@ -32,6 +32,12 @@ def add_parser(sub):
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--init-from", metavar="RUN", help="start from this run's preprocessing, encoders and "
+                   "fusion (say from polyfuse pretrain), with a fresh head")
+    p.add_argument("--allow-partial", action="store_true", help="with --init-from: load only the weights "
+                   "that match and print those skipped")
+    p.add_argument("--augment", action="store_true", default=None, help="training-time augmentation "
+                   "(config section augment)")
 
 
 def add_tower_args(p):
@@ -54,6 +60,9 @@ def add_schema_args(p):
 
 def config_from_args(args) -> Config:
     cfg = Config.load(args.config) if args.config else Config()
+    if getattr(args, "init_from", None) and not args.config:   # the earlier run's architecture
+        from ..training.transfer import base_config
+        cfg = base_config(args.init_from)
     overrides = {
         "schema": {"label": args.label, "text": args.text, "image": args.image, "audio": args.audio,
                    "task": args.task},
@@ -63,6 +72,7 @@ def config_from_args(args) -> Config:
                   "feature_cache_dir": args.feature_cache_dir},
         "text": {"encoder": args.text_encoder}, "image": {"encoder": args.image_encoder},
         "audio": {"encoder": args.audio_encoder},
+        "augment": {"enabled": getattr(args, "augment", None)},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                   "patience": args.patience, "max_minutes": args.max_minutes, "bf16": args.bf16,
                   "on_bad_row": args.on_bad_row},
@@ -79,7 +89,7 @@ def config_from_args(args) -> Config:
 def run(args):
     from ..training.recipe import train_run
     _, summary = train_run(config_from_args(args), args.train, args.val, args.out, resume=args.resume,
-                           progress=not args.quiet)
+                           progress=not args.quiet, init_from=args.init_from, allow_partial=args.allow_partial)
     stop = summary.get("stopped") or "all epochs"
     print(f"trained {summary['epoch']} epoch(s) ({stop}); best epoch {summary.get('best_epoch')}; run folder {args.out}")
     if "val_metrics" in summary:

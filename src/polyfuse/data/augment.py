@@ -39,9 +39,10 @@ class Augmenter:
         c = self.cfg
         x = part["pixels"] * self.img_std + self.img_mean                  # back to [0, 1]
         B, _, S, _ = x.shape
-        out = torch.empty_like(x)
-        for i in range(B):
-            out[i] = random_resized_crop(x[i], c.image_crop_scale)
+        out = x.clone()
+        if c.image_crop_scale < 1.0:
+            for i in range(B):
+                out[i] = random_resized_crop(x[i], c.image_crop_scale)
         if c.image_flip:
             flip = torch.rand(B) < 0.5
             out[flip] = out[flip].flip(-1)

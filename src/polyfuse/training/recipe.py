@@ -25,7 +25,10 @@ from .loop import fit, make_accelerator
 
 
 def train_run(cfg: Config, train, val=None, out: str | Path = "runs/exp", resume: bool = False,
-              base_dir=None, progress: bool = True) -> tuple[Predictor, dict]:
+              base_dir=None, progress: bool = True, init_from=None,
+              allow_partial: bool = False) -> tuple[Predictor, dict]:
+    """init_from: a run folder (say from `polyfuse pretrain`) whose preprocessing, encoders and
+    fusion this run starts from (training/transfer.py); the head is always fresh."""
     out = Path(out)
     if resume and (out / "config.json").exists():
         # The run's own config wins over whatever flags came with --resume, except its budgets.
@@ -60,7 +63,11 @@ def train_run(cfg: Config, train, val=None, out: str | Path = "runs/exp", resume
             if resume and (out / "processors").exists():
                 processors = Processors.load(cfg, schema, out / "processors")
             else:
-                processors.fit(train_t)
+                if init_from:   # the earlier run's tokenizer and statistics, so token ids match
+                    from .transfer import processors_from
+                    processors = processors_from(cfg, schema, init_from, train_t, say)
+                else:
+                    processors.fit(train_t)
                 processors.save(out / "processors")
         else:
             processors = Processors.load(cfg, schema, out / "processors")
@@ -83,6 +90,9 @@ def train_run(cfg: Config, train, val=None, out: str | Path = "runs/exp", resume
     torch.manual_seed(cfg.train.seed)
     model = PolyfuseModel(cfg, schema, labels.n_outputs, processors.text.vocab_size if processors.text else None,
                           towers=tower_sources(processors, pretrained_weights=True))
+    if init_from:
+        from .transfer import load_encoders
+        load_encoders(model, init_from, allow_partial, say)
     predictor = Predictor(cfg, processors, labels, model)
     if acc.is_main_process:
         predictor.save_preprocessing(out)
@@ -95,7 +105,12 @@ def train_run(cfg: Config, train, val=None, out: str | Path = "runs/exp", resume
         predictor.save_weights(out, {"trained": {"epoch": record["epoch"], "n_parameters": n_params,
                                                  "train_rows": len(train_set)}})
 
-    summary = fit(model, train_set, val_set, make_collate(processors), cfg, out, acc, resume, on_best)
+    train_collate = None
+    if cfg.augment.enabled:
+        from ..data.augment import Augmenter, augmenting
+        train_collate = augmenting(make_collate(processors), Augmenter(cfg.augment, processors))
+    summary = fit(model, train_set, val_set, make_collate(processors), cfg, out, acc, resume, on_best,
+                  train_collate)
     predictor.model = acc.unwrap_model(model).cpu().eval()
     summary["n_parameters"] = n_params
 

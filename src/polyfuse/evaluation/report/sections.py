@@ -11,6 +11,7 @@ from . import plots
 LABELS = {"accuracy": "Accuracy", "macro_f1": "Macro F1", "roc_auc": "ROC AUC", "ece": "Calibration error (ECE)",
           "subset_accuracy": "Subset accuracy", "micro_f1": "Micro F1", "mae": "MAE", "rmse": "RMSE", "r2": "R²",
           "macro_precision": "Macro precision", "macro_recall": "Macro recall", "n": "Rows"}
+SHORT = {**LABELS, "ece": "ECE", "macro_precision": "Macro prec.", "macro_recall": "Macro rec."}   # table headers
 HEADLINE_KEYS = {"classification": ["accuracy", "macro_f1", "roc_auc", "ece"],
                  "multilabel": ["subset_accuracy", "micro_f1", "macro_f1", "roc_auc"],
                  "regression": ["mae", "rmse", "r2"]}
@@ -86,7 +87,7 @@ def ablation(result: dict, task: str, metric: str) -> str:
     vals = [result[metric]] + [m.get(metric) for m in abl.values()]
     chart = figure(plots.bars(names, vals, f"{LABELS.get(metric, metric)} by inputs used", "all inputs"),
                    "modality ablation chart")
-    body = f'<div class="grid2">{table([""] + [LABELS.get(k, k) for k in keys], rows, 0)}{chart}</div>'
+    body = f'<div class="grid2">{table([""] + [SHORT.get(k, k) for k in keys], rows, 0)}{chart}</div>'
     return section("ablation", "Modality ablation", body,
                    "<em>without m</em> empties every column of modality m, exactly as a row without it.")
 
@@ -119,7 +120,7 @@ def groups(sl: dict | None, task: str) -> str:
     names = list(sl["groups"])
     chart = figure(plots.bars(names, [sl["groups"][g].get(sl["metric"]) for g in names],
                               f'{LABELS.get(sl["metric"], sl["metric"])} by {sl["column"]}'), "group chart")
-    body = callout + f'<div class="grid2">{table([sl["column"]] + [LABELS.get(k, k) for k in keys], rows)}{chart}</div>'
+    body = callout + f'<div class="grid2">{table([sl["column"]] + [SHORT.get(k, k) for k in keys], rows)}{chart}</div>'
     return section("groups", f"Slices by '{sl['column']}'", body, "An empty group cell is its own group, (missing).")
 
 

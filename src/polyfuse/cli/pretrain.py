@@ -1,0 +1,62 @@
+"""polyfuse pretrain: self-supervised pretraining on an unlabeled table (objectives/), for --init-from."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub):
+    from .train import add_schema_args
+    p = sub.add_parser("pretrain", help="self-supervised pretraining on unlabeled rows")
+    p.add_argument("--data", required=True, help="table of unlabeled rows (.csv/.tsv/.jsonl/.parquet)")
+    add_schema_args(p)
+    p.add_argument("--objectives", help="comma-separated: contrastive,itm,mlm,masked_patch "
+                   "(default: every one the columns allow)")
+    p.add_argument("--weights", help="loss weights, e.g. mlm=1,itm=0.5 (others weigh 1)")
+    p.add_argument("--mlm-prob", type=float, help="share of text tokens hidden (0.15)")
+    p.add_argument("--mask-ratio", type=float, help="share of image patches / audio tokens hidden (0.5)")
+    p.add_argument("--config", help="YAML/JSON config file; flags override it")
+    p.add_argument("--size", help="named model size (tiny, small, base)")
+    p.add_argument("--fusion", choices=["attention", "concat", "late"])
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--max-minutes", type=float)
+    p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast")
+    p.add_argument("--on-bad-row", choices=["error", "skip"])
+    p.add_argument("--augment", action="store_true", default=None, help="augment rows (config section augment)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="any config value, e.g. --set image.stem=conv (repeatable)")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def train_style_args(args) -> argparse.Namespace:
+    """`train`'s flags with this command's values, so train.config_from_args builds the config."""
+    from . import train
+    parser = argparse.ArgumentParser()
+    train.add_parser(parser.add_subparsers(dest="command"))
+    base = parser.parse_args(["train", "--train", args.data, "--out", args.out])
+    for key, value in vars(args).items():
+        if hasattr(base, key):
+            setattr(base, key, value)
+    return base
+
+
+def pretrain_config(args):
+    """Only the values given on the command line; the rest are PretrainConfig's defaults."""
+    from ..objectives import PretrainConfig, parse_weights
+    objectives = [o.strip() for o in args.objectives.split(",") if o.strip()] if args.objectives else None
+    given = {"objectives": objectives, "weights": parse_weights(args.weights), "mlm_prob": args.mlm_prob,
+             "mask_ratio": args.mask_ratio}
+    return PretrainConfig(**{k: v for k, v in given.items() if v})
+
+
+def run(args):
+    from ..training.pretrain import pretrain_run
+    from .train import config_from_args
+    cfg = config_from_args(train_style_args(args))
+    pcfg = pretrain_config(args)
+    summary = pretrain_run(cfg, pcfg, args.data, args.out, progress=not args.quiet)
+    stop = summary.get("stopped") or "all epochs"
+    print(f"pretrained {summary['epoch']} epoch(s) ({stop}) on {summary['rows']} rows; run folder {args.out}")

@@ -1,0 +1,87 @@
+"""Symmetric InfoNCE between per-column pooled embeddings, for every pair of columns a batch has.
+
+Each column is encoded on its own (the other columns left out), pooled, projected and normalised,
+so an embedding never sees the other modality it is matched against. Under DDP the candidates are
+gathered from every process (gradient flows back through this process's own shard), so each row
+is contrasted with the global batch.
+"""
+from __future__ import annotations
+
+import math
+from itertools import combinations
+
+import torch
+from torch import distributed as dist
+from torch import nn
+from torch.nn import functional as F
+
+from .common import zero_loss
+
+
+def info_nce(za: torch.Tensor, zb: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+    """(N, P), (N, P) normalised; row i of za matches row i of zb. Mean of both directions' CE."""
+    logits = scale * za @ zb.T                                     # (N, N)
+    target = torch.arange(len(za), device=za.device)
+    return 0.5 * (F.cross_entropy(logits.float(), target) + F.cross_entropy(logits.T.float(), target))
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Rows of x from every process, concatenated in rank order; identity without torch.distributed.
+
+    all_gather returns tensors without gradient, so this process's slot is replaced by x itself:
+    the gradient of the global loss reaches the local shard, and DDP averages the rest. Processes
+    may hold different numbers of rows (the last batch): rows are padded to the largest, then cut.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    world, rank = dist.get_world_size(), dist.get_rank()
+    n = torch.tensor([x.shape[0]], device=x.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    sizes = [int(s) for s in sizes]
+    padded = F.pad(x, (0, 0) * (x.dim() - 1) + (0, max(sizes) - x.shape[0])).contiguous()
+    bufs = [torch.zeros_like(padded) for _ in range(world)]
+    dist.all_gather(bufs, padded.detach())
+    bufs[rank] = padded
+    return torch.cat([b[:s] for b, s in zip(bufs, sizes)])
+
+
+class Contrastive(nn.Module):
+    def __init__(self, d_model: int, streams: list[tuple[str, str]], proj_dim: int, temperature: float):
+        super().__init__()
+        self.index = {c: str(i) for i, (c, _) in enumerate(streams)}
+        self.proj = nn.ModuleDict({i: nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(),
+                                                    nn.Linear(d_model, proj_dim)) for i in self.index.values()})
+        # CLIP's learnable temperature, as log(1 / t); the scale is capped at 100 to stay stable.
+        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
+
+    def scale(self) -> torch.Tensor:
+        return self.log_scale.clamp(max=math.log(100.0)).exp()
+
+    def embed(self, model, inputs: dict) -> tuple[dict, dict]:
+        """{column: (B, P) normalised embedding}, {column: (B,) present}, each column encoded alone."""
+        emb, pres = {}, {}
+        for col in (c for c in inputs if c in self.index):
+            fused = model.encode({col: inputs[col]})
+            emb[col] = F.normalize(self.proj[self.index[col]](fused["per_column_pooled"][col]).float(), dim=-1)
+            pres[col] = fused["present"][col]
+        return emb, pres
+
+    def forward(self, model, inputs: dict, state: dict) -> dict:
+        emb, pres = self.embed(model, inputs)
+        scale = self.scale()
+        state["similarity"] = {}
+        out, losses = {}, []
+        for a, b in combinations(emb, 2):
+            # Hard negatives for ITM: this batch's similarities, no gradient.
+            state["similarity"][(a, b)] = (scale * emb[a] @ emb[b].T).detach()
+            za, zb = gather_with_grad(emb[a]), gather_with_grad(emb[b])
+            both = gather_with_grad((pres[a] & pres[b]).float()) > 0      # rows that have both columns
+            if int(both.sum()) < 2:
+                continue                                           # no negatives: nothing to contrast
+            loss = info_nce(za[both], zb[both], scale)
+            out[f"contrastive_{a}_{b}_loss"] = loss.detach()
+            losses.append(loss)
+        total = torch.stack(losses).mean() if losses else zero_loss(self.log_scale)
+        out.update(loss=total, contrastive_loss=total, temperature=(1.0 / scale).detach())
+        return out

@@ -1,0 +1,67 @@
+"""Masked language modelling over the fused sequence: text tokens are hidden and predicted with the
+other modalities in view (image and audio tokens are left intact), so text is reconstructed with
+their help. Only the chosen positions are scored."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .common import need_tokens, random_selection, zero_loss
+
+IGNORE = -100
+
+
+def mask_tokens(ids: torch.Tensor, real: torch.Tensor, prob: float, mask_id: int, vocab_size: int,
+                first_normal_id: int, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's corruption. Of the real tokens, `prob` are chosen (at least one per row that has text);
+    of those 80% become [MASK], 10% a random ordinary token, 10% stay. Returns (new ids, labels),
+    labels IGNORE everywhere but the chosen positions."""
+    chosen = random_selection(real, prob, generator)                          # (B, T)
+    labels = ids.masked_fill(~chosen, IGNORE)
+    r = torch.rand(ids.shape, generator=generator).to(ids.device)
+    random_ids = torch.randint(first_normal_id, vocab_size, ids.shape, generator=generator).to(ids.device)
+    new = torch.where(chosen & (r < 0.8), torch.full_like(ids, mask_id), ids)
+    new = torch.where(chosen & (r >= 0.8) & (r < 0.9), random_ids, new)
+    return new, labels
+
+
+class MLM(nn.Module):
+    def __init__(self, d_model: int, vocab_size: int, mask_id: int, first_normal_id: int, prob: float,
+                 tied: bool):
+        super().__init__()
+        self.vocab_size, self.mask_id, self.first_normal_id, self.prob = vocab_size, mask_id, first_normal_id, prob
+        self.transform = nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(), nn.LayerNorm(d_model))
+        # Tied to the text encoder's token embedding when it has one (fewer parameters, better
+        # small-data transfer); the encoder is passed at call time so its weight is not saved twice.
+        self.decoder = None if tied else nn.Linear(d_model, vocab_size, bias=False)
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+
+    def logits(self, h: torch.Tensor, model) -> torch.Tensor:
+        h = self.transform(h)
+        weight = self.decoder.weight if self.decoder is not None else model.encoders["text"].tok.weight
+        return F.linear(h, weight, self.bias)                                 # (..., V)
+
+    def forward(self, model, inputs: dict, state: dict) -> dict:
+        cols = [c for c, p in inputs.items() if p["modality"] == "text"]
+        corrupted, labels = dict(inputs), {}
+        for c in cols:
+            ids, labels[c] = mask_tokens(inputs[c]["ids"], inputs[c]["mask"], self.prob, self.mask_id,
+                                         self.vocab_size, self.first_normal_id)
+            corrupted[c] = {**inputs[c], "ids": ids}
+        fused = model.encode(corrupted)
+        need_tokens(fused, "mlm")
+        hs, ys = [], []
+        for c in cols:
+            a, b = fused["spans"][c]
+            pick = labels[c] != IGNORE                                        # (B, T_c)
+            hs.append(fused["tokens"][:, a:b][pick])
+            ys.append(labels[c][pick])
+        h, y = (torch.cat(hs), torch.cat(ys)) if hs else (None, None)
+        if h is None or len(y) == 0:
+            loss = zero_loss(self.bias)
+            return {"loss": loss, "mlm_loss": loss}
+        logits = self.logits(h, model).float()
+        loss = F.cross_entropy(logits, y)
+        acc = (logits.argmax(-1) == y).float().mean().detach()
+        return {"loss": loss, "mlm_loss": loss, "mlm_accuracy": acc}

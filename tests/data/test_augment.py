@@ -1,0 +1,67 @@
+import torch
+
+from polyfuse.config import AugmentConfig
+from polyfuse.data.augment import Augmenter
+
+
+class _Proc:
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+class _Procs:
+    by_modality = {"image": _Proc(mean=torch.full((3, 1, 1), 0.5), std=torch.full((3, 1, 1), 0.5)),
+                   "audio": _Proc(std=2.0), "text": _Proc(mask_id=4, pad_id=0)}
+
+
+def batch():
+    g = torch.Generator().manual_seed(0)
+    mel_mask = torch.zeros(3, 40, dtype=torch.bool)
+    mel_mask[0, :40], mel_mask[1, :24] = True, True                        # row 2 has no audio
+    ids = torch.randint(5, 100, (3, 10), generator=g)
+    text_mask = torch.arange(10)[None] < torch.tensor([[10], [4], [1]])
+    return {"image": {"pixels": torch.rand(3, 3, 16, 16, generator=g) * 2 - 1,
+                      "present": torch.tensor([True, False, True]), "modality": "image"},
+            "audio": {"mel": torch.randn(3, 16, 40, generator=g) * mel_mask[:, None], "mask": mel_mask,
+                      "modality": "audio"},
+            "text": {"ids": ids * text_mask, "mask": text_mask, "modality": "text"}}
+
+
+def run(seed, **cfg):
+    torch.manual_seed(seed)
+    return Augmenter(AugmentConfig(enabled=True, **cfg), _Procs())(batch())
+
+
+def test_seeded_and_shape_preserving():
+    a, b, c = run(0), run(0), run(1)
+    for col, key in (("image", "pixels"), ("audio", "mel"), ("text", "ids")):
+        assert torch.equal(a[col][key], b[col][key]), col            # same seed, same augmentation
+        assert not torch.equal(a[col][key], c[col][key]), col        # another seed, another
+    assert a["image"]["pixels"].shape == (3, 3, 16, 16) and a["audio"]["mel"].shape == (3, 16, 40)
+
+
+def test_absent_cells_and_padding_stay_untouched():
+    out, orig = run(0), batch()
+    assert torch.equal(out["image"]["pixels"][1], orig["image"]["pixels"][1])
+    assert torch.equal(out["audio"]["mask"], orig["audio"]["mask"])
+    assert (out["audio"]["mel"][1, :, 24:] == 0).all() and (out["audio"]["mel"][2] == 0).all()
+    assert not torch.equal(out["image"]["pixels"][0], orig["image"]["pixels"][0])
+
+
+def test_text_token_dropout_and_span_mask():
+    out = run(0, token_dropout=0.3, span_mask=0.2)["text"]
+    lengths = out["mask"].sum(1)
+    assert lengths[0] < 10 and (lengths >= 1).all()                 # tokens dropped, never all
+    assert (out["ids"][0][out["mask"][0]] == 4).sum() >= 1          # a span became [MASK]
+    assert (out["ids"][~out["mask"]] == 0).all()                    # padding is padding
+    assert torch.equal(out["ids"][2, :1], batch()["text"]["ids"][2, :1])   # a 1-token text is kept whole
+
+
+def test_flip_only_when_allowed():
+    torch.manual_seed(0)
+    no = run(0, image_crop_scale=1.0, color_jitter=0.0)["image"]["pixels"]
+    orig = batch()["image"]["pixels"]
+    assert torch.allclose(no, orig, atol=1e-5)                      # full crop, no jitter, no flip: identity
+    flips = [run(s, image_crop_scale=1.0, color_jitter=0.0, image_flip=True)["image"]["pixels"][0]
+             for s in range(8)]
+    assert any(torch.allclose(f, orig[0].flip(-1), atol=1e-5) for f in flips)

@@ -1,0 +1,131 @@
+import math
+
+import pytest
+import torch
+
+from polyfuse.objectives import PretrainConfig, Pretrainer, build_objectives
+from polyfuse.objectives import mlm as mlm_module
+from polyfuse.objectives.contrastive import Contrastive, info_nce
+from polyfuse.objectives.masked_patch import masked_mse, patchify
+from polyfuse.objectives.mlm import IGNORE, MLM, mask_tokens
+
+from .conftest import make_model
+
+
+@pytest.mark.parametrize("name", ["contrastive", "itm", "mlm", "masked_patch"])
+def test_each_objective_loss_falls(tiny, name):
+    cfg, processors, batch = tiny
+    model = make_model(cfg, processors)
+    pcfg = PretrainConfig(objectives=[name]).validate(cfg.schema)
+    pre = Pretrainer(model, build_objectives(pcfg, cfg, model, processors))
+    opt = torch.optim.AdamW(pre.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    losses = []
+    for _ in range(30):
+        out = pre(batch)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(float(out[f"{name}_loss"].detach()))
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.85 * first, (name, losses)
+
+
+def test_weights_combine_and_each_loss_is_reported(tiny):
+    cfg, processors, batch = tiny
+    model = make_model(cfg, processors)
+    pcfg = PretrainConfig(weights={"mlm": 2.0, "itm": 0.0}).validate(cfg.schema)
+    assert pcfg.objectives == ["contrastive", "itm", "mlm", "masked_patch"]
+    pre = Pretrainer(model, build_objectives(pcfg, cfg, model, processors), pcfg.weights)
+    torch.manual_seed(0)
+    out = pre(batch)
+    expected = out["contrastive_loss"] + 2.0 * out["mlm_loss"] + out["masked_patch_loss"]
+    assert torch.allclose(out["loss"], expected)
+    assert {"contrastive_caption_image_loss", "itm_image_audio_loss", "masked_patch_audio_loss"} <= set(out)
+
+
+def test_info_nce_equals_hand_computed_value():
+    za = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    zb = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    # logits = 2 * za @ zb.T = [[2, 1.2], [0, 1.6]]
+    rows = -math.log(math.exp(2) / (math.exp(2) + math.exp(1.2))) - math.log(math.exp(1.6) / (1 + math.exp(1.6)))
+    cols = -math.log(math.exp(2) / (math.exp(2) + 1)) - math.log(math.exp(1.6) / (math.exp(1.2) + math.exp(1.6)))
+    expected = 0.5 * (rows / 2 + cols / 2)
+    assert float(info_nce(za, zb, 2.0)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_contrastive_module_on_fixed_batch_skips_rows_missing_a_modality():
+    obj = Contrastive(8, [("img", "image"), ("wav", "audio")], proj_dim=4, temperature=0.5)
+    emb = {"img": torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]),
+           "wav": torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])}
+    pres = {"img": torch.tensor([True, True, True]), "wav": torch.tensor([True, True, False])}
+    obj.embed = lambda model, inputs: (emb, pres)
+    out = obj(None, {}, {})
+    # Row 2 has no audio: only rows 0 and 1 are contrasted, at scale 1 / 0.5 = 2 (the value above).
+    rows = -math.log(math.exp(2) / (math.exp(2) + math.exp(1.2))) - math.log(math.exp(1.6) / (1 + math.exp(1.6)))
+    cols = -math.log(math.exp(2) / (math.exp(2) + 1)) - math.log(math.exp(1.6) / (math.exp(1.2) + math.exp(1.6)))
+    assert float(out["contrastive_loss"]) == pytest.approx(0.5 * (rows + cols) / 2, abs=1e-5)
+    assert float(out["temperature"]) == pytest.approx(0.5)
+
+
+def test_mask_tokens_80_10_10_on_real_positions_only():
+    torch.manual_seed(0)
+    ids = torch.randint(5, 1000, (400, 50))
+    real = torch.arange(50)[None, :] < torch.randint(1, 51, (400, 1))
+    new, labels = mask_tokens(ids, real, 0.15, mask_id=4, vocab_size=1000, first_normal_id=5)
+    chosen = labels != IGNORE
+    assert not (chosen & ~real).any()
+    assert (chosen.sum(1) >= 1).all()                       # every row with text has a target
+    assert abs(chosen.sum() / real.sum() - 0.15) < 0.02
+    assert torch.equal(labels[chosen], ids[chosen]) and torch.equal(new[~chosen], ids[~chosen])
+    as_mask = (new[chosen] == 4).float().mean()
+    kept = (new[chosen] == ids[chosen]).float().mean()
+    assert abs(as_mask - 0.8) < 0.03 and abs(kept - 0.1) < 0.03   # the rest: random ids
+
+
+def test_mlm_scores_only_masked_positions(tiny, monkeypatch):
+    cfg, processors, batch = tiny
+    model = make_model(cfg, processors)
+    seen = {}
+    real_mask_tokens = mlm_module.mask_tokens
+
+    def spy(*a, **k):
+        new, labels = real_mask_tokens(*a, **k)
+        seen["targets"] = int((labels != IGNORE).sum())
+        return new, labels
+
+    monkeypatch.setattr(mlm_module, "mask_tokens", spy)
+    obj = MLM(32, processors.text.vocab_size, processors.text.mask_id, 5, 0.15, tied=True)
+    real_logits = obj.logits
+    obj.logits = lambda h, m: seen.setdefault("rows", h.shape[0]) and real_logits(h, m)
+    obj(model, batch["inputs"], {})
+    assert seen["rows"] == seen["targets"] > 0
+
+
+def test_masked_mse_scores_only_selected_positions():
+    torch.manual_seed(0)
+    pred, target = torch.randn(2, 5, 3), torch.randn(2, 5, 3)
+    sel = torch.tensor([[True, False, False, True, False], [False, False, True, False, False]])
+    base = masked_mse(pred, target, sel)
+    changed = pred.clone()
+    changed[~sel] += 10.0
+    assert torch.allclose(masked_mse(changed, target, sel), base)
+    changed[0, 0] += 1.0
+    assert not torch.allclose(masked_mse(changed, target, sel), base)
+
+
+def test_masked_patch_hides_content_and_scores_only_hidden(tiny):
+    cfg, processors, batch = tiny
+    model = make_model(cfg, processors)
+    pcfg = PretrainConfig(objectives=["masked_patch"]).validate(cfg.schema)
+    obj = build_objectives(pcfg, cfg, model, processors)["masked_patch"]
+    part = batch["inputs"]["image"]
+    corrupted, targets, hidden = obj.corrupt(part)
+    p = cfg.image.patch
+    before, after = patchify(part["pixels"], p), patchify(corrupted["pixels"], p)
+    assert (after[hidden] == 0).all() and torch.equal(after[~hidden], before[~hidden])
+    assert torch.allclose(hidden.float().mean(1), torch.full((len(hidden),), 0.5))
+    audio = batch["inputs"]["audio"]
+    _, _, hidden_a = obj.corrupt(audio)
+    assert not (hidden_a & ~audio["mask"][:, :: cfg.audio.frames_per_token]).any()   # never padding
+    assert not hidden_a[~audio["mask"].any(1)].any()                                  # nor absent rows

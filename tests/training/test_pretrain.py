@@ -1,0 +1,76 @@
+"""polyfuse pretrain end to end, then polyfuse train --init-from (and its architecture check)."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from polyfuse.cli.main import main
+from polyfuse.data.synthetic import write_splits
+
+TINY = ["--set", "model.d_model=32", "--set", "model.n_layers=1", "--set", "model.n_heads=2",
+        "--set", "text.vocab_size=200", "--set", "text.max_length=16", "--set", "image.size=16",
+        "--set", "image.patch=8", "--set", "audio.n_mels=16", "--set", "audio.max_seconds=1.0"]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)      # a tiny model on a shared machine: one thread is faster
+    folder = tmp_path_factory.mktemp("pre")
+    paths = write_splits(folder / "data", n=48, seed=3)
+    out = folder / "pre"
+    rc = main(["pretrain", "--data", str(paths["train"]), "--image", "image", "--text", "caption",
+               "--audio", "audio", "--objectives", "mlm,itm,contrastive,masked_patch", "--weights", "mlm=1,itm=0.5",
+               "--epochs", "2", "--batch-size", "16", "--augment", "--out", str(out), "--quiet", *TINY])
+    assert rc == 0
+    yield paths, out
+    torch.set_num_threads(threads)
+
+
+def test_pretrain_writes_a_run_folder_with_each_objectives_loss(pretrained):
+    paths, out = pretrained
+    for name in ("config.json", "model.safetensors", "processors/tokenizer.json", "processors/audio.json",
+                 "schema.json", "log.jsonl"):
+        assert (out / name).exists(), name
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["kind"] == "pretrained" and meta["pretrain"]["weights"] == {"mlm": 1.0, "itm": 0.5}
+    assert meta["config"]["augment"]["enabled"] is True
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+    for key in ("train_loss", "mlm_loss", "itm_loss", "contrastive_loss", "masked_patch_loss",
+                "contrastive_caption_image_loss", "masked_patch_audio_loss"):
+        assert key in log[-1], key
+    weights = load_file(str(out / "model.safetensors"))
+    assert not any(k.startswith("head.") for k in weights)
+    assert any(k.startswith("objectives.contrastive.") for k in weights)
+
+
+def test_train_init_from_loads_encoders_and_tokenizer(pretrained, tmp_path, capsys):
+    paths, pre = pretrained
+    out = tmp_path / "ft"
+    rc = main(["train", "--init-from", str(pre), "--train", str(paths["train"]), "--label", "label",
+               "--image", "image", "--text", "caption", "--audio", "audio", "--epochs", "1", "--lr", "1e-9",
+               "--out", str(out), "--quiet"])
+    assert rc == 0
+    assert "loaded" in capsys.readouterr().out
+    assert (out / "processors" / "tokenizer.json").read_text() == (pre / "processors" / "tokenizer.json").read_text()
+    before, after = load_file(str(pre / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    # lr 1e-9: the fine-tuned encoders are (almost exactly) the pretrained ones; the head is new.
+    for k in ("encoders.image.patch.weight", "fusion.stack.blocks.0.qkv.weight", "encoders.text.tok.weight"):
+        assert torch.allclose(before[k], after[k], atol=1e-6), k
+    assert "head.fc.weight" in after
+
+
+def test_init_from_another_architecture_is_an_error_unless_allow_partial(pretrained, tmp_path, capsys):
+    paths, pre = pretrained
+    args = ["train", "--init-from", str(pre), "--train", str(paths["train"]), "--label", "label",
+            "--image", "image", "--audio", "audio", "--set", "model.n_layers=2", "--epochs", "1", "--quiet"]
+    assert main(args + ["--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "fusion.stack.blocks.1.qkv.weight: in the model" in err            # a layer the checkpoint lacks
+    assert "encoders.text.tok.weight: in the checkpoint" in err               # a tower this model lacks
+    assert "--allow-partial" in err
+    assert main(args + ["--out", str(tmp_path / "b"), "--allow-partial"]) == 0
+    printed = capsys.readouterr().out
+    assert "--allow-partial: loaded" in printed and "fusion.stack.blocks.1.qkv.weight" in printed
