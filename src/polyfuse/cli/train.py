@@ -90,6 +90,8 @@ def run(args):
     from ..training.recipe import train_run
     _, summary = train_run(config_from_args(args), args.train, args.val, args.out, resume=args.resume,
                            progress=not args.quiet, init_from=args.init_from, allow_partial=args.allow_partial)
+    if not summary["is_main_process"]:      # under torchrun, one report is enough
+        return
     stop = summary.get("stopped") or "all epochs"
     print(f"trained {summary['epoch']} epoch(s) ({stop}); best epoch {summary.get('best_epoch')}; run folder {args.out}")
     if "val_metrics" in summary:

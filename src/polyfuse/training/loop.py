@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -26,7 +27,9 @@ from .schedule import warmup_cosine
 def make_accelerator(cfg: Config) -> Accelerator:
     # find_unused_parameters: a batch may lack a modality (absent cells, modality dropout), so
     # its encoder gets no gradient in that step; DDP must not wait for one.
-    return Accelerator(mixed_precision="bf16" if cfg.train.bf16 else "no",
+    # cpu=True where there is no GPU: without it accelerate ignores torchrun's environment on a CPU
+    # machine and every process trains alone, all writing the same run folder.
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if cfg.train.bf16 else "no",
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
 
@@ -106,8 +109,10 @@ def fit(model: torch.nn.Module, train: EncodedSet, val: EncodedSet | None, colla
             opt.load_state_dict(saved["optimizer"])
             torch.set_rng_state(saved["rng"])
             best_weights, state = saved["best"], saved["trainer"]
-            for _ in range(state["step"]):
-                sched.step()
+            with warnings.catch_warnings():     # fast-forwarding the schedule, not training
+                warnings.simplefilter("ignore", UserWarning)
+                for _ in range(state["step"]):
+                    sched.step()
             acc.print(f"resuming after epoch {state['epoch']} (step {state['step']})")
     model, opt = acc.prepare(model, opt)
     raw = acc.unwrap_model(model)

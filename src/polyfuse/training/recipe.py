@@ -112,7 +112,7 @@ def train_run(cfg: Config, train, val=None, out: str | Path = "runs/exp", resume
     summary = fit(model, train_set, val_set, make_collate(processors), cfg, out, acc, resume, on_best,
                   train_collate)
     predictor.model = acc.unwrap_model(model).cpu().eval()
-    summary["n_parameters"] = n_params
+    summary.update(n_parameters=n_params, is_main_process=acc.is_main_process)
 
     # 6. Validation metrics of the best weights.
     if val_set is not None and acc.is_main_process:

@@ -1,0 +1,58 @@
+"""An interrupted run continued with --resume ends exactly where an unbroken run ends."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import polyfuse.training.loop as loop
+from polyfuse.training.recipe import train_run
+from tests.conftest import tiny_config
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _log(run):
+    drop = {"elapsed_s", "samples_per_s"}
+    return [{k: v for k, v in json.loads(x).items() if k not in drop} for x in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_resume_equals_unbroken_run(synth, tmp_path, monkeypatch):
+    cfg = tiny_config(train={"epochs": 3}, model={"modality_dropout": 0.2, "dropout": 0.1})
+    train_run(cfg, synth["train"], synth["val"], tmp_path / "a", progress=False)
+
+    def stop_after_first(state):
+        if state["epoch"] == 1:
+            raise Interrupt
+    monkeypatch.setattr(loop, "_after_epoch", stop_after_first)
+    with pytest.raises(Interrupt):
+        train_run(cfg, synth["train"], synth["val"], tmp_path / "b", progress=False)
+    assert len(_log(tmp_path / "b")) == 1
+    monkeypatch.undo()
+    train_run(cfg, synth["train"], synth["val"], tmp_path / "b", resume=True, progress=False)
+
+    assert _log(tmp_path / "a") == _log(tmp_path / "b")
+    a, b = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_a_finished_run_folder_is_not_overwritten(synth, tmp_path):
+    from polyfuse.errors import ConfigError
+    cfg = tiny_config(train={"epochs": 1})
+    train_run(cfg, synth["train"], None, tmp_path / "r", progress=False)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train_run(cfg, synth["train"], None, tmp_path / "r", progress=False)
+
+
+def test_checkpoint_swap_leaves_no_temporary_folder(synth, tmp_path):
+    cfg = tiny_config(train={"epochs": 2})
+    train_run(cfg, synth["train"], synth["val"], tmp_path / "r", progress=False)
+    names = {p.name for p in (tmp_path / "r").iterdir()}
+    assert {"config.json", "model.safetensors", "labels.json", "schema.json", "log.jsonl", "metrics.json",
+            "processors", "checkpoint"} <= names
+    assert not [n for n in names if "tmp" in n or n.endswith(".old")]
+    assert json.loads((tmp_path / "r" / "checkpoint" / "trainer.json").read_text())["epoch"] == 2
