@@ -123,6 +123,7 @@ async def test_body_limits_content_type_and_paths(eager, serve_data):
     async with client_for(create_app(eager, LIMITS)) as c:
         r = await c.post("/v1/predict", content=b"{" + b" " * 300_000 + b"}", headers={"content-type": "application/json"})
         assert r.status_code == 413 and r.json()["field"] == "body"
+        assert 'polyfuse_requests_total{route="/v1/predict",status="413"} 1' in (await c.get("/metrics")).text
 
         async def chunks():                       # no Content-Length: counted as it streams
             for _ in range(40):

@@ -20,7 +20,9 @@ def add_parser(sub):
     p.add_argument("--max-image-pixels", type=int)
     p.add_argument("--max-audio-seconds", type=float)
     p.add_argument("--onnx-file", help="which .onnx file of an exported folder to serve")
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--threads", type=int, help="intra-op threads of the model (1 avoids oversubscription on "
+                   "a busy machine)")
+    p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
 
 
 def settings_from_args(args):
@@ -33,7 +35,8 @@ def settings_from_args(args):
     return ServeConfig().merged(host=args.host, port=args.port, api_key=key, max_batch_size=args.max_batch_size,
                                 max_wait_ms=args.max_wait_ms, timeout_ms=args.timeout_ms,
                                 max_body_bytes=args.max_body_bytes, max_rows=args.max_rows,
-                                max_image_pixels=args.max_image_pixels, max_audio_seconds=args.max_audio_seconds)
+                                max_image_pixels=args.max_image_pixels, max_audio_seconds=args.max_audio_seconds,
+                                threads=args.threads, log_level=args.log_level)
 
 
 def run(args):
@@ -42,9 +45,9 @@ def run(args):
     from ..serving.app import create_app
     from ..serving.backend import load_backend
     settings = settings_from_args(args)
-    backend = load_backend(args.run, args.onnx_file)
+    backend = load_backend(args.run, args.onnx_file, settings.threads)
     app = create_app(backend, settings)
     print(f"serving {args.run} ({backend.name}) on http://{settings.host}:{settings.port} "
           f"(docs at /docs{', API key required' if settings.api_key else ''})", flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                 timeout_graceful_shutdown=settings.graceful_timeout_s)

@@ -45,7 +45,8 @@ def create_app(backend: Backend, settings: ServeConfig | None = None) -> FastAPI
     app = FastAPI(title="Polyfuse", version="1", lifespan=lifespan,
                   description=f"Serving a Polyfuse model ({backend.name}): "
                               f"{', '.join(f'{c} ({m})' for c, m in backend.streams)}.")
-    app.add_middleware(Guard, settings=settings, metrics=metrics)
+    known_paths: set[str] = set()        # filled below, once the routes exist
+    app.add_middleware(Guard, settings=settings, metrics=metrics, known_paths=known_paths)
 
     @app.exception_handler(ApiError)
     async def api_error(request, exc: ApiError):
@@ -128,14 +129,15 @@ def create_app(backend: Backend, settings: ServeConfig | None = None) -> FastAPI
     async def prometheus():
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
+    known_paths.update(getattr(r, "path", "") for r in app.routes)
     return app
 
 
 class Guard:
     """ASGI middleware: the body size limit (Content-Length, then counted as it streams) and metrics."""
 
-    def __init__(self, app, settings: ServeConfig, metrics: Metrics):
-        self.app, self.settings, self.metrics = app, settings, metrics
+    def __init__(self, app, settings: ServeConfig, metrics: Metrics, known_paths: set[str]):
+        self.app, self.settings, self.metrics, self.known_paths = app, settings, metrics, known_paths
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -168,8 +170,10 @@ class Guard:
             await self.app(scope, limited_receive, send_status)
         finally:
             self.metrics.in_flight -= 1
-            route = scope.get("route")
-            self.metrics.observe_request(getattr(route, "path", "unmatched"), status[0], time.perf_counter() - t0)
+            # Label by route, never by raw path: a scan of random URLs must not grow the metrics without bound.
+            route = getattr(scope.get("route"), "path", None) or \
+                (scope["path"] if scope["path"] in self.known_paths else "unmatched")
+            self.metrics.observe_request(route, status[0], time.perf_counter() - t0)
 
 
 def warm_up(backend: Backend):

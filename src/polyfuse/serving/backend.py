@@ -90,9 +90,11 @@ def load_preprocessing(folder: Path) -> tuple[Config, Processors, LabelCodec]:
     return cfg, Processors.load(cfg, cfg.schema, folder / "processors"), LabelCodec.load(folder / "labels.json")
 
 
-def load_backend(folder: str | Path, onnx_file: str | None = None) -> Backend:
+def load_backend(folder: str | Path, onnx_file: str | None = None, threads: int | None = None) -> Backend:
     """An exported folder (model*.onnx) runs on ONNX Runtime; a run folder (model.safetensors) eagerly."""
     folder = Path(folder)
     if onnx_file or any((folder / f).exists() for f in ONNX_FILES):
-        return OnnxBackend(folder, onnx_file)
+        return OnnxBackend(folder, onnx_file, threads)
+    if threads:
+        torch.set_num_threads(threads)
     return EagerBackend(folder)

@@ -41,7 +41,7 @@ def dynamic_shapes(backend: EagerBackend) -> tuple:
     return (tuple(shapes),)      # FlatModel.forward takes *flat: one entry for the varargs
 
 
-def sample_rows(backend, n: int, seed: int) -> list[dict]:
+def sample_rows(backend, n: int, seed: int, min_tokens: int = 1) -> list[dict]:
     """n processed rows of random content, with varying lengths and some modalities absent."""
     g = torch.Generator().manual_seed(seed)
     cfg, rows = backend.cfg, []
@@ -53,12 +53,12 @@ def sample_rows(backend, n: int, seed: int) -> list[dict]:
             if len(backend.streams) > 1 and (i + j) % 3 == 2:
                 continue          # absent cell
             if m == "text":
-                t = int(torch.randint(1, cfg.text.max_length + 1, (1,), generator=g))
+                t = int(torch.randint(min_tokens, cfg.text.max_length + 1, (1,), generator=g))
                 row[col] = {"ids": torch.randint(5, max(6, vocab), (t,), generator=g)}
             elif m == "image":
                 row[col] = {"pixels": torch.randn(3, cfg.image.size, cfg.image.size, generator=g)}
             else:
-                f = k * int(torch.randint(1, cfg.audio.max_frames // k + 1, (1,), generator=g))
+                f = k * int(torch.randint(min_tokens, cfg.audio.max_frames // k + 1, (1,), generator=g))
                 row[col] = {"mel": torch.randn(cfg.audio.n_mels, f, generator=g)}
         rows.append(row)
     return rows
@@ -78,7 +78,8 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path, quantize: str | None =
             shutil.copytree(src, out_dir / name, dirs_exist_ok=True)
         elif src.exists():
             shutil.copy2(src, out_dir / name)
-    example = eager.collate(sample_rows(eager, 2, seed=0))
+    # Every dynamic size >= 2 in the example: torch.export specializes sizes of 0 and 1.
+    example = eager.collate(sample_rows(eager, 2, seed=0, min_tokens=2))
     t0 = time.perf_counter()
     torch.onnx.export(FlatModel(eager.graph.model).eval(), tuple(example), str(out_dir / "model.onnx"),
                       dynamo=True, dynamic_shapes=dynamic_shapes(eager), input_names=eager.inputs,

@@ -21,12 +21,16 @@ class ServeConfig:
     max_audio_seconds: float = 60.0      # checked from the header, before any sample is decoded
     api_key: str | None = None       # read from the environment variable named by --api-key-env
     graceful_timeout_s: float = 30.0  # on shutdown, how long in-flight requests get to finish
+    threads: int | None = None       # intra-op threads of the model (None: the library's default)
+    log_level: str = "info"
 
     def validate(self) -> "ServeConfig":
         for name in ("port", "max_batch_size", "timeout_ms", "max_body_bytes", "max_rows", "max_text_chars",
                      "max_image_pixels", "max_audio_seconds", "graceful_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"serve.{name} must be > 0, got {getattr(self, name)}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"serve.threads must be >= 1, got {self.threads}")
         if self.max_wait_ms < 0:
             raise ConfigError(f"serve.max_wait_ms must be >= 0, got {self.max_wait_ms}")
         return self
