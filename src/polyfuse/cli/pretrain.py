@@ -5,7 +5,7 @@ import argparse
 
 
 def add_parser(sub):
-    from .train import add_schema_args
+    from .train import add_schema_args, add_tower_args
     p = sub.add_parser("pretrain", help="self-supervised pretraining on unlabeled rows")
     p.add_argument("--data", required=True, help="table of unlabeled rows (.csv/.tsv/.jsonl/.parquet)")
     add_schema_args(p)
@@ -25,6 +25,7 @@ def add_parser(sub):
     p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast")
     p.add_argument("--on-bad-row", choices=["error", "skip"])
     p.add_argument("--augment", action="store_true", default=None, help="augment rows (config section augment)")
+    add_tower_args(p)
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="any config value, e.g. --set image.stem=conv (repeatable)")
     p.add_argument("--out", required=True, help="run folder")

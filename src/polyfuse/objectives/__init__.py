@@ -90,6 +90,9 @@ def build_objectives(pcfg: PretrainConfig, cfg, model, processors) -> dict:
         elif name == "masked_patch":
             made[name] = MaskedPatch(cfg, cfg.schema.modalities(), pcfg.mask_ratio)
         else:
+            if not hasattr(model.encoders["text"], "tok"):
+                raise ConfigError("mlm predicts the ids of Polyfuse's own text tokenizer; it needs the "
+                                  "scratch text encoder, not a pretrained text tower")
             text = processors.text
             made[name] = MLM(D, text.vocab_size, text.mask_id, first_normal_id=5, prob=pcfg.mlm_prob,
                              tied=hasattr(model.encoders["text"], "tok"))

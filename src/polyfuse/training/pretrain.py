@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from ..config import Config
 from ..data.dataset import encode_table, make_collate
 from ..data.manifest import read_table, resolve_schema
+from ..data.pretrained import tower_sources
 from ..data.processors import Processors
 from ..errors import ConfigError
 from ..inference import FORMAT_VERSION
@@ -60,7 +61,8 @@ def pretrain_run(cfg: Config, pcfg: PretrainConfig, data, out: str | Path = "run
     # 3. Model (its head is never trained here and never saved) and objectives.
     torch.manual_seed(cfg.train.seed)
     vocab = processors.text.vocab_size if processors.text else None
-    model = PolyfuseModel(cfg, schema, 1, vocab)
+    # Pretrained towers (--text-encoder ...) start from their checkpoints here as in training.
+    model = PolyfuseModel(cfg, schema, 1, vocab, towers=tower_sources(processors, pretrained_weights=True))
     pre = Pretrainer(model, build_objectives(pcfg, cfg, model, processors), pcfg.weights)
     n_params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("head."))
     say(f"model: {cfg.model.fusion} fusion, d={cfg.model.d_model}, {cfg.model.n_layers} layers, "
