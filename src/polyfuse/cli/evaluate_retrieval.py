@@ -1,0 +1,34 @@
+"""polyfuse evaluate-retrieval: R@1/5/10, median rank and mAP, both directions, exact vs approximate."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def add_parser(sub):
+    p = sub.add_parser("evaluate-retrieval", help="retrieval metrics of a run on a table")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--data", required=True, help="table whose rows pair the query and target items")
+    p.add_argument("--query", required=True, help="query modality or column")
+    p.add_argument("--target", required=True, help="target modality, column or 'fused'")
+    p.add_argument("--match", action="append", default=[], metavar="COLUMN",
+                   help="a target is also correct when it equals the query on this column (repeatable)")
+    p.add_argument("--approx", action="append", choices=["ivf", "hnsw"],
+                   help="approximate index kind(s) to compare with exact search (default: hnsw)")
+    p.add_argument("--one-way", action="store_true", help="only query -> target")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--out", help="write the metrics as JSON here")
+
+
+def run(args):
+    from ..retrieval.embed import Embedder
+    from ..retrieval.metrics import evaluate_retrieval, format_table
+    emb = Embedder.load(args.run)
+    kinds = ("flat", *(args.approx or ["hnsw"]))
+    results = evaluate_retrieval(emb, args.data, args.query, args.target, match=args.match, kinds=kinds,
+                                 both=not args.one_way, batch_size=args.batch_size, progress=True)
+    print(format_table(results))
+    if args.out:
+        Path(args.out).write_text(json.dumps({"run": args.run, "data": args.data, "match": args.match,
+                                              "results": results}, indent=2))
+        print(f"wrote {args.out}")

@@ -1,0 +1,285 @@
+"""Vectors for search: one L2-normalised vector per row for every input column and for the fused row.
+
+A column's vector comes from a pass with that column alone, so a query that has only text lands
+in the same space as the text of the collection. Which vector the pass yields:
+  - a run with contrastive projection heads: the head of that column's modality on its pooled tokens;
+  - otherwise the fused [CLS] vector ("pooled"), the one the task head reads: for a supervised
+    model it is the space in which a row's modalities agree on the label.
+The fused row vector is the pooled output with every column present (with projection heads: the
+normalised mean of the row's column vectors).
+
+`embed_table` embeds into memory; `embed_to_folder` streams a collection into memory-mapped .npy
+files with a progress bar and resumes where it stopped.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import InputError, PolyfuseError
+from ..training.checkpoint import atomic_write_text
+from ..training.loop import to_device
+from .config import RetrievalConfig
+
+FUSED = "fused"
+FORMAT = "polyfuse-embeddings"
+
+
+def model_identity(run_dir: str | Path) -> str:
+    """sha256 of model.safetensors and config.json: two runs share it only if they embed identically."""
+    h = hashlib.sha256()
+    for name in ("model.safetensors", "config.json"):
+        with open(Path(run_dir) / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:32]
+
+
+def load_run(run_dir: str | Path, device: str = "cpu"):
+    """(predictor, contrastive projection heads {column: module} or None) of a run folder.
+
+    The heads are used when config.json says the run was pretrained with the contrastive objective
+    (kind 'pretrained', 'contrastive' in pretrain.objectives); their weights are then required.
+    A fine-tuned run has no heads and embeds with its pooled vectors.
+    """
+    from ..inference import Predictor
+    run_dir = Path(run_dir)
+    meta = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
+    if meta.get("kind") != "pretrained":
+        return Predictor.load(run_dir, device), None
+    from safetensors.torch import load_file
+
+    from ..config import Config
+    from ..data.processors import Processors
+    from ..model import PolyfuseModel
+    from ..objectives import PretrainConfig, Pretrainer, build_objectives
+    cfg, pcfg = Config.from_dict(meta["config"]), PretrainConfig(**meta["pretrain"])
+    processors = Processors.load(cfg, cfg.schema, run_dir / "processors")
+    model = PolyfuseModel(cfg, cfg.schema, 1, meta["vocab_size"])
+    pre = Pretrainer(model, build_objectives(pcfg, cfg, model, processors), pcfg.weights)
+    # Saved: the model's weights without its (untrained) head, and the objectives' under objectives.
+    state = {(k if k.startswith("objectives.") else f"model.{k}"): v
+             for k, v in load_file(str(run_dir / "model.safetensors")).items()}
+    missing, unexpected = pre.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("model.head.")]
+    if missing or unexpected:
+        raise PolyfuseError(f"{run_dir}: pretrained weights do not match (missing {missing[:5]}, "
+                            f"unexpected {unexpected[:5]})")
+    heads = None
+    if "contrastive" in pcfg.objectives:
+        c = pre.objectives["contrastive"]
+        heads = {col: c.proj[i] for col, i in c.index.items()}
+    return Predictor(cfg, processors, None, model.to(device).eval()), heads
+
+
+class Embedder:
+    """A loaded run that turns rows (or a single query) into normalised vectors."""
+
+    def __init__(self, predictor, run_dir: str | Path, heads: dict | None = None):
+        self.predictor, self.run_dir = predictor, Path(run_dir)
+        self.model = predictor.model.eval()
+        self.model_id = model_identity(run_dir)
+        self.heads = {c: h.to(next(self.model.parameters()).device).eval() for c, h in heads.items()} if heads else None
+        self.columns = dict(predictor.schema.streams())            # {column: modality}
+
+    @classmethod
+    def load(cls, run_dir: str | Path, device: str | None = None) -> "Embedder":
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        predictor, heads = load_run(run_dir, device)
+        return cls(predictor, run_dir, heads)
+
+    @property
+    def names(self) -> dict:
+        """{vector name: modality}: every input column, then the fused row."""
+        return {**self.columns, FUSED: FUSED}
+
+    @property
+    def dim(self) -> int:
+        x = torch.zeros(1, self.predictor.cfg.model.d_model)
+        return int(next(iter(self.heads.values()))(x).shape[-1]) if self.heads else x.shape[1]
+
+    def column_for(self, modality_or_column: str) -> str:
+        """A column name, or the model's single column of that modality (or 'fused')."""
+        if modality_or_column in self.names:
+            return modality_or_column
+        cols = [c for c, m in self.columns.items() if m == modality_or_column]
+        if len(cols) != 1:
+            have = ", ".join(f"{c} ({m})" for c, m in self.names.items())
+            what = "no" if not cols else "more than one"
+            raise PolyfuseError(f"the model has {what} column of modality '{modality_or_column}'; "
+                                f"name one of: {have}")
+        return cols[0]
+
+    @torch.no_grad()
+    def embed_inputs(self, inputs: dict, names=None) -> dict:
+        """A collated batch -> {name: ((B, D) float32 normalised, (B,) bool present)}."""
+        device = next(self.model.parameters()).device
+        inputs = to_device(inputs, device)
+        B = _batch_size(inputs)
+        names = list(names or self.names)
+        # With projection heads the fused row is the mean of its columns' vectors, so that it lives
+        # in the same space as a one-modality query; without them it is the model's fused [CLS].
+        cols = list(self.columns) if FUSED in names and self.heads is not None else [n for n in names if n != FUSED]
+        out = {}
+        for name in cols:
+            if name not in inputs:        # the column is empty in every row of this batch
+                vec = torch.zeros(B, self.dim, device=device)
+                present = torch.zeros(B, dtype=torch.bool, device=device)
+            else:
+                fused = self.model.encode({name: inputs[name]})
+                present = fused["present"][name]
+                vec = self.heads[name](fused["per_column_pooled"][name]) if self.heads else fused["pooled"]
+            out[name] = (torch.nn.functional.normalize(vec.float(), dim=-1) * present[:, None], present)
+        if FUSED in names:
+            if self.heads is not None:
+                vec = sum(out[c][0] for c in self.columns)
+            else:
+                vec = self.model.encode(inputs)["pooled"]
+            out[FUSED] = (torch.nn.functional.normalize(vec.float(), dim=-1),
+                          torch.ones(B, dtype=torch.bool, device=device))
+        return {n: (out[n][0].cpu().numpy().astype(np.float32), out[n][1].cpu().numpy()) for n in names}
+
+    def read_rows(self, table, rows, on_bad_row: str = "error") -> tuple[list[dict], list[dict]]:
+        """Decode the cells of some table rows: ([{column: item or None}], skipped rows with reasons)."""
+        procs, items, skipped = self.predictor.processors, [], []
+        for row in rows:
+            try:
+                item = {c: procs.process_cell(table, row, c, m) for c, m in self.columns.items()}
+                if all(v is None for v in item.values()):
+                    raise InputError("row has no inputs (every input cell is empty)", table=table.name, row=row)
+            except InputError as e:
+                if on_bad_row != "skip":
+                    raise
+                skipped.append({"row": row, "column": e.column or "", "reason": e.reason})
+                item = None
+            items.append(item)
+        return items, skipped
+
+    def embed_rows(self, table, rows, on_bad_row: str = "error", names=None) -> tuple[dict, list[dict]]:
+        """Rows of a Table -> {name: (vectors, present)}; a skipped row is absent from every name."""
+        names = list(names or self.names)
+        items, skipped = self.read_rows(table, rows, on_bad_row)
+        good = [i for i, it in enumerate(items) if it is not None]
+        out = {n: (np.zeros((len(rows), self.dim), np.float32), np.zeros(len(rows), bool)) for n in names}
+        if good:
+            inputs = self.predictor.processors.collate([items[i] for i in good])
+            for n, (vec, present) in self.embed_inputs(inputs, names).items():
+                out[n][0][good], out[n][1][good] = vec, present
+        return out, skipped
+
+    def embed_table(self, source, batch_size: int | None = None, on_bad_row: str | None = None,
+                    names=None, progress: bool = False):
+        """A whole table in memory: (Table, {name: (N, D) vectors}, {name: (N,) present}, skipped)."""
+        cfg = RetrievalConfig().merged(batch_size=batch_size, on_bad_row=on_bad_row)
+        table = self.predictor.read(source)
+        names = list(names or self.names)
+        vecs = {n: np.zeros((len(table), self.dim), np.float32) for n in names}
+        present = {n: np.zeros(len(table), bool) for n in names}
+        skipped = []
+        for a in tqdm(range(0, len(table), cfg.batch_size), desc="embedding", disable=None if progress else True):
+            rows = list(range(a, min(a + cfg.batch_size, len(table))))
+            got, sk = self.embed_rows(table, rows, cfg.on_bad_row, names)
+            skipped += sk
+            for n, (v, p) in got.items():
+                vecs[n][a:a + len(rows)], present[n][a:a + len(rows)] = v, p
+        return table, vecs, present, skipped
+
+    def embed_query(self, value, modality: str, column: str | None = None) -> tuple[str, np.ndarray]:
+        """One text, image path or audio path -> (column it was read as, (1, D) vector)."""
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise PolyfuseError(f"empty {modality} query: give some text or a file path")
+        column = column or self.column_for(modality)
+        if self.columns.get(column) != modality:
+            raise PolyfuseError(f"column '{column}' is not a {modality} column of this model")
+        from ..data.manifest import Table
+        df = pd.DataFrame({c: [value if c == column else None] for c in self.columns})
+        got, _ = self.embed_rows(Table(df, Path.cwd(), "query"), [0], names=[column])
+        return column, got[column][0]
+
+
+def _batch_size(inputs: dict) -> int:
+    from ..data.processors import batch_size_of
+    return batch_size_of(inputs)
+
+
+# -- a collection on disk ----------------------------------------------------------------
+def table_fingerprint(df: pd.DataFrame) -> str:
+    return hashlib.sha256(pd.util.hash_pandas_object(df.astype("string"), index=True).values.tobytes()).hexdigest()[:32]
+
+
+def embed_to_folder(embedder: Embedder, data, out: str | Path, batch_size: int | None = None,
+                    on_bad_row: str | None = None, id_column: str | None = None, progress: bool = True) -> dict:
+    """Stream a table into `out`: <name>.npy (N, D) float32 memmaps, <name>.present.npy, rows.parquet,
+    meta.json, progress.json. Started again on the same model and table, it goes on where it stopped."""
+    cfg = RetrievalConfig().merged(batch_size=batch_size, on_bad_row=on_bad_row)
+    out = Path(out)
+    table = embedder.predictor.read(data)
+    if id_column is not None and id_column not in table.df.columns:
+        raise InputError(f"id column '{id_column}' is not in the table", table=table.name, column=id_column)
+    N, D = len(table), embedder.dim
+    meta = {"format": FORMAT, "version": 1, "model_id": embedder.model_id, "run": str(embedder.run_dir),
+            "data": str(data), "table": table_fingerprint(table.df), "rows": N, "dim": D,
+            "names": embedder.names, "projection_heads": embedder.heads is not None, "id_column": id_column,
+            "base_dir": str(table.base_dir)}
+    done = _resume_point(out, meta)
+    out.mkdir(parents=True, exist_ok=True)
+    mode = "r+" if done else "w+"
+    arrays = {n: (np.lib.format.open_memmap(out / f"{n}.npy", mode, np.float32, (N, D)),
+                  np.lib.format.open_memmap(out / f"{n}.present.npy", mode, np.bool_, (N,)))
+              for n in embedder.names}
+    if not done:
+        rows = table.df.astype("string")
+        rows.insert(0, "_id", rows[id_column] if id_column else pd.Series(range(N)).astype("string"))
+        rows.to_parquet(out / "rows.parquet", index=False)
+        atomic_write_text(out / "meta.json", json.dumps(meta, indent=2))
+    skipped = json.loads((out / "skipped.json").read_text()) if done and (out / "skipped.json").exists() else []
+    bar = tqdm(total=N, initial=done, desc="embedding", unit="row", disable=None if progress else True)
+    for a in range(done, N, cfg.batch_size):
+        rows_ = list(range(a, min(a + cfg.batch_size, N)))
+        got, sk = embedder.embed_rows(table, rows_, cfg.on_bad_row)
+        for n, (v, p) in got.items():
+            arrays[n][0][a:a + len(rows_)], arrays[n][1][a:a + len(rows_)] = v, p
+            arrays[n][0].flush(), arrays[n][1].flush()
+        skipped += sk
+        # Progress is written after the vectors are flushed: a crash redoes at most one batch.
+        if sk:
+            atomic_write_text(out / "skipped.json", json.dumps(skipped))
+        atomic_write_text(out / "progress.json", json.dumps({"done": rows_[-1] + 1}))
+        bar.update(len(rows_))
+    bar.close()
+    return {"rows": N, "dim": D, "names": list(embedder.names), "skipped": len(skipped), "resumed_at": done}
+
+
+def _resume_point(out: Path, meta: dict) -> int:
+    """Rows already embedded in `out` for this model and table (0 for a new folder)."""
+    if not (out / "meta.json").exists():
+        if out.exists() and any(out.iterdir()):
+            raise PolyfuseError(f"{out} exists and is not an embedding folder; choose another --out")
+        return 0
+    old = json.loads((out / "meta.json").read_text())
+    for key, what in (("model_id", "model"), ("table", "table"), ("dim", "dimension")):
+        if old.get(key) != meta[key]:
+            raise PolyfuseError(f"{out} holds embeddings of another {what} ({old.get(key)} vs {meta[key]}); "
+                                "delete it or choose another --out")
+    return json.loads((out / "progress.json").read_text())["done"] if (out / "progress.json").exists() else 0
+
+
+def load_embeddings(folder: str | Path) -> tuple[dict, dict, dict, pd.DataFrame]:
+    """(meta, {name: (N, D) memmap}, {name: (N,) present}, rows) of a finished embedding folder."""
+    folder = Path(folder)
+    if not (folder / "meta.json").exists():
+        raise PolyfuseError(f"{folder} is not an embedding folder (no meta.json); make one with `polyfuse embed`")
+    meta = json.loads((folder / "meta.json").read_text())
+    done = json.loads((folder / "progress.json").read_text())["done"] if (folder / "progress.json").exists() else 0
+    if done < meta["rows"]:
+        raise PolyfuseError(f"{folder} is unfinished ({done} of {meta['rows']} rows): run `polyfuse embed` "
+                            "again with the same arguments to finish it")
+    vecs = {n: np.load(folder / f"{n}.npy", mmap_mode="r") for n in meta["names"]}
+    present = {n: np.load(folder / f"{n}.present.npy") for n in meta["names"]}
+    return meta, vecs, present, pd.read_parquet(folder / "rows.parquet")

@@ -1,0 +1,264 @@
+"""`Index`: a FAISS index over one kind of vector (a column, or the fused row), with its metadata and rows.
+
+Vectors are L2-normalised, so inner product is cosine similarity. FAISS numbers vectors 0, 1, 2, ...
+in the order they are added (flat, IVF and HNSW alike); position i is row i of `rows`, whose `_id`
+column holds the user's id. The folder:
+
+    index.faiss   the FAISS index
+    meta.json     model identity, name, modality, dimension, count, kind and its parameters
+    rows.parquet  the original rows (strings), `_id` first
+
+A collection folder (what `polyfuse index` writes) holds one such folder per vector name and a
+collection.json; `Index.load(folder, target=...)` opens either.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pandas as pd
+
+from ..errors import PolyfuseError
+from ..training.checkpoint import atomic_write_text
+from .config import RetrievalConfig
+
+FORMAT = "polyfuse-index"
+
+
+class Index:
+    def __init__(self, dim: int, kind: str | None = None, model_id: str | None = None, name: str = "vectors",
+                 modality: str | None = None, config: RetrievalConfig | None = None, **params):
+        self.cfg = (config or RetrievalConfig()).merged(kind=kind, **params)
+        if dim <= 0:
+            raise PolyfuseError(f"index dimension must be > 0, got {dim}")
+        self.meta = {"format": FORMAT, "version": 1, "model_id": model_id, "name": name,
+                     "modality": modality or name, "dim": int(dim), "kind": self.cfg.kind,
+                     "nlist": self.cfg.nlist, "nprobe": self.cfg.nprobe, "hnsw_m": self.cfg.hnsw_m,
+                     "ef_construction": self.cfg.ef_construction, "ef_search": self.cfg.ef_search}
+        self.index = None if self.cfg.kind == "ivf" else _make(self.cfg, dim, 0)   # IVF waits for training data
+        self.rows = pd.DataFrame({"_id": pd.Series([], dtype="string")})
+
+    # -- building -------------------------------------------------------------------------
+    @classmethod
+    def build(cls, vectors, rows: pd.DataFrame | None = None, ids=None, **kw) -> "Index":
+        vectors = _as_matrix(vectors, "vectors to index")
+        if len(vectors) == 0:
+            raise PolyfuseError("no vectors to index: the collection is empty (or no row has this modality)")
+        index = cls(vectors.shape[1], **kw)
+        return index.add(vectors, rows=rows, ids=ids)
+
+    def add(self, vectors, rows: pd.DataFrame | None = None, ids=None, model_id: str | None = None) -> "Index":
+        """Append vectors (and their rows); ids default to positions continuing the existing ones."""
+        vectors = _as_matrix(vectors, "vectors to add")
+        if len(vectors) == 0:
+            return self
+        self.check(model_id, vectors.shape[1])
+        if rows is not None and len(rows) != len(vectors):
+            raise PolyfuseError(f"{len(rows)} rows for {len(vectors)} vectors")
+        if self.index is None:           # IVF: its cells are learnt from the first vectors added
+            self.index = _make(self.cfg, self.dim, len(vectors))
+            self.meta["nlist"] = self.index.nlist
+            # k-means needs ~40-256 points per cell, not millions: train on an even sample.
+            step = max(1, len(vectors) // (64 * self.index.nlist))
+            self.index.train(vectors[::step])
+        start = len(self)
+        self.index.add(vectors)
+        new = (rows.reset_index(drop=True).astype("string") if rows is not None
+               else pd.DataFrame(index=range(len(vectors))))
+        if "_id" in new.columns:
+            new = new.drop(columns="_id")
+        new.insert(0, "_id", pd.Series(ids if ids is not None else range(start, start + len(vectors))).astype("string"))
+        self.rows = new if start == 0 else pd.concat([self.rows, new], ignore_index=True)
+        return self
+
+    # -- checks ---------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return self.meta["dim"]
+
+    def __len__(self) -> int:
+        return 0 if self.index is None else int(self.index.ntotal)
+
+    def check(self, model_id: str | None, dim: int):
+        """Refuse vectors of another model or dimension: their scores against this index mean nothing."""
+        if model_id is not None and self.meta["model_id"] is not None and model_id != self.meta["model_id"]:
+            raise PolyfuseError(f"the index '{self.meta['name']}' was built from model {self.meta['model_id']}, "
+                                f"but these vectors come from model {model_id}: embed the collection with "
+                                "the same model (or query with the model that built the index)")
+        if dim != self.dim:
+            raise PolyfuseError(f"the index '{self.meta['name']}' holds {self.dim}-dimensional vectors, "
+                                f"got {dim}-dimensional ones (another model or projection?)")
+
+    # -- searching ------------------------------------------------------------------------
+    def search_ids(self, queries, k: int | None = None, where: dict | None = None,
+                   model_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, D) queries -> (scores (Q, k), positions (Q, k)); a slot with no hit has position -1."""
+        queries = _as_matrix(queries, "query")
+        if len(queries) == 0:
+            raise PolyfuseError("empty query: no query vectors were given")
+        self.check(model_id, queries.shape[1])
+        if len(self) == 0:
+            raise PolyfuseError(f"the index '{self.meta['name']}' is empty: add vectors before searching")
+        k = min(k or self.cfg.k, len(self))
+        sel = None
+        if where:
+            allowed = np.flatnonzero(self.matching(where)).astype(np.int64)
+            if len(allowed) == 0:
+                raise PolyfuseError(f"no row of the index matches {where}")
+            sel = faiss.IDSelectorBatch(allowed)
+            k = min(k, len(allowed))
+        scores, pos = self.index.search(queries, k, params=self._params(sel, k))
+        return scores, pos
+
+    def search(self, queries, k: int | None = None, where: dict | None = None,
+               model_id: str | None = None) -> pd.DataFrame:
+        """One line per hit: _query (number), _rank (1-based), _id, _score and the original row."""
+        scores, pos = self.search_ids(queries, k, where, model_id)
+        q, r = np.nonzero(pos >= 0)
+        hits = self.rows.iloc[pos[q, r]].reset_index(drop=True)
+        hits.insert(1, "_score", scores[q, r])
+        hits.insert(0, "_rank", r + 1)
+        hits.insert(0, "_query", q)
+        return hits
+
+    def matching(self, where: dict) -> np.ndarray:
+        """(N,) bool: rows whose every named column equals the value (or one of the values) given."""
+        ok = np.ones(len(self.rows), bool)
+        for col, value in where.items():
+            if col not in self.rows.columns:
+                have = ", ".join(c for c in self.rows.columns if c != "_id")
+                raise PolyfuseError(f"cannot filter on '{col}': the index rows have columns {have or '(none)'}")
+            values = [str(v) for v in (value if isinstance(value, (list, tuple, set)) else [value])]
+            ok &= self.rows[col].isin(values).fillna(False).to_numpy(bool)
+        return ok
+
+    def _params(self, sel, k: int):
+        kind = self.meta["kind"]
+        if kind == "ivf":
+            return faiss.SearchParametersIVF(sel=sel, nprobe=min(self.meta["nprobe"], self.index.nlist))
+        if kind == "hnsw":
+            return faiss.SearchParametersHNSW(sel=sel, efSearch=max(self.meta["ef_search"], k))
+        return faiss.SearchParameters(sel=sel) if sel is not None else None
+
+    def set_search(self, nprobe: int | None = None, ef_search: int | None = None) -> "Index":
+        """Trade speed for recall at query time (IVF nprobe, HNSW efSearch)."""
+        self.cfg = self.cfg.merged(nprobe=nprobe, ef_search=ef_search)
+        self.meta["nprobe"], self.meta["ef_search"] = self.cfg.nprobe, self.cfg.ef_search
+        return self
+
+    # -- persistence ----------------------------------------------------------------------
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.index is not None:
+            tmp = folder / ".index.faiss.tmp"
+            faiss.write_index(self.index, str(tmp))
+            tmp.replace(folder / "index.faiss")
+        self.rows.to_parquet(folder / "rows.parquet", index=False)
+        # meta.json last: its count says which index.faiss/rows.parquet belong together.
+        atomic_write_text(folder / "meta.json", json.dumps({**self.meta, "count": len(self)}, indent=2))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, target: str | None = None) -> "Index":
+        """An index folder, or a collection folder and the name or modality of one of its indexes."""
+        folder = Path(folder)
+        if (folder / "collection.json").exists():
+            folder = folder / resolve_target(folder, target)
+        if not (folder / "meta.json").exists():
+            raise PolyfuseError(f"{folder} is not a Polyfuse index folder (no meta.json)")
+        meta = json.loads((folder / "meta.json").read_text())
+        if meta.get("format") != FORMAT:
+            raise PolyfuseError(f"{folder}/meta.json is not a Polyfuse index")
+        self = cls.__new__(cls)
+        self.meta = {k: v for k, v in meta.items() if k != "count"}
+        self.cfg = RetrievalConfig().merged(kind=meta["kind"], nlist=meta["nlist"], nprobe=meta["nprobe"],
+                                            hnsw_m=meta["hnsw_m"], ef_construction=meta["ef_construction"],
+                                            ef_search=meta["ef_search"])
+        self.index = faiss.read_index(str(folder / "index.faiss")) if (folder / "index.faiss").exists() else None
+        self.rows = pd.read_parquet(folder / "rows.parquet").astype("string")
+        if len(self) != meta["count"] or len(self.rows) != meta["count"]:
+            raise PolyfuseError(f"{folder}: index ({len(self)}), rows ({len(self.rows)}) and meta.json "
+                                f"({meta['count']}) disagree; the folder was not saved completely")
+        return self
+
+    def __repr__(self):
+        m = self.meta
+        return f"Index(name={m['name']!r}, modality={m['modality']!r}, kind={m['kind']!r}, dim={m['dim']}, count={len(self)})"
+
+
+def index_collection(emb_dir: str | Path, out: str | Path, kind: str | None = None, add: bool = False,
+                     **params) -> dict:
+    """Index every vector name of an embedding folder into `out` (one Index folder per name).
+
+    add=True appends to the indexes already in `out` (same model and dimension required); rows
+    without a name's modality (an empty cell, a skipped row) are left out of that name's index.
+    """
+    from .embed import load_embeddings
+    meta, vecs, present, rows = load_embeddings(emb_dir)
+    out = Path(out)
+    if add and not (out / "collection.json").exists():
+        raise PolyfuseError(f"{out} holds no index to add to (no collection.json); drop --add to create it")
+    if not add and (out / "collection.json").exists():
+        raise PolyfuseError(f"{out} already holds an index; pass --add to add rows or choose another --out")
+    counts = {}
+    for name, modality in meta["names"].items():
+        keep = np.flatnonzero(present[name])
+        if add and (out / name / "meta.json").exists():
+            index = Index.load(out / name)
+        elif len(keep):
+            index = Index(meta["dim"], kind, meta["model_id"], name, modality, **params)
+        else:
+            continue
+        index.add(np.asarray(vecs[name][keep]), rows=rows.iloc[keep], ids=rows["_id"].iloc[keep].to_numpy(),
+                  model_id=meta["model_id"])
+        index.save(out / name)
+        counts[name] = len(index)
+    names = {n: m for n, m in meta["names"].items() if n in counts}
+    atomic_write_text(out / "collection.json", json.dumps(
+        {"format": FORMAT + "-collection", "model_id": meta["model_id"], "dim": meta["dim"], "names": names,
+         "counts": counts}, indent=2))
+    return counts
+
+
+def resolve_target(collection: Path, target: str | None) -> str:
+    """The index name in a collection folder for a column name, a modality or 'fused'."""
+    names = json.loads((collection / "collection.json").read_text())["names"]   # {name: modality}
+    if target is None:
+        raise PolyfuseError(f"{collection} holds several indexes; choose one with target: "
+                            + ", ".join(f"{n} ({m})" for n, m in names.items()))
+    if target in names:
+        return target
+    hits = [n for n, m in names.items() if m == target]
+    if len(hits) != 1:
+        raise PolyfuseError(f"{collection} has {'no' if not hits else 'several'} indexes for '{target}'; "
+                            "choose one of: " + ", ".join(f"{n} ({m})" for n, m in names.items()))
+    return hits[0]
+
+
+def _make(cfg: RetrievalConfig, dim: int, n_train: int):
+    ip = faiss.METRIC_INNER_PRODUCT
+    if cfg.kind == "flat":
+        return faiss.IndexFlatIP(dim)
+    if cfg.kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, cfg.hnsw_m, ip)
+        index.hnsw.efConstruction = cfg.ef_construction
+        return index
+    # IVF: k-means wants ~39+ points per cell; about 4 * sqrt(n) cells keeps lists short.
+    nlist = cfg.nlist or max(1, min(int(4 * math.sqrt(n_train)), n_train // 39))
+    if n_train < nlist:
+        raise PolyfuseError(f"an IVF index with {nlist} cells needs at least {nlist} vectors to train, "
+                            f"got {n_train}; use --kind flat for small collections")
+    return faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, ip)
+
+
+def _as_matrix(x, what: str) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None, :] if x.size else x.reshape(0, 0)
+    if x.ndim != 2:
+        raise PolyfuseError(f"{what} must be a (n, dim) matrix, got shape {x.shape}")
+    return np.ascontiguousarray(x)
