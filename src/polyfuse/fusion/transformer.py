@@ -5,6 +5,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .dropout_attention import dropout_attention
+
 
 class Block(nn.Module):
     def __init__(self, d: int, n_heads: int, mlp_ratio: float, dropout: float):
@@ -21,11 +23,18 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
         B, T, D = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
-        # attn_mask (B, 1, 1, T): True where a key may be attended to; padded keys get no weight.
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                           dropout_p=self.dropout if self.training else 0.0)
-        y = y.transpose(1, 2).reshape(B, T, D)                     # (B, T, D)
+        qkv = self.qkv(self.ln1(x)).view(B, T, 3, self.n_heads, D // self.n_heads)   # (B, T, 3, H, Dh)
+        cpu_fp32 = x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
+        if self.training and self.dropout > 0 and cpu_fp32:
+            # SDPA with dropout on a CPU takes its slow unfused path; this is the same maths, blockwise.
+            bias = None if attn_mask is None else key_bias(attn_mask, x.dtype)
+            y = dropout_attention(qkv, bias, self.dropout, (D // self.n_heads) ** -0.5).reshape(B, T, D)
+        else:
+            q, k, v = qkv.permute(2, 0, 3, 1, 4)
+            # attn_mask (B, 1, 1, T): True where a key may be attended to; padded keys get no weight.
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                               dropout_p=self.dropout if self.training else 0.0)
+            y = y.transpose(1, 2).reshape(B, T, D)                 # (B, T, D)
         x = x + self.drop(self.proj(y))
         return x + self.drop(self.fc2(F.gelu(self.fc1(self.ln2(x)))))
 
@@ -43,6 +52,12 @@ class Stack(nn.Module):
         for blk in self.blocks:
             x = blk(x, attn_mask)
         return self.ln(x)
+
+
+def key_bias(attn_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, 1, 1, T) bool -> (B, 1, T) additive: 0 on keys that may be attended to, -inf on padding."""
+    bias = torch.zeros(attn_mask.shape[0], 1, attn_mask.shape[-1], dtype=dtype, device=attn_mask.device)
+    return bias.masked_fill_(~attn_mask[:, 0], -torch.inf)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
