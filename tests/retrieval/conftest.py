@@ -29,3 +29,24 @@ def run_dir(synth, tmp_path_factory):
 @pytest.fixture(scope="session")
 def other_run_dir(synth, tmp_path_factory):
     return save_untrained_run(tmp_path_factory.mktemp("run2"), synth["train"], seed=1)
+
+
+def save_untrained_pretrained_run(out, train_csv, objectives=("contrastive", "mlm"), seed=0):
+    """A `polyfuse pretrain` run folder (seeded random weights, contrastive heads included), no training."""
+    from polyfuse.objectives import Pretrainer, PretrainConfig, build_objectives
+    from polyfuse.training.pretrain import save_pretrained
+    cfg = tiny_config()
+    table = read_table(train_csv)
+    procs = Processors.build(cfg, cfg.schema).fit(table)
+    procs.save(out / "processors")
+    pcfg = PretrainConfig(objectives=list(objectives), proj_dim=24)
+    torch.manual_seed(seed)
+    model = PolyfuseModel(cfg, cfg.schema, 1, procs.text.vocab_size)
+    pre = Pretrainer(model, build_objectives(pcfg, cfg, model, procs)).eval()
+    save_pretrained(out, pre, cfg, pcfg, procs.text.vocab_size, {"epoch": 0})
+    return out, pre
+
+
+@pytest.fixture(scope="session")
+def pretrained_run(synth, tmp_path_factory):
+    return save_untrained_pretrained_run(tmp_path_factory.mktemp("pre"), synth["train"])
