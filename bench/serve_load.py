@@ -42,7 +42,23 @@ def parse_args(argv=None):
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--rows", type=int, default=256, help="distinct test rows to cycle through")
+    p.add_argument("--untrained-size", choices=["tiny", "small", "base"],
+                   help="serve a randomly initialised model of this size with the run's preprocessing instead "
+                        "(throughput does not depend on the weights)")
     return p.parse_args(argv)
+
+
+def untrained_copy(run: str, size: str) -> str:
+    """The run's config, processors and labels with a fresh model of another size, saved beside it."""
+    from polyfuse.inference import Predictor
+    from polyfuse.model import PolyfuseModel
+    out = Path(run).parent / f"untrained-{size}"
+    if not (out / "config.json").exists():
+        p = Predictor.load(run)
+        cfg = p.cfg.merged({"model": {"size": size}})
+        vocab = p.processors.text.vocab_size if p.processors.text else None
+        Predictor(cfg, p.processors, p.labels, PolyfuseModel(cfg, cfg.schema, p.labels.n_outputs, vocab)).save(out)
+    return str(out)
 
 
 def bodies(data: Path, n: int) -> list[bytes]:
@@ -151,6 +167,8 @@ def mean_batch(port: int) -> float:
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.untrained_size:
+        args.run = untrained_copy(args.run, args.untrained_size)
     payloads = bodies(Path(args.data), args.rows)
     results = {}
     for name, mbs, wait in (("dynamic batching", args.max_batch_size, args.max_wait_ms), ("max_batch_size 1", 1, 0.0)):

@@ -93,3 +93,22 @@ def test_timeout_and_model_errors_reach_only_their_requests():
         return ok
 
     assert len(asyncio.run(main())["y"]) == 1
+
+
+def test_a_model_returning_the_wrong_row_count_fails_its_requests_not_the_batcher():
+    calls = []
+
+    def short(rows):
+        calls.append(len(rows))
+        return {"y": np.zeros(len(rows) - 1 if len(calls) == 1 else len(rows))}
+
+    async def main():
+        b = Batcher(short, max_batch_size=4, max_wait_ms=0)
+        b.start()
+        with pytest.raises(AssertionError):
+            await b.submit([1, 2], 5.0)
+        ok = await b.submit([3], 5.0)                       # the batcher is still running
+        await b.stop()
+        return ok
+
+    assert len(asyncio.run(main())["y"]) == 1

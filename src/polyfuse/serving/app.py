@@ -40,7 +40,7 @@ def create_app(backend: Backend, settings: ServeConfig | None = None) -> FastAPI
         yield
         # uvicorn has stopped accepting and waited for in-flight requests; drain whatever is left.
         state["ready"] = False
-        await batcher.stop()
+        await batcher.stop(settings.graceful_timeout_s)
 
     app = FastAPI(title="Polyfuse", version="1", lifespan=lifespan,
                   description=f"Serving a Polyfuse model ({backend.name}): "

@@ -40,9 +40,10 @@ class Batcher:
     def start(self):
         self.task = asyncio.get_running_loop().create_task(self._loop())
 
-    async def stop(self):
-        """After the server has stopped taking requests: finish what is queued, then stop."""
-        while self.queued_rows:
+    async def stop(self, timeout_s: float = 30.0):
+        """After the server has stopped taking requests: finish what is queued (for up to timeout_s), then stop."""
+        deadline = time.perf_counter() + timeout_s
+        while self.queued_rows and time.perf_counter() < deadline and not self.task.done():
             await asyncio.sleep(0.01)
         if self.task is not None:
             self.task.cancel()
@@ -95,17 +96,18 @@ class Batcher:
             self.on_batch(len(rows))
         try:
             out = await loop.run_in_executor(self.executor, self.run_fn, rows)
+            counts = {len(v) for v in out.values()}
+            assert counts == {len(rows)}, f"batch of {len(rows)} rows gave outputs of {counts} rows"
+            slices, start = [], 0
+            for p in live:
+                slices.append({name: np.asarray(v[start:start + len(p.rows)]) for name, v in out.items()})
+                start += len(p.rows)
+            assert start == len(rows)
         except Exception as e:       # the model failed on this batch: each of its requests gets the error
             for p in live:
                 if not p.future.done():
                     p.future.set_exception(e)
             return
-        counts = {len(v) for v in out.values()}
-        assert counts == {len(rows)}, f"batch of {len(rows)} rows gave outputs of {counts} rows"
-        start = 0
-        for p in live:
-            k = len(p.rows)
-            if not p.future.done():
-                p.future.set_result({name: np.asarray(v[start:start + k]) for name, v in out.items()})
-            start += k
-        assert start == len(rows)
+        for p, result in zip(live, slices):
+            if not p.future.done():      # it may have timed out meanwhile
+                p.future.set_result(result)
