@@ -25,9 +25,9 @@ def _png(w=8, h=8) -> bytes:
     return buf.getvalue()
 
 
-def _wav(seconds: float) -> bytes:
+def _wav(seconds: float, channels: int = 1) -> bytes:
     buf = io.BytesIO()
-    sf.write(buf, np.zeros(int(16000 * seconds), np.float32), 16000, format="WAV", subtype="PCM_16")
+    sf.write(buf, np.zeros((int(16000 * seconds), channels), np.float32), 16000, format="WAV", subtype="PCM_16")
     return buf.getvalue()
 
 
@@ -95,6 +95,8 @@ LIMITS = ServeConfig(max_body_bytes=200_000, max_rows=2, max_text_chars=50, max_
     ({"image": base64.b64encode(_png(8, 8)).decode()}, 200, None),
     ({"image": base64.b64encode(_png(11, 10)).decode()}, 413, "image"),            # 110 pixels > 100
     ({"audio": base64.b64encode(_wav(0.6)).decode()}, 413, "audio"),               # 0.6 s > 0.5 s
+    ({"audio": base64.b64encode(_wav(0.1, channels=9)).decode()}, 413, "audio"),   # 9 channels > 8
+    ({"audio": base64.b64encode(_wav(0.1, channels=2)).decode()}, 200, None),
     ({"caption": "x" * 51}, 413, "caption"),
     ([{"caption": "a"}] * 3, 413, "body"),                                          # 3 rows > 2
     ({"image": base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 40).decode()}, 400, "image"),   # corrupt PNG

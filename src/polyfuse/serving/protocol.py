@@ -138,10 +138,12 @@ def decode_value(value, modality: str, field: str, backend: Backend, limits: Ser
             raise ApiError(413, f"image is {w}x{h} = {w * h} pixels, over the limit of {limits.max_image_pixels}",
                            field)
     if modality == "audio":
-        seconds = _header(lambda: _audio_seconds(value), 0.0)
+        seconds, channels = _header(lambda: _audio_header(value), (0.0, 0))
         if seconds > limits.max_audio_seconds:
             raise ApiError(413, f"audio is {seconds:.1f} s long, over the limit of {limits.max_audio_seconds:g} s",
                            field)
+        if channels > limits.max_audio_channels:
+            raise ApiError(413, f"audio has {channels} channels, over the limit of {limits.max_audio_channels}", field)
     try:
         return backend.processors.by_modality[modality](value if modality == "text" else io.BytesIO(value))
     except InputError as e:
@@ -204,9 +206,9 @@ def _b64(value: str, field: str) -> bytes:
                        field) from None
 
 
-def _audio_seconds(data: bytes) -> float:
+def _audio_header(data: bytes) -> tuple[float, int]:
     info = sf.info(io.BytesIO(data))
-    return info.frames / info.samplerate if info.samplerate > 0 else 0.0
+    return (info.frames / info.samplerate if info.samplerate > 0 else 0.0), info.channels
 
 
 def _header(read, default):

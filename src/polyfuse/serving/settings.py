@@ -19,6 +19,7 @@ class ServeConfig:
     max_text_chars: int = 10_000
     max_image_pixels: int = 16_777_216   # checked from the header, before any pixel is decoded
     max_audio_seconds: float = 60.0      # checked from the header, before any sample is decoded
+    max_audio_channels: int = 8          # a header claiming many channels would make the decoder allocate them all
     api_key: str | None = None       # read from the environment variable named by --api-key-env
     graceful_timeout_s: float = 30.0  # on shutdown, how long in-flight requests get to finish
     threads: int | None = None       # intra-op threads of the model (None: the library's default)
@@ -26,7 +27,7 @@ class ServeConfig:
 
     def validate(self) -> "ServeConfig":
         for name in ("port", "max_batch_size", "timeout_ms", "max_body_bytes", "max_rows", "max_text_chars",
-                     "max_image_pixels", "max_audio_seconds", "graceful_timeout_s"):
+                     "max_image_pixels", "max_audio_seconds", "max_audio_channels", "graceful_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"serve.{name} must be > 0, got {getattr(self, name)}")
         if self.threads is not None and self.threads < 1:
