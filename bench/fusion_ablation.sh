@@ -23,11 +23,16 @@ for split, n in (("train", n_train), ("test", n_test)):
     else:
         df.to_csv(f"{out}/test.csv", index=False)
 PY
+# The three trainings run side by side (each single-process, niced); then evaluation and the table.
 for fusion in attention concat late; do
   rm -rf "$OUT/$fusion"
   /usr/bin/time -f "$fusion train wall %e s" nice -n 10 .venv/bin/polyfuse train --train "$OUT/train.csv" \
     --val "$OUT/val.csv" --label label --image image --audio audio --size tiny --fusion $fusion \
-    --epochs "$EPOCHS" --set audio.max_seconds=1.0 --out "$OUT/$fusion" --quiet
-  [ -n "${TRAIN_ONLY:-}" ] || nice -n 10 .venv/bin/polyfuse evaluate "$OUT/$fusion" --data "$OUT/test.csv" --group speaker >/dev/null
+    --epochs "$EPOCHS" --set audio.max_seconds=1.0 --out "$OUT/$fusion" --quiet > "$OUT/$fusion.log" 2>&1 &
 done
-[ -n "${TRAIN_ONLY:-}" ] || .venv/bin/polyfuse compare "$OUT/attention" "$OUT/concat" "$OUT/late"
+wait
+for fusion in attention concat late; do
+  tail -n 1 "$OUT/$fusion.log"
+  nice -n 10 .venv/bin/polyfuse evaluate "$OUT/$fusion" --data "$OUT/test.csv" --group speaker >/dev/null
+done
+.venv/bin/polyfuse compare "$OUT/attention" "$OUT/concat" "$OUT/late" --markdown

@@ -119,7 +119,10 @@ def bars(names: list[str], values: list[float], title: str, highlight: str | Non
         if not np.isnan(v):
             ax.text(v, i, f" {v:.3f}", va="center", fontsize=8)
     ax.set(title=title, xlabel=xlabel)
-    ax.set_xlim(0, max([v for v in vals if not np.isnan(v)] + [1e-9]) * 1.18)
+    real = [v for v in vals if not np.isnan(v)] + [0.0]
+    lo, hi = min(real), max(real)          # negative values (an r2 below 0) extend the axis leftwards
+    pad = 0.18 * ((hi - lo) or 1.0)
+    ax.set_xlim(lo - pad if lo < 0 else 0, hi + pad)
     ax.grid(axis="y", visible=False)
     return to_uri(fig)
 
