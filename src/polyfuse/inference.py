@@ -64,6 +64,9 @@ class Predictor:
         meta = json.loads((run_dir / "config.json").read_text())
         if meta.get("format_version") != FORMAT_VERSION:
             raise PolyfuseError(f"{run_dir}: format version {meta.get('format_version')} is not supported")
+        if meta.get("kind") == "pretrained":
+            raise PolyfuseError(f"{run_dir} is a pretraining run (encoders, no task head): fine-tune it with "
+                                f"`polyfuse train --init-from {run_dir} ...`")
         cfg = Config.from_dict(meta["config"])
         processors = Processors.load(cfg, cfg.schema, run_dir / "processors")
         labels = LabelCodec.load(run_dir / "labels.json")

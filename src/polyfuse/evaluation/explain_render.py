@@ -73,8 +73,10 @@ def _picture(predictor, modality, item, shaped) -> str | None:
     if modality == "audio":
         return plots.attribution_audio(item["mel"].numpy(),
                                        {label: normalise(shaped[k], k == "rollout") for k, label in METHODS if k in shaped})
+    # Rollout is positive and near uniform: stretched like the heatmaps. Gradient x input keeps its sign.
     return plots.attribution_text(_tokens(predictor, item),
-                                  {label: shaped[k] for k, label in METHODS if k in shaped})
+                                  {label: normalise(shaped[k], True) if k == "rollout" else shaped[k]
+                                   for k, label in METHODS if k in shaped})
 
 
 def _tokens(predictor, item) -> list[str]:
