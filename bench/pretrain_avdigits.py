@@ -3,8 +3,11 @@ pretraining on all 6000 training rows without labels, then fine-tuning on 1% of 
 (60 rows, 6 per digit), against training from scratch on the same 60 rows; each with and without
 augmentation. Test accuracy on test.csv (1000 rows). Results go to docs/benchmarks.md by hand.
 
-    nice -n 10 python bench/pretrain_avdigits.py pretrain --out runs/bench_pre      # once
-    nice -n 10 python bench/pretrain_avdigits.py finetune --out runs/bench_pre --seeds 0 1 2
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/pretrain_avdigits.py pretrain --out runs/bench_pre \
+        --epochs 8 --max-minutes 30
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/pretrain_avdigits.py finetune --out runs/bench_pre \
+        --seeds 0 1 2 [--epochs 120]
+Fine-tuning runs that already have a result.json are not run again.
 """
 from __future__ import annotations
 

@@ -44,6 +44,7 @@ def test_pretrain_writes_a_run_folder_with_each_objectives_loss(pretrained):
     weights = load_file(str(out / "model.safetensors"))
     assert not any(k.startswith("head.") for k in weights)
     assert any(k.startswith("objectives.contrastive.") for k in weights)
+    assert main(["info", str(out)]) == 2                       # not a predictor: a clear error, no traceback
 
 
 def test_train_init_from_loads_encoders_and_tokenizer(pretrained, tmp_path, capsys):
