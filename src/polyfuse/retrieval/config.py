@@ -14,7 +14,7 @@ class RetrievalConfig:
     on_bad_row: str = "error"        # error | skip: a skipped row gets no vectors (present=False)
     kind: str = "flat"               # flat: exact; ivf / hnsw: approximate, for large collections
     k: int = 10
-    # IVF: nlist cells (None: about 4 * sqrt(n), at least 39 training points per cell), nprobe visited.
+    # IVF: nlist cells (None: sqrt(n), at least 39 training points per cell), nprobe visited.
     nlist: int | None = None
     nprobe: int = 32
     # HNSW: M links per node, efConstruction at build, efSearch at query time.
