@@ -2,7 +2,6 @@
 import numpy as np
 import torch
 
-from polyfuse.data.manifest import read_table
 from polyfuse.retrieval import FUSED, Embedder
 
 from .conftest import save_untrained_pretrained_run
