@@ -101,7 +101,9 @@ def run_one(name: str, fusion: str, paths: dict, args) -> dict:
     eval_wall, _ = timed(evaluate)
     metrics = json.loads((out / "metrics.json").read_text())
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    best = max(log, key=lambda r: r.get("score", -1e9))
+    # The epoch whose weights were kept (ties on the score are broken by validation loss).
+    kept = json.loads((out / "checkpoint" / "trainer.json").read_text())["best_epoch"]
+    best = next(r for r in log if r["epoch"] == kept)
     row = {"model": name, "fusion": fusion if name == "fused" else "-", "test_accuracy": metrics["accuracy"],
            "val_accuracy": best.get("val_accuracy"), "epochs": len(log), "best_epoch": best["epoch"],
            "train_wall_s": round(wall, 1), "train_cpu_s": round(cpu, 1), "eval_wall_s": round(eval_wall, 1),

@@ -142,4 +142,4 @@ def test_fixed_init_pins_a_value(build):
     assert value == pytest.approx(PINNED, abs=1e-4)
 
 
-PINNED = -0.077844   # torch 2.13.0 CPU; update deliberately when init or maths change
+PINNED = -0.824743   # torch 2.13.0 CPU; update deliberately when init or maths change

@@ -21,7 +21,7 @@ def test_each_objective_loss_falls(tiny, name):
     opt = torch.optim.AdamW(pre.parameters(), lr=3e-3)
     torch.manual_seed(0)
     losses = []
-    for _ in range(30):
+    for _ in range(60):
         out = pre(batch)
         opt.zero_grad()
         out["loss"].backward()

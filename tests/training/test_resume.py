@@ -56,3 +56,12 @@ def test_checkpoint_swap_leaves_no_temporary_folder(synth, tmp_path):
             "processors", "checkpoint"} <= names
     assert not [n for n in names if "tmp" in n or n.endswith(".old")]
     assert json.loads((tmp_path / "r" / "checkpoint" / "trainer.json").read_text())["epoch"] == 2
+
+
+def test_early_stopping_breaks_score_ties_on_validation_loss():
+    state = {"best_score": 0.9, "best_val_loss": 0.30}
+    assert loop._better({"score": 0.95, "val_loss": 0.9}, state)          # higher score wins
+    assert loop._better({"score": 0.9, "val_loss": 0.25}, state)          # same score, lower loss
+    assert not loop._better({"score": 0.9, "val_loss": 0.31}, state)
+    assert not loop._better({"score": 0.85, "val_loss": 0.01}, state)
+    assert loop._better({"score": 0.1, "val_loss": 9.0}, {"best_score": None, "best_val_loss": None})

@@ -99,7 +99,7 @@ def fit(model: torch.nn.Module, train: EncodedSet, val: EncodedSet | None, colla
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: warmup_cosine(s, total_steps, int(tc.warmup_ratio * total_steps)))
 
-    state = {"epoch": 0, "step": 0, "best_score": None, "bad_epochs": 0, "best_epoch": None,
+    state = {"epoch": 0, "step": 0, "best_score": None, "best_val_loss": None, "bad_epochs": 0, "best_epoch": None,
              "elapsed_s": 0.0, "stopped": None}
     best_weights = None
     if resume:
@@ -151,9 +151,10 @@ def fit(model: torch.nn.Module, train: EncodedSet, val: EncodedSet | None, colla
         improved = True
         if val is not None:
             record.update(evaluate_loss_and_score(raw, val, collate, task, tc.batch_size * 2, acc.device))
-            improved = state["best_score"] is None or record["score"] > state["best_score"] + 1e-9
+            improved = _better(record, state)
         if improved:
-            state.update(best_score=record.get("score"), bad_epochs=0, best_epoch=epoch + 1)
+            state.update(best_score=record.get("score"), best_val_loss=record.get("val_loss"), bad_epochs=0,
+                         best_epoch=epoch + 1)
             best_weights = state_dict_cpu(raw)
             if acc.is_main_process and on_best is not None:
                 on_best(raw, record)
@@ -174,6 +175,15 @@ def fit(model: torch.nn.Module, train: EncodedSet, val: EncodedSet | None, colla
     if best_weights is not None:
         raw.load_state_dict(best_weights)
     return {**state, "steps_per_epoch": steps_per_epoch, "world_size": world}
+
+
+def _better(record: dict, state: dict) -> bool:
+    """A higher validation score, or the same score at a lower validation loss: on a small validation
+    set accuracy ties are common, and the lower loss is the better-calibrated, later model."""
+    best = state["best_score"]
+    if best is None or record["score"] > best + 1e-9:
+        return True
+    return abs(record["score"] - best) <= 1e-9 and record["val_loss"] < state["best_val_loss"]
 
 
 def _over_budget(acc: Accelerator, t_start: float, max_minutes: float) -> bool:
