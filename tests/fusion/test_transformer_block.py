@@ -72,7 +72,7 @@ def test_dropout_attention_matches_reference(monkeypatch):
     out = da.dropout_attention(qkv, bias, p, Dh ** -0.5)           # (B, T, H, Dh)
     # The same draws, in the same order: batch row by row, then two heads at a time.
     torch.manual_seed(1)
-    keep = torch.stack([torch.cat([torch.empty(2, T, T, dtype=torch.bool).bernoulli_(1 - p)
+    keep = torch.stack([torch.cat([torch.rand(2, T, T) >= p
                                    for _ in range(0, H, 2)]) for _ in range(B)])
     assert 0 < (~keep).sum() < keep.numel()
     q2 = qkv.detach().clone().requires_grad_()
