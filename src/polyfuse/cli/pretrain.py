@@ -5,7 +5,7 @@ import argparse
 
 
 def add_parser(sub):
-    from .train import add_schema_args, add_tower_args
+    from .train import add_schema_args, add_training_args
     p = sub.add_parser("pretrain", help="self-supervised pretraining on unlabeled rows")
     p.add_argument("--data", required=True, help="table of unlabeled rows (.csv/.tsv/.jsonl/.parquet)")
     add_schema_args(p)
@@ -14,21 +14,8 @@ def add_parser(sub):
     p.add_argument("--weights", help="loss weights, e.g. mlm=1,itm=0.5 (others weigh 1)")
     p.add_argument("--mlm-prob", type=float, help="share of text tokens hidden (0.15)")
     p.add_argument("--mask-ratio", type=float, help="share of image patches / audio tokens hidden (0.5)")
-    p.add_argument("--config", help="YAML/JSON config file; flags override it")
-    p.add_argument("--size", help="named model size (tiny, small, base)")
-    p.add_argument("--fusion", choices=["attention", "concat", "late"])
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--max-minutes", type=float)
-    p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast")
-    p.add_argument("--on-bad-row", choices=["error", "skip"])
+    add_training_args(p)
     p.add_argument("--augment", action="store_true", default=None, help="augment rows (config section augment)")
-    add_tower_args(p)
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="any config value, e.g. --set image.stem=conv (repeatable)")
-    p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

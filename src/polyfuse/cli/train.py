@@ -14,22 +14,9 @@ def add_parser(sub):
     p.add_argument("--label", help="label column")
     add_schema_args(p)
     p.add_argument("--task", choices=["classification", "multilabel", "regression"])
-    p.add_argument("--config", help="YAML/JSON config file; flags override it")
-    p.add_argument("--size", help="named model size (tiny, small, base)")
-    p.add_argument("--fusion", choices=["attention", "concat", "late"])
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int)
+    add_training_args(p)
     p.add_argument("--patience", type=int)
-    p.add_argument("--max-minutes", type=float)
     p.add_argument("--modality-dropout", type=float)
-    p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast")
-    p.add_argument("--on-bad-row", choices=["error", "skip"])
-    add_tower_args(p)
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="any config value, e.g. --set image.stem=conv (repeatable)")
-    p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--init-from", metavar="RUN", help="start from this run's preprocessing, encoders and "
@@ -50,6 +37,24 @@ def add_tower_args(p):
     g.add_argument("--unfreeze-top", type=int, metavar="K", help="train the top K layers of frozen towers")
     g.add_argument("--lora", action="store_true", default=None, help="train LoRA adapters on frozen towers")
     g.add_argument("--feature-cache-dir", help="where frozen towers' outputs are cached")
+
+
+def add_training_args(p):
+    """The flags `train` and `pretrain` share: config, size, budget, run folder."""
+    p.add_argument("--config", help="YAML/JSON config file; flags override it")
+    p.add_argument("--size", help="named model size (tiny, small, base)")
+    p.add_argument("--fusion", choices=["attention", "concat", "late"])
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--max-minutes", type=float)
+    p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast")
+    p.add_argument("--on-bad-row", choices=["error", "skip"])
+    add_tower_args(p)
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="any config value, e.g. --set image.stem=conv (repeatable)")
+    p.add_argument("--out", required=True, help="run folder")
 
 
 def add_schema_args(p):
