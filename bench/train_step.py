@@ -34,7 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from polyfuse.config import Config, SchemaConfig                      # noqa: E402
+from polyfuse.config import Config                      # noqa: E402
 from polyfuse.data.processors import Processors                      # noqa: E402
 from polyfuse.model import PolyfuseModel                             # noqa: E402
 

@@ -12,7 +12,6 @@ from polyfuse.cli.main import main
 from polyfuse.evaluation.evaluate import evaluate
 from polyfuse.evaluation.labelled import read_labelled
 from polyfuse.evaluation.robustness import robustness_curves
-from polyfuse.inference import Predictor
 
 from .conftest import make_run
 
