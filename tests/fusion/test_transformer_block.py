@@ -6,6 +6,7 @@ import torch
 from torch.nn import functional as F
 
 from polyfuse.fusion import dropout_attention as da
+from polyfuse.fusion import transformer
 from polyfuse.fusion.transformer import Block
 
 B, T, D, H = 3, 10, 16, 4
@@ -46,8 +47,10 @@ def test_block_matches_reference(train):
     assert torch.allclose(out, reference_block(blk, x, mask), atol=1e-5)
 
 
-def test_block_ignores_padded_keys_with_dropout():
-    """In training with dropout (the blockwise CPU path), padded key positions never matter."""
+@pytest.mark.parametrize("min_tokens", [0, 10**6], ids=["blockwise", "sdpa"])
+def test_block_ignores_padded_keys_with_dropout(monkeypatch, min_tokens):
+    """In training with dropout (either CPU path), padded key positions never matter."""
+    monkeypatch.setattr(transformer, "BLOCKWISE_MIN_TOKENS", min_tokens)
     torch.manual_seed(0)
     blk = Block(D, H, 4.0, dropout=0.3).train()
     x, mask = torch.randn(B, T, D), padding_mask()
