@@ -130,18 +130,13 @@ def fit(model: torch.nn.Module, train: EncodedSet, val: EncodedSet | None, colla
             batch = to_device((train_collate or collate)(idx, train), acc.device)
             with acc.autocast():
                 out = model(batch, modality_dropout=cfg.model.modality_dropout)
-            acc.backward(out["loss"])
-            if tc.grad_clip:
-                acc.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            optimizer_step(acc, model, opt, sched, out["loss"], tc.grad_clip)
             state["step"] += 1
             seen += len(idx) * world
             loss_sum += float(out["loss"].detach()) * len(idx)
             rate = seen / max(1e-9, time.perf_counter() - t_epoch)
             bar.set_postfix(loss=f"{loss_sum / max(1, seen / world):.4f}", samples_s=f"{rate:.0f}")
-            if tc.max_minutes is not None and _over_budget(acc, t_start, tc.max_minutes):
+            if tc.max_minutes is not None and over_budget(acc, t_start, tc.max_minutes):
                 state["stopped"] = "max_minutes"
                 break
         state["epoch"] = epoch + 1
@@ -177,6 +172,16 @@ def fit(model: torch.nn.Module, train: EncodedSet, val: EncodedSet | None, colla
     return {**state, "steps_per_epoch": steps_per_epoch, "world_size": world}
 
 
+def optimizer_step(acc: Accelerator, model, opt, sched, loss: torch.Tensor, grad_clip: float):
+    """Backward, clip, step, advance the schedule, clear gradients: one step, shared by every recipe."""
+    acc.backward(loss)
+    if grad_clip:
+        acc.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+
+
 def _better(record: dict, state: dict) -> bool:
     """A higher validation score, or the same score at a lower validation loss: on a small validation
     set accuracy ties are common, and the lower loss is the better-calibrated, later model."""
@@ -186,7 +191,7 @@ def _better(record: dict, state: dict) -> bool:
     return abs(record["score"] - best) <= 1e-9 and record["val_loss"] < state["best_val_loss"]
 
 
-def _over_budget(acc: Accelerator, t_start: float, max_minutes: float) -> bool:
+def over_budget(acc: Accelerator, t_start: float, max_minutes: float) -> bool:
     over = torch.tensor(float(time.perf_counter() - t_start > max_minutes * 60), device=acc.device)
     if acc.num_processes > 1:    # every rank must stop at the same step, or DDP hangs
         over = acc.reduce(over, reduction="sum")

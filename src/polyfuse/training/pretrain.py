@@ -25,7 +25,7 @@ from ..inference import FORMAT_VERSION
 from ..model import PolyfuseModel
 from ..objectives import Pretrainer, PretrainConfig, build_objectives
 from .checkpoint import atomic_save_tensors, atomic_write_text
-from .loop import _over_budget, epoch_batches, make_accelerator, param_groups, to_device
+from .loop import epoch_batches, make_accelerator, optimizer_step, over_budget, param_groups, to_device
 from .schedule import warmup_cosine
 
 
@@ -91,18 +91,13 @@ def pretrain_run(cfg: Config, pcfg: PretrainConfig, data, out: str | Path = "run
             batch = to_device(collate(idx, rows), acc.device)
             with acc.autocast():
                 losses = pre(batch, modality_dropout=cfg.model.modality_dropout)
-            acc.backward(losses["loss"])
-            if tc.grad_clip:
-                acc.clip_grad_norm_(pre.parameters(), tc.grad_clip)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            optimizer_step(acc, pre, opt, sched, losses["loss"], tc.grad_clip)
             step += 1
             seen += len(idx)
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
             bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}")
-            if tc.max_minutes is not None and _over_budget(acc, t_start, tc.max_minutes):
+            if tc.max_minutes is not None and over_budget(acc, t_start, tc.max_minutes):
                 stopped = "max_minutes"
                 break
         record = {"epoch": epoch, "step": step, "train_loss": sums.get("loss", 0.0) / max(1, seen)}
