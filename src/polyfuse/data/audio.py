@@ -130,6 +130,3 @@ class AudioProcessor:
                 n = x["mel"].shape[1]
                 mel[i, :, :n], mask[i, :n] = x["mel"], True
         return {"mel": mel, "mask": mask}
-
-    def state(self) -> dict:
-        return {"mean": self.mean, "std": self.std}

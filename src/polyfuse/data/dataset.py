@@ -31,9 +31,6 @@ class EncodedSet(torch.utils.data.Dataset):
     def __getitem__(self, i):
         return i
 
-    def subset(self, idx) -> "EncodedSet":
-        return EncodedSet([self.inputs[i] for i in idx], [self.labels[i] for i in idx], [self.rows[i] for i in idx])
-
 
 def encode_table(table: Table, processors: Processors, labels: LabelCodec | None = None,
                  on_bad_row: str = "error", progress: bool = True, desc: str = "reading") -> EncodedSet:

@@ -71,6 +71,3 @@ class ImageProcessor:
             if x is not None:
                 pixels[i], present[i] = x["pixels"], True
         return {"pixels": pixels, "present": present}
-
-    def state(self) -> dict:
-        return {}

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import MODALITIES, TASKS, SchemaConfig
-from ..errors import ConfigError, InputError
+from ..config import MODALITIES, SchemaConfig
+from ..errors import InputError
 
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 AUDIO_EXT = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au"}
@@ -158,8 +158,3 @@ def _numeric(values) -> bool:
         return len(values) > 0
     except ValueError:
         return False
-
-
-def check_task(task: str):
-    if task not in TASKS:
-        raise ConfigError(f"task must be one of {TASKS}, got {task!r}")

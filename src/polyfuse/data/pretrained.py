@@ -76,9 +76,6 @@ class _TowerProcessor:
     def load(cls, cfg: Config, folder: Path):
         return cls.create(cfg, TowerSource(str(tower_folder(folder, cls.modality)), with_weights=False))
 
-    def state(self) -> dict:
-        return {"tower": getattr(self.cfg, self.modality).encoder}
-
 
 class TowerTextProcessor(_TowerProcessor):
     modality = "text"

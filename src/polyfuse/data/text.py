@@ -1,7 +1,6 @@
 """Text processor: a WordPiece/BPE tokenizer trained on the training texts, saved with the model."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -91,10 +90,3 @@ class TextProcessor:
                 n = len(x["ids"])
                 ids[i, :n], mask[i, :n] = x["ids"], True
         return {"ids": ids, "mask": mask}
-
-    def state(self) -> dict:
-        return {"vocab_size": self.vocab_size}
-
-
-def save_json(path: Path, obj):
-    path.write_text(json.dumps(obj, indent=2))
