@@ -88,9 +88,51 @@ def test_evaluate_retrieval_and_zero_shot(run_dir, synth, tmp_path):
             assert 0 <= m["R@1"] <= m["R@5"] <= m["R@10"] <= 1 and m["median_rank"] >= 1
         assert by_kind["flat"] == pytest.approx(by_kind["hnsw"], abs=0.05)   # tiny set: HNSW is near exact
     assert main(["evaluate-retrieval", str(run_dir), "--data", str(synth["test"]), "--query", "text",
-                 "--target", "image", "--out", str(tmp_path / "r.json")]) == 0
-    assert "caption->image" in json.loads((tmp_path / "r.json").read_text())["results"]
+                 "--target", "image", "--zero-shot", "shape", "--prompt", "a {} bar", "--out", str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert "caption->image" in report["results"]
+    zs = report["zero_shot"]                        # the image side is classified, not the text
+    assert zs["column"] == "image" and zs["classes"] == 2 and 0 <= zs["accuracy"] <= 1
     e = Embedder.load(run_dir)
     vecs = np.concatenate([e.embed_query(w, "text")[1] for w in ("loud", "quiet")])
     labels, scores = zero_shot(e, vecs, ["loud", "quiet"])
     assert labels.tolist() == ["loud", "quiet"] and np.allclose(np.diag(scores), 1, atol=1e-5)
+
+
+def test_column_names_never_become_paths(synth, tmp_path):
+    """A column called '../cap' or 'a/b' names files inside the output folders, never outside them."""
+    from polyfuse.data.manifest import read_table
+    from polyfuse.data.processors import Processors
+    from polyfuse.inference import Predictor
+    from polyfuse.data.labels import LabelCodec
+    from polyfuse.model import PolyfuseModel
+    from tests.conftest import tiny_config
+    df = pd.read_csv(synth["test"]).rename(columns={"caption": "../cap", "image": "a/b"})
+    for col in ("a/b", "audio"):
+        df[col] = [p if pd.isna(p) else str(synth["test"].parent / p) for p in df[col]]
+    work = tmp_path / "work"
+    work.mkdir()
+    df.to_csv(work / "t.csv", index=False)
+    cfg = tiny_config(schema={"text": ["../cap"], "image": ["a/b"], "audio": ["audio"], "label": "label"})
+    procs = Processors.build(cfg, cfg.schema).fit(read_table(work / "t.csv"))
+    labels = LabelCodec("classification").fit(df["label"])
+    model = PolyfuseModel(cfg, cfg.schema, labels.n_outputs, procs.text.vocab_size).eval()
+    Predictor(cfg, procs, labels, model).save(work / "run")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["embed", str(work / "run"), "--data", str(work / "t.csv"), "--out", str(work / "emb"),
+                 "--quiet"]) == 0
+    assert main(["index", str(work / "emb"), "--out", str(work / "idx")]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == before            # nothing written beside work/
+    assert {"_cap.npy", "a_b.npy"} <= {p.name for p in (work / "emb").iterdir()}
+    assert (work / "idx" / "a_b" / "meta.json").exists() and (work / "idx" / "_cap" / "meta.json").exists()
+    assert len(Index.load(work / "idx", target="a/b")) == len(df)
+    assert main(["search", str(work / "idx"), "--model", str(work / "run"), "--text", "loud", "--target", "a/b",
+                 "--k", "2"]) == 0
+
+
+def test_file_stems_that_collide_are_refused():
+    from polyfuse.errors import PolyfuseError
+    from polyfuse.retrieval.embed import check_file_stems, file_stem
+    assert file_stem("../../etc/passwd") == "_.._etc_passwd" and file_stem("...") == "_"
+    with pytest.raises(PolyfuseError, match="would share the file name"):
+        check_file_stems(["a b", "a_b"])

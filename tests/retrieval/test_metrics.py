@@ -19,3 +19,25 @@ def test_rank_metrics_by_hand():
     assert m["R@1"] == 1 / 3 and m["R@5"] == 2 / 3 and m["R@10"] == 2 / 3
     assert m["median_rank"] == 2.0
     assert np.isclose(m["mAP"], (1 + 0.5 + 0) / 3) and m["queries"] == 3
+
+
+def test_zero_shot_metrics_on_items_equal_to_their_prompts(run_dir, synth, tmp_path):
+    """A caption equal to its row's label embeds exactly like that label's prompt: every row is right;
+    with each caption swapped for the other label, every row is wrong."""
+    import pandas as pd
+
+    from polyfuse.retrieval import Embedder, zero_shot_metrics
+    df = pd.read_csv(synth["test"])
+    for col in ("image", "audio"):
+        df[col] = [p if pd.isna(p) else str(synth["test"].parent / p) for p in df[col]]
+    df["caption"] = df["shape"]
+    df.to_csv(tmp_path / "same.csv", index=False)
+    emb = Embedder.load(run_dir)
+    m = zero_shot_metrics(emb, tmp_path / "same.csv", "text", "shape")
+    assert m["accuracy"] == m["top3_accuracy"] == m["balanced_accuracy"] == 1.0
+    assert m["classes"] == 2 and m["rows"] == len(df) and m["column"] == "caption"
+    assert m["majority_rate"] == df["shape"].value_counts().iloc[0] / len(df)
+    df["caption"] = df["shape"].map({"horizontal": "vertical", "vertical": "horizontal"})
+    df.to_csv(tmp_path / "swapped.csv", index=False)
+    m = zero_shot_metrics(emb, tmp_path / "swapped.csv", "text", "shape")
+    assert m["accuracy"] == 0.0 and m["top3_accuracy"] == 1.0            # 2 classes: always in the top 3

@@ -16,6 +16,10 @@ def add_parser(sub):
     p.add_argument("--approx", action="append", choices=["ivf", "hnsw"],
                    help="approximate index kind(s) to compare with exact search (default: hnsw)")
     p.add_argument("--one-way", action="store_true", help="only query -> target")
+    p.add_argument("--zero-shot", metavar="COLUMN",
+                   help="also classify the non-text side zero-shot against one text prompt per value of this "
+                        "table column (e.g. group): accuracy, top-3, balanced accuracy")
+    p.add_argument("--prompt", help="zero-shot prompt with {} for the label, e.g. 'an emoji of {}'")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--out", help="write the metrics as JSON here")
 
@@ -28,7 +32,15 @@ def run(args):
     results = evaluate_retrieval(emb, args.data, args.query, args.target, match=args.match, kinds=kinds,
                                  both=not args.one_way, batch_size=args.batch_size, progress=True)
     print(format_table(results))
+    report = {"run": args.run, "data": args.data, "match": args.match, "results": results}
+    if args.zero_shot:
+        from ..retrieval.metrics import zero_shot_metrics
+        side = next((c for c in (args.target, args.query) if emb.names[emb.column_for(c)] != "text"), args.target)
+        zs = zero_shot_metrics(emb, args.data, side, args.zero_shot, args.prompt, args.batch_size, progress=True)
+        print(f"zero-shot {zs['column']} -> {zs['labels_from']} ({zs['classes']} classes, {zs['rows']} rows, "
+              f"prompt {zs['prompt']!r}): accuracy {zs['accuracy']:.4f}, top-3 {zs['top3_accuracy']:.4f}, "
+              f"balanced {zs['balanced_accuracy']:.4f} (majority class {zs['majority_rate']:.4f})")
+        report["zero_shot"] = zs
     if args.out:
-        Path(args.out).write_text(json.dumps({"run": args.run, "data": args.data, "match": args.match,
-                                              "results": results}, indent=2))
+        Path(args.out).write_text(json.dumps(report, indent=2))
         print(f"wrote {args.out}")

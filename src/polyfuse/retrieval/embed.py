@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -219,6 +220,7 @@ def embed_to_folder(embedder: Embedder, data, out: str | Path, batch_size: int |
     meta.json, progress.json. Started again on the same model and table, it goes on where it stopped."""
     cfg = RetrievalConfig().merged(batch_size=batch_size, on_bad_row=on_bad_row)
     out = Path(out)
+    check_file_stems(embedder.names)
     table = embedder.predictor.read(data)
     if id_column is not None and id_column not in table.df.columns:
         raise InputError(f"id column '{id_column}' is not in the table", table=table.name, column=id_column)
@@ -230,8 +232,8 @@ def embed_to_folder(embedder: Embedder, data, out: str | Path, batch_size: int |
     done = _resume_point(out, meta)
     out.mkdir(parents=True, exist_ok=True)
     mode = "r+" if done else "w+"
-    arrays = {n: (np.lib.format.open_memmap(out / f"{n}.npy", mode, np.float32, (N, D)),
-                  np.lib.format.open_memmap(out / f"{n}.present.npy", mode, np.bool_, (N,)))
+    arrays = {n: (np.lib.format.open_memmap(out / f"{file_stem(n)}.npy", mode, np.float32, (N, D)),
+                  np.lib.format.open_memmap(out / f"{file_stem(n)}.present.npy", mode, np.bool_, (N,)))
               for n in embedder.names}
     if not done:
         rows = table.df.astype("string")
@@ -254,6 +256,23 @@ def embed_to_folder(embedder: Embedder, data, out: str | Path, batch_size: int |
         bar.update(len(rows_))
     bar.close()
     return {"rows": N, "dim": D, "names": list(embedder.names), "skipped": len(skipped), "resumed_at": done}
+
+
+def file_stem(name: str) -> str:
+    """A vector name (a user's column name) as a file name inside the output folder: a column called
+    '../x' or 'a/b' must not write outside it. Characters other than letters, digits, '_', '-', '.'
+    and '=' become '_'; leading dots go, so no name is hidden or a parent folder."""
+    return re.sub(r"[^A-Za-z0-9_.=-]", "_", name).lstrip(".") or "_"
+
+
+def check_file_stems(names) -> None:
+    """Refuse two names that would share files ('a b' and 'a_b')."""
+    seen = {}
+    for n in names:
+        other = seen.setdefault(file_stem(n).lower(), n)     # lower: case-insensitive file systems
+        if other != n:
+            raise PolyfuseError(f"columns '{other}' and '{n}' would share the file name "
+                                f"'{file_stem(n)}'; rename one of them")
 
 
 def _resume_point(out: Path, meta: dict) -> int:
@@ -280,6 +299,6 @@ def load_embeddings(folder: str | Path) -> tuple[dict, dict, dict, pd.DataFrame]
     if done < meta["rows"]:
         raise PolyfuseError(f"{folder} is unfinished ({done} of {meta['rows']} rows): run `polyfuse embed` "
                             "again with the same arguments to finish it")
-    vecs = {n: np.load(folder / f"{n}.npy", mmap_mode="r") for n in meta["names"]}
-    present = {n: np.load(folder / f"{n}.present.npy") for n in meta["names"]}
+    vecs = {n: np.load(folder / f"{file_stem(n)}.npy", mmap_mode="r") for n in meta["names"]}
+    present = {n: np.load(folder / f"{file_stem(n)}.present.npy") for n in meta["names"]}
     return meta, vecs, present, pd.read_parquet(folder / "rows.parquet")

@@ -197,8 +197,9 @@ def index_collection(emb_dir: str | Path, out: str | Path, kind: str | None = No
     add=True appends to the indexes already in `out` (same model and dimension required); rows
     without a name's modality (an empty cell, a skipped row) are left out of that name's index.
     """
-    from .embed import load_embeddings
+    from .embed import check_file_stems, file_stem, load_embeddings
     meta, vecs, present, rows = load_embeddings(emb_dir)
+    check_file_stems(meta["names"])
     out = Path(out)
     if add and not (out / "collection.json").exists():
         raise PolyfuseError(f"{out} holds no index to add to (no collection.json); drop --add to create it")
@@ -207,15 +208,16 @@ def index_collection(emb_dir: str | Path, out: str | Path, kind: str | None = No
     counts = {}
     for name, modality in meta["names"].items():
         keep = np.flatnonzero(present[name])
-        if add and (out / name / "meta.json").exists():
-            index = Index.load(out / name)
+        folder = out / file_stem(name)          # a column name is not trusted as a path
+        if add and (folder / "meta.json").exists():
+            index = Index.load(folder)
         elif len(keep):
             index = Index(meta["dim"], kind, meta["model_id"], name, modality, **params)
         else:
             continue
         index.add(np.asarray(vecs[name][keep]), rows=rows.iloc[keep], ids=rows["_id"].iloc[keep].to_numpy(),
                   model_id=meta["model_id"])
-        index.save(out / name)
+        index.save(folder)
         counts[name] = len(index)
     names = {n: m for n, m in meta["names"].items() if n in counts}
     atomic_write_text(out / "collection.json", json.dumps(
@@ -225,18 +227,17 @@ def index_collection(emb_dir: str | Path, out: str | Path, kind: str | None = No
 
 
 def resolve_target(collection: Path, target: str | None) -> str:
-    """The index name in a collection folder for a column name, a modality or 'fused'."""
+    """The index folder name in a collection folder for a column name, a modality or 'fused'."""
+    from .embed import file_stem
     names = json.loads((collection / "collection.json").read_text())["names"]   # {name: modality}
+    listing = ", ".join(f"{n} ({m})" for n, m in names.items())
     if target is None:
-        raise PolyfuseError(f"{collection} holds several indexes; choose one with target: "
-                            + ", ".join(f"{n} ({m})" for n, m in names.items()))
-    if target in names:
-        return target
-    hits = [n for n, m in names.items() if m == target]
+        raise PolyfuseError(f"{collection} holds several indexes; choose one with target: {listing}")
+    hits = [target] if target in names else [n for n, m in names.items() if m == target]
     if len(hits) != 1:
         raise PolyfuseError(f"{collection} has {'no' if not hits else 'several'} indexes for '{target}'; "
-                            "choose one of: " + ", ".join(f"{n} ({m})" for n, m in names.items()))
-    return hits[0]
+                            f"choose one of: {listing}")
+    return file_stem(hits[0])
 
 
 def _make(cfg: RetrievalConfig, dim: int, n_train: int):

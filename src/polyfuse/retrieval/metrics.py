@@ -12,6 +12,7 @@ import hashlib
 import numpy as np
 import pandas as pd
 
+from .config import RetrievalConfig
 from .index import Index
 
 KS = (1, 5, 10)
@@ -109,3 +110,33 @@ def evaluate_retrieval(embedder, data, query: str, target: str, match=(), kinds=
         rel = relevance([k[qi] for k in keys], [k[ti] for k in keys])
         results[f"{a}->{b}"] = retrieval_metrics(vecs[a][qi], vecs[b][ti], rel, kinds, **params)
     return results
+
+
+def zero_shot_metrics(embedder, data, column: str, labels_from: str, prompt: str | None = None,
+                      batch_size: int | None = None, progress: bool = False) -> dict:
+    """Zero-shot classification of `column`'s items (e.g. images) as search against one text prompt per
+    distinct value of the table column `labels_from` (e.g. group): accuracy, top-3 accuracy, balanced
+    accuracy, and the majority-class rate to read them against. Rows without the item or label are left out.
+    """
+    from ..errors import InputError
+    from .search import zero_shot
+    col = embedder.column_for(column)
+    table, vecs, present, _ = embedder.embed_table(data, batch_size=batch_size, names=[col], progress=progress)
+    if labels_from not in table.df.columns:
+        raise InputError(f"label column '{labels_from}' is not in the table", table=table.name, column=labels_from)
+    truth = table.df[labels_from].astype("string").fillna("").to_numpy(object)
+    keep = present[col] & (truth != "")
+    if not keep.any():
+        raise InputError(f"no row has both '{col}' and '{labels_from}'", table=table.name, column=labels_from)
+    truth = truth[keep]
+    classes = sorted(set(truth))
+    pred, scores = zero_shot(embedder, vecs[col][keep], classes, prompt)      # scores (Q, L) in class order
+    true_idx = np.searchsorted(np.array(classes, dtype=object), truth)
+    rank = 1 + (scores > scores[np.arange(len(truth)), true_idx][:, None]).sum(1)
+    recalls = [float(np.mean(pred[truth == c] == c)) for c in classes]
+    counts = pd.Series(truth).value_counts()
+    return {"column": col, "labels_from": labels_from, "prompt": RetrievalConfig().merged(prompt=prompt).prompt,
+            "accuracy": float(np.mean(pred == truth)), "top3_accuracy": float(np.mean(rank <= 3)),
+            "balanced_accuracy": float(np.mean(recalls)), "majority_rate": float(counts.iloc[0] / len(truth)),
+            "classes": len(classes), "rows": int(len(truth)),
+            "per_class_recall": dict(zip(classes, recalls))}
