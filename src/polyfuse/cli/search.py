@@ -27,7 +27,7 @@ def add_parser(sub):
 
 def run(args):
     from ..retrieval.embed import Embedder
-    from ..retrieval.index import Index
+    from ..retrieval.index import Index, default_target
     from ..retrieval.search import parse_where, query_vector, zero_shot
     emb = Embedder.load(args.model)
     modality = "text" if args.text is not None else "image" if args.image is not None else "audio"
@@ -54,15 +54,3 @@ def run(args):
         from .predict import write
         write(hits, args.out)
         print(f"wrote {len(hits)} hits to {args.out}")
-
-
-def default_target(folder, query_modality: str) -> str:
-    """The only modality in the collection other than the query's; otherwise the fused row."""
-    import json
-    from pathlib import Path
-    path = Path(folder) / "collection.json"
-    if not path.exists():
-        return None                       # a single index folder
-    names = json.loads(path.read_text())["names"]
-    others = {m for m in names.values() if m not in (query_modality, "fused")}
-    return others.pop() if len(others) == 1 else "fused"

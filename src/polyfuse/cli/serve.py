@@ -19,6 +19,8 @@ def add_parser(sub):
     p.add_argument("--max-rows", type=int, help="rows per request")
     p.add_argument("--max-image-pixels", type=int)
     p.add_argument("--max-audio-seconds", type=float)
+    p.add_argument("--index", metavar="FOLDER", help="also answer POST /v1/search from this index folder "
+                   "(`polyfuse index`), built from this run's embeddings; a pretraining run serves search only")
     p.add_argument("--onnx-file", help="which .onnx file of an exported folder to serve")
     p.add_argument("--threads", type=int, help="intra-op threads of the model (1 avoids oversubscription on "
                    "a busy machine)")
@@ -45,9 +47,33 @@ def run(args):
     from ..serving.app import create_app
     from ..serving.backend import load_backend
     settings = settings_from_args(args)
-    backend = load_backend(args.run, args.onnx_file, settings.threads)
-    app = create_app(backend, settings)
-    print(f"serving {args.run} ({backend.name}) on http://{settings.host}:{settings.port} "
+    pretraining = is_pretraining_run(args.run)
+    if pretraining and not args.index:
+        raise ConfigError(f"{args.run} is a pretraining run (no task head): serve it with --index FOLDER for "
+                          f"/v1/search, or fine-tune it with `polyfuse train --init-from {args.run}`")
+    search = None
+    if args.index:
+        from pathlib import Path
+
+        from ..serving.search import SearchService
+        if not (Path(args.run) / "model.safetensors").exists():
+            raise ConfigError(f"--index needs a run folder with model.safetensors to embed queries; {args.run} "
+                              "has none (an ONNX export cannot embed with the run's projection heads)")
+        if settings.threads:
+            import torch
+            torch.set_num_threads(settings.threads)
+        search = SearchService.load(args.run, args.index)
+    backend = None if pretraining else load_backend(args.run, args.onnx_file, settings.threads)
+    app = create_app(backend, settings, search)
+    what = backend.name if backend else "search only"
+    print(f"serving {args.run} ({what}) on http://{settings.host}:{settings.port} "
           f"(docs at /docs{', API key required' if settings.api_key else ''})", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                 timeout_graceful_shutdown=settings.graceful_timeout_s)
+
+
+def is_pretraining_run(folder) -> bool:
+    import json
+    from pathlib import Path
+    path = Path(folder) / "config.json"
+    return path.exists() and json.loads(path.read_text()).get("kind") == "pretrained"

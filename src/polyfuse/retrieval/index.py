@@ -240,6 +240,16 @@ def resolve_target(collection: Path, target: str | None) -> str:
     return file_stem(hits[0])
 
 
+def default_target(folder: str | Path, query_modality: str) -> str | None:
+    """The only modality in the collection other than the query's; otherwise the fused row."""
+    path = Path(folder) / "collection.json"
+    if not path.exists():
+        return None                       # a single index folder
+    names = json.loads(path.read_text())["names"]
+    others = {m for m in names.values() if m not in (query_modality, "fused")}
+    return others.pop() if len(others) == 1 else "fused"
+
+
 def _make(cfg: RetrievalConfig, dim: int, n_train: int):
     ip = faiss.METRIC_INNER_PRODUCT
     if cfg.kind == "flat":

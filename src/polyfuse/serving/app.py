@@ -2,6 +2,7 @@
 
     POST /v1/predict   JSON (one row object, or an array of them) or multipart/form-data (files)
     POST /v1/embed     the same inputs -> fused, per-column and per-modality embeddings
+    POST /v1/search    one query -> hits from a FAISS index (serving/search.py; `serve --index`)
     GET  /v1/model     columns, task and classes      GET /healthz, /readyz, /metrics, /docs
 """
 from __future__ import annotations
@@ -24,13 +25,22 @@ from .settings import ServeConfig
 log = logging.getLogger("polyfuse.serve")
 
 
-def create_app(backend: Backend, settings: ServeConfig | None = None) -> FastAPI:
+def create_app(backend: Backend | None, settings: ServeConfig | None = None, search=None) -> FastAPI:
+    """backend: the model behind /v1/predict and /v1/embed (None: a pretraining run, search only);
+    search: a serving.search.SearchService behind /v1/search."""
+    if backend is None and search is None:
+        raise ValueError("create_app needs a backend, a search service, or both")
     settings = (settings or ServeConfig()).validate()
     metrics = Metrics(settings.max_batch_size)
     state = {"ready": False}
 
     @asynccontextmanager
     async def lifespan(app):
+        if backend is None:                # search only: queries run one at a time, no batcher
+            state["ready"] = True
+            yield
+            state["ready"] = False
+            return
         batcher = Batcher(backend.run, settings.max_batch_size, settings.max_wait_ms, metrics.observe_batch)
         batcher.start()
         app.state.batcher = batcher
@@ -42,9 +52,10 @@ def create_app(backend: Backend, settings: ServeConfig | None = None) -> FastAPI
         state["ready"] = False
         await batcher.stop(settings.graceful_timeout_s)
 
+    streams = backend.streams if backend is not None else list(search.embedder.columns.items())
     app = FastAPI(title="Polyfuse", version="1", lifespan=lifespan,
-                  description=f"Serving a Polyfuse model ({backend.name}): "
-                              f"{', '.join(f'{c} ({m})' for c, m in backend.streams)}.")
+                  description=f"Serving a Polyfuse model ({backend.name if backend else 'search only'}): "
+                              f"{', '.join(f'{c} ({m})' for c, m in streams)}.")
     known_paths: set[str] = set()        # filled below, once the routes exist
     app.add_middleware(Guard, settings=settings, metrics=metrics, known_paths=known_paths)
 
@@ -96,23 +107,36 @@ def create_app(backend: Backend, settings: ServeConfig | None = None) -> FastAPI
             raise ApiError(504, f"no answer within {settings.timeout_ms:g} ms", "timeout") from None
         return rows, out
 
-    body_doc = {"requestBody": request_schema(backend, settings)}
+    if backend is not None:
+        body_doc = {"requestBody": request_schema(backend, settings)}
 
-    @app.post("/v1/predict", dependencies=[Depends(require_key)], openapi_extra=body_doc,
-              summary="Predict for one row or a list of rows")
-    async def predict(request: Request):
-        rows, out = await infer(request)
-        return {"predictions": predictions(out, backend), "backend": backend.name}
+        @app.post("/v1/predict", dependencies=[Depends(require_key)], openapi_extra=body_doc,
+                  summary="Predict for one row or a list of rows")
+        async def predict(request: Request):
+            rows, out = await infer(request)
+            return {"predictions": predictions(out, backend), "backend": backend.name}
 
-    @app.post("/v1/embed", dependencies=[Depends(require_key)], openapi_extra=body_doc,
-              summary="Fused, per-column and per-modality embeddings")
-    async def embed(request: Request):
-        rows, out = await infer(request)
-        return {"embeddings": embeddings(out, rows, backend), "backend": backend.name}
+        @app.post("/v1/embed", dependencies=[Depends(require_key)], openapi_extra=body_doc,
+                  summary="Fused, per-column and per-modality embeddings")
+        async def embed(request: Request):
+            rows, out = await infer(request)
+            return {"embeddings": embeddings(out, rows, backend), "backend": backend.name}
+
+    if search is not None:
+        from .search import search_schema
+
+        @app.post("/v1/search", dependencies=[Depends(require_key)], openapi_extra={"requestBody": search_schema()},
+                  summary="Search an index with one text, image or audio query")
+        async def search_route(request: Request):
+            return await run_in_threadpool(search.search, await request.body(), settings)
 
     @app.get("/v1/model", dependencies=[Depends(require_key)], summary="What the model takes and returns")
     async def model_info():
-        return backend.describe()
+        info = backend.describe() if backend is not None else \
+            {"backend": "search only", "columns": dict(search.embedder.columns)}
+        if search is not None:
+            info["indexes"] = search.describe()
+        return info
 
     @app.get("/healthz", summary="The process is up")
     async def healthz():
