@@ -2,6 +2,7 @@
 
     model = polyfuse.Polyfuse(label="label", image="img", audio="wav", size="tiny").fit(train_df, val_df)
     model.predict(test_df); model.score(test_df); model.save("runs/exp1")
+    tuned = polyfuse.Polyfuse(label="label", init_from="runs/pre").fit(few_labels_df)   # from `polyfuse pretrain`
     same = polyfuse.load("runs/exp1")
 """
 from __future__ import annotations
@@ -19,15 +20,25 @@ from .inference import Predictor
 class Polyfuse:
     def __init__(self, label=None, text=None, image=None, audio=None, task=None, size=None, fusion=None,
                  epochs=None, batch_size=None, lr=None, seed=None, config=None, out=None, base_dir=None,
-                 progress=False):
+                 progress=False, init_from=None, allow_partial=False):
         self.label, self.text, self.image, self.audio, self.task = label, text, image, audio, task
         self.size, self.fusion, self.epochs, self.batch_size, self.lr, self.seed = size, fusion, epochs, batch_size, lr, seed
         self.config, self.out, self.base_dir, self.progress = config, out, base_dir, progress
+        # init_from: a run folder whose encoders, fusion and preprocessing start the model (its
+        # architecture too, unless `config` is given), as `polyfuse train --init-from`.
+        self.init_from, self.allow_partial = init_from, allow_partial
 
     # -- the config a user asked for: only values they set override the defaults ----------
     def build_config(self) -> Config:
-        base = self.config if isinstance(self.config, Config) else (
-            Config.load(self.config) if self.config else Config())
+        if isinstance(self.config, Config):
+            base = self.config
+        elif self.config:
+            base = Config.load(self.config)
+        elif self.init_from:
+            from .training.transfer import base_config
+            base = base_config(self.init_from)
+        else:
+            base = Config()
         return base.merged({
             "schema": {"label": self.label, "text": _cols(self.text), "image": _cols(self.image),
                        "audio": _cols(self.audio), "task": self.task},
@@ -39,7 +50,8 @@ class Polyfuse:
         from .training.recipe import train_run
         out = self.out or tempfile.mkdtemp(prefix="polyfuse-")
         self.predictor_, self.summary_ = train_run(self.build_config(), train, val, out,
-                                                   base_dir=self.base_dir, progress=self.progress)
+                                                   base_dir=self.base_dir, progress=self.progress,
+                                                   init_from=self.init_from, allow_partial=self.allow_partial)
         self.run_dir_ = Path(out)
         self.classes_ = np.array(self.predictor_.labels.classes)
         return self

@@ -75,3 +75,18 @@ def test_init_from_another_architecture_is_an_error_unless_allow_partial(pretrai
     assert main(args + ["--out", str(tmp_path / "b"), "--allow-partial"]) == 0
     printed = capsys.readouterr().out
     assert "--allow-partial: loaded" in printed and "fusion.stack.blocks.1.qkv.weight" in printed
+
+
+def test_python_api_init_from_equals_the_cli(pretrained, tmp_path):
+    """Polyfuse(init_from=...).fit starts from the pretrained encoders and tokenizer, like --init-from."""
+    from polyfuse import Polyfuse
+    paths, pre = pretrained
+    est = Polyfuse(label="label", image="image", text="caption", audio="audio", epochs=1, lr=1e-9,
+                   init_from=str(pre), out=str(tmp_path / "api")).fit(paths["train"])
+    assert (tmp_path / "api" / "processors" / "tokenizer.json").read_text() == \
+        (pre / "processors" / "tokenizer.json").read_text()
+    before, after = load_file(str(pre / "model.safetensors")), load_file(str(tmp_path / "api" / "model.safetensors"))
+    for k in ("encoders.image.patch.weight", "fusion.stack.blocks.0.qkv.weight"):
+        assert torch.allclose(before[k], after[k], atol=1e-6), k
+    assert est.build_config().model.d_model == 32            # the pretrained architecture, not the default
+    assert est.score(paths["test"]) >= 0
