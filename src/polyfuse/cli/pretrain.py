@@ -8,6 +8,8 @@ def add_parser(sub):
     from .train import add_schema_args, add_training_args
     p = sub.add_parser("pretrain", help="self-supervised pretraining on unlabeled rows")
     p.add_argument("--data", required=True, help="table of unlabeled rows (.csv/.tsv/.jsonl/.parquet)")
+    p.add_argument("--val", help="held-out table: every objective's loss on it is logged after each epoch")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     add_schema_args(p)
     p.add_argument("--objectives", help="comma-separated: contrastive,itm,mlm,masked_patch "
                    "(default: every one the columns allow)")
@@ -45,6 +47,7 @@ def run(args):
     from .train import config_from_args
     cfg = config_from_args(train_style_args(args))
     pcfg = pretrain_config(args)
-    summary = pretrain_run(cfg, pcfg, args.data, args.out, progress=not args.quiet)
+    summary = pretrain_run(cfg, pcfg, args.data, args.out, progress=not args.quiet, val=args.val,
+                           resume=args.resume)
     stop = summary.get("stopped") or "all epochs"
     print(f"pretrained {summary['epoch']} epoch(s) ({stop}) on {summary['rows']} rows; run folder {args.out}")
