@@ -109,3 +109,24 @@ def test_serve_cli_refuses_a_pretraining_run_without_an_index(collection, capsys
     run, idx, emb = collection
     assert main(["serve", str(run)]) == 2
     assert "pretraining run" in capsys.readouterr().err
+
+
+def test_search_fuzz_no_server_errors(collection):
+    """/v1/search fuzzed from its OpenAPI schema (schemathesis): never a 5xx."""
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis.checks import not_a_server_error
+    run, idx, emb = collection
+    app = create_app(None, search=SearchService(emb, idx))
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    op = next(r.ok() for r in schema.get_all_operations() if r.ok().path == "/v1/search")
+    statuses = []
+
+    @given(case=op.as_strategy())
+    @settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    def check(case):
+        response = case.call()
+        statuses.append(response.status_code)
+        case.validate_response(response, checks=[not_a_server_error])
+    check()
+    assert max(statuses) < 500 and len(set(statuses)) >= 2

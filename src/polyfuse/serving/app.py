@@ -125,7 +125,7 @@ def create_app(backend: Backend | None, settings: ServeConfig | None = None, sea
     if search is not None:
         from .search import search_schema
 
-        @app.post("/v1/search", dependencies=[Depends(require_key)], openapi_extra={"requestBody": search_schema()},
+        @app.post("/v1/search", dependencies=[Depends(require_key)], openapi_extra={"requestBody": search_schema(search)},
                   summary="Search an index with one text, image or audio query")
         async def search_route(request: Request):
             return await run_in_threadpool(search.search, await request.body(), settings)

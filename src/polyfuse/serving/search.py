@@ -114,14 +114,18 @@ class SearchService:
         return where
 
 
-def search_schema() -> dict:
-    """The OpenAPI request body of /v1/search."""
+def search_schema(service: SearchService) -> dict:
+    """The OpenAPI request body of /v1/search, its query keys from the model's columns."""
+    modality = dict(service.reader.streams)
+    keys = {k: ({"type": "string", "minLength": 1} if modality[c] == "text" else
+                {"type": "string", "format": "byte", "description": f"{modality[c]} file content, base64"})
+            for k, c in column_names(service.reader).items()}
     return {"required": True, "content": {"application/json": {"schema": {
         "type": "object", "required": ["query"], "additionalProperties": False,
         "properties": {
-            "query": {"type": "object", "minProperties": 1, "maxProperties": 1,
-                      "description": "one input: text as a string, an image or audio file as base64",
-                      "additionalProperties": {"type": "string"}},
+            "query": {"type": "object", "minProperties": 1, "maxProperties": 1, "properties": keys,
+                      "additionalProperties": False,
+                      "description": "one input, by column or modality: text as a string, a file as base64"},
             "target": {"type": "string", "description": "index name or modality (default: the one "
                                                          "other modality in the collection, else fused)"},
             "k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 10},
