@@ -64,6 +64,32 @@ def sample_rows(backend, n: int, seed: int, min_tokens: int = 1) -> list[dict]:
     return rows
 
 
+def untie_gemm_weights(graph) -> int:
+    """Give every Gemm its own copy of a weight it shares with another node; returns the copies made.
+
+    ONNX Runtime's quantizer rewrites Gemm(transB=1) as MatMul by transposing the weight initializer
+    in place, assuming no other node uses it. Late fusion scores every column with the one task head
+    (one Gemm per column, one weight), so a shared weight was transposed once per use and came out
+    wrong whenever the use count was even (two columns: an int8 model that failed to load).
+    """
+    from onnx import numpy_helper
+    inits = {i.name: i for i in graph.initializer}
+    users: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            users[name] = users.get(name, 0) + 1
+    copies = 0
+    for node in graph.node:
+        w = node.input[1] if node.op_type == "Gemm" and len(node.input) > 1 else None
+        if w in inits and users[w] > 1:
+            users[w] -= 1
+            copy = numpy_helper.from_array(numpy_helper.to_array(inits[w]), f"{w}.{node.name or copies}")
+            graph.initializer.append(copy)
+            node.input[1] = copy.name
+            copies += 1
+    return copies
+
+
 def max_abs_diff(a: dict, b: dict) -> float:
     return max(float(np.abs(a[k] - b[k]).max()) for k in a)
 
@@ -103,6 +129,7 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path, quantize: str | None =
         # which the quantizer reruns; drop them and let it infer afresh.
         model = onnx.load(str(out_dir / "model.onnx"))
         del model.graph.value_info[:]
+        untie_gemm_weights(model.graph)
         stripped = out_dir / "model.noshapes.onnx"
         onnx.save(model, str(stripped))
         try:
