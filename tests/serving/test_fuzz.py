@@ -1,4 +1,5 @@
-"""Property-based fuzzing of the API from its own OpenAPI schema (schemathesis): never a 5xx."""
+"""Property-based fuzzing of the API from its own OpenAPI schema (schemathesis): never a 5xx, and every
+answer (errors included) matches the response schema documented for its status."""
 from __future__ import annotations
 
 import pytest
@@ -8,7 +9,7 @@ schemathesis = pytest.importorskip("schemathesis")
 
 def test_openapi_fuzz_no_server_errors(eager):
     from hypothesis import HealthCheck, given, settings
-    from schemathesis.checks import not_a_server_error
+    from schemathesis.checks import not_a_server_error, response_schema_conformance
 
     from polyfuse.serving.app import create_app
     from polyfuse.serving.settings import ServeConfig
@@ -25,6 +26,6 @@ def test_openapi_fuzz_no_server_errors(eager):
         def check(case):
             response = case.call()
             statuses.append(response.status_code)
-            case.validate_response(response, checks=[not_a_server_error])
+            case.validate_response(response, checks=[not_a_server_error, response_schema_conformance])
         check()
     assert 200 in statuses and max(statuses) < 500

@@ -20,6 +20,7 @@ from .backend import Backend
 from .batcher import Batcher, BatchTimeout
 from .metrics import Metrics
 from .protocol import ApiError, decode_rows, embeddings, parse_form, parse_json, predictions, read_form_values
+from .schemas import EmbedResponse, PredictResponse, Status, error_reference, error_responses
 from .settings import ServeConfig
 
 log = logging.getLogger("polyfuse.serve")
@@ -110,17 +111,21 @@ def create_app(backend: Backend | None, settings: ServeConfig | None = None, sea
     if backend is not None:
         body_doc = {"requestBody": request_schema(backend, settings)}
 
+        # response_model documents the answer; returning a JSONResponse skips FastAPI's validation copy.
+        errors = error_responses(400, 401, 413, 415, 422, 504)
+
         @app.post("/v1/predict", dependencies=[Depends(require_key)], openapi_extra=body_doc,
-                  summary="Predict for one row or a list of rows")
+                  summary="Predict for one row or a list of rows", response_model=PredictResponse, responses=errors)
         async def predict(request: Request):
             rows, out = await infer(request)
-            return {"predictions": predictions(out, backend), "backend": backend.name}
+            return JSONResponse({"predictions": predictions(out, backend), "backend": backend.name})
 
         @app.post("/v1/embed", dependencies=[Depends(require_key)], openapi_extra=body_doc,
-                  summary="Fused, per-column and per-modality embeddings")
+                  summary="Fused, per-column and per-modality embeddings", response_model=EmbedResponse,
+                  responses=errors)
         async def embed(request: Request):
             rows, out = await infer(request)
-            return {"embeddings": embeddings(out, rows, backend), "backend": backend.name}
+            return JSONResponse({"embeddings": embeddings(out, rows, backend), "backend": backend.name})
 
     if search is not None:
         from .search import search_schema
@@ -130,7 +135,8 @@ def create_app(backend: Backend | None, settings: ServeConfig | None = None, sea
         async def search_route(request: Request):
             return await run_in_threadpool(search.search, await request.body(), settings)
 
-    @app.get("/v1/model", dependencies=[Depends(require_key)], summary="What the model takes and returns")
+    @app.get("/v1/model", dependencies=[Depends(require_key)], summary="What the model takes and returns",
+             responses=error_responses(401))
     async def model_info():
         info = backend.describe() if backend is not None else \
             {"backend": "search only", "columns": dict(search.embedder.columns)}
@@ -138,18 +144,19 @@ def create_app(backend: Backend | None, settings: ServeConfig | None = None, sea
             info["indexes"] = search.describe()
         return info
 
-    @app.get("/healthz", summary="The process is up")
+    @app.get("/healthz", summary="The process is up", response_model=Status)
     async def healthz():
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="The model is loaded and taking requests")
+    @app.get("/readyz", summary="The model is loaded and taking requests", response_model=Status,
+             responses={503: {"model": Status, "description": "starting or stopping: not taking requests"}})
     async def readyz():
         if not state["ready"]:
             return JSONResponse({"status": "not ready"}, status_code=503)
         return {"status": "ready"}
 
     @app.get("/metrics", dependencies=[Depends(require_key)], response_class=PlainTextResponse,
-             summary="Prometheus metrics")
+             summary="Prometheus metrics", responses=error_reference(401))
     async def prometheus():
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
