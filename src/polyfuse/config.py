@@ -80,7 +80,10 @@ class ImageConfig:
     patch: int = 8                   # patch side; size must be a multiple
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
-    stem: str = "linear"             # linear: one projection per patch; conv: stride-2 convolutions
+    stem: str = "linear"             # linear: one projection per patch; conv: stride-2 convolutions;
+    #                                  cnn: residual GroupNorm blocks per resolution (encoders/cnn_stem.py)
+    stem_width: int = 16             # cnn: channels at full resolution, doubled per halving (capped at d_model)
+    stem_blocks: int = 1             # cnn: residual blocks per resolution
     max_pixels: int = 40_000_000     # decompression-bomb guard, checked before decoding
     encoder: str = "scratch"         # scratch | a Hugging Face model folder or hub id
 
@@ -89,10 +92,13 @@ class ImageConfig:
         _check_encoder("image", self.encoder, ("scratch",))
         if self.size % self.patch:
             raise ConfigError(f"image.size ({self.size}) must be a multiple of image.patch ({self.patch})")
-        if self.stem not in ("linear", "conv"):
-            raise ConfigError(f"image.stem must be 'linear' or 'conv', got {self.stem!r}")
-        if self.stem == "conv" and self.patch & (self.patch - 1):
-            raise ConfigError("image.stem 'conv' needs a power-of-two image.patch")
+        if self.stem not in ("linear", "conv", "cnn"):
+            raise ConfigError(f"image.stem must be 'linear', 'conv' or 'cnn', got {self.stem!r}")
+        if self.stem in ("conv", "cnn") and self.patch & (self.patch - 1):
+            raise ConfigError(f"image.stem {self.stem!r} needs a power-of-two image.patch")
+        _positive(self, "stem_width")
+        if self.stem_blocks < 0:
+            raise ConfigError(f"image.stem_blocks must be >= 0, got {self.stem_blocks}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ConfigError("image.mean and image.std need three values, std > 0")
 

@@ -4,6 +4,7 @@ sat at chance)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from polyfuse.config import Config
@@ -34,11 +35,12 @@ def test_audio_conv_stem_output_depends_on_the_input():
     assert float(x.std(0).mean()) > 0.2
 
 
-def test_image_conv_stem_learns_a_trivial_task():
-    """Horizontal vs vertical bar: the conv stem must fit it in a few dozen steps."""
+@pytest.mark.parametrize("image", [{"stem": "conv"}, {"stem": "cnn", "stem_width": 8}])
+def test_image_conv_stem_learns_a_trivial_task(image):
+    """Horizontal vs vertical bar: the conv (and cnn) stem must fit it in a few dozen steps."""
     torch.set_num_threads(1)
     cfg = Config().merged({"schema": {"label": "y", "image": ["img"], "task": "classification"},
-                           "image": {"stem": "conv"}})
+                           "image": image})
     rng = np.random.default_rng(0)
     proc = ImageProcessor(cfg.image)
     ys = rng.integers(0, 2, 128)

@@ -1,0 +1,57 @@
+"""image.stem 'cnn': residual GroupNorm stem. Tokens per patch, batch-independent, validated config
+(that it learns a trivial task: test_conv_stem.py)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from polyfuse.config import Config
+from polyfuse.encoders.cnn_stem import cnn_stem
+from polyfuse.encoders.image import ImageEncoder
+from polyfuse.errors import ConfigError
+
+
+def cnn_cfg(**image):
+    return Config().merged({"image": {"stem": "cnn", "size": 32, "patch": 8, "stem_width": 8, **image}})
+
+
+def test_tokens_one_per_patch_with_presence_mask():
+    torch.manual_seed(0)
+    enc = ImageEncoder(cnn_cfg(size=40)).eval()
+    present = torch.tensor([True, False, True])
+    out = enc({"pixels": torch.randn(3, 3, 40, 40), "present": present})
+    assert out["tokens"].shape == (3, 25, 64)                          # (40 / 8)^2 tokens of d_model
+    assert out["mask"].tolist() == [[p] * 25 for p in present.tolist()]
+
+
+def test_a_row_is_encoded_the_same_alone_or_beside_absent_and_other_images():
+    """GroupNorm, not BatchNorm: a row's tokens must not depend on the rest of the batch (an absent,
+    all-zero image, DDP shards, batch-1 serving)."""
+    torch.manual_seed(0)
+    # Training mode (dropout 0): BatchNorm would use the batch's statistics here.
+    enc = ImageEncoder(cnn_cfg().merged({"model": {"dropout": 0.0}})).train()
+    x = torch.randn(1, 3, 32, 32)
+    alone = enc({"pixels": x, "present": torch.tensor([True])})["tokens"]
+    batch = torch.cat([x, torch.zeros(1, 3, 32, 32), 3 * torch.randn(2, 3, 32, 32)])
+    mixed = enc({"pixels": batch, "present": torch.tensor([True, False, True, True])})["tokens"]
+    torch.testing.assert_close(mixed[:1], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_initial_output_depends_on_the_input():
+    """He init and identity-initialised blocks keep the per-image signal at unit scale."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        h = cnn_stem(3, 64, 8, width=8, blocks=2)(torch.randn(32, 3, 32, 32))   # (B, D, 4, 4)
+    assert h.shape == (32, 64, 4, 4)
+    assert 0.2 < float(h.std(0).mean()) < 5.0
+
+
+@pytest.mark.parametrize("image, message", [
+    ({"patch": 6, "size": 36}, "power-of-two"),
+    ({"stem_width": 0}, "stem_width"),
+    ({"stem_blocks": -1}, "stem_blocks"),
+    ({"stem": "resnet"}, "'cnn'"),
+])
+def test_config_errors(image, message):
+    with pytest.raises(ConfigError, match=message):
+        cnn_cfg(**image)
