@@ -54,7 +54,7 @@ def recall(approx: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean([len(set(a) & set(e)) / len(e) for a, e in zip(approx, exact)]))
 
 
-SWEEPS = {"ivf": ("nprobe", (4, 8, 16, 32, 64, 128)), "hnsw": ("ef_search", (16, 32, 64, 128, 256))}
+SWEEPS = {"ivf": ("nprobe", (4, 8, 16, 32, 64, 128)), "hnsw": ("ef_search", (16, 32, 64, 128, 256, 512, 1024))}
 
 
 def bench_size(n: int, args, rng) -> list[dict]:
