@@ -7,7 +7,10 @@ audio as base64 JSON). Clients speak minimal HTTP/1.1 keep-alive over asyncio st
 load generator costs little CPU next to the server on a small machine. Offline throughput is the
 same decode + collate + model path, in batches of --max-batch-size, without HTTP.
 
-    nice -n 10 python bench/serve_load.py runs/bench-serving/run --clients 32 --requests 3000 --seconds 40
+    python bench/serve_load.py runs/bench-serving/run --clients 32 --requests 2000 --seconds 40 [--workers 2]
+
+Run it without `nice`: with the kernel's autogroup scheduling (sched_autogroup_enabled=1) `nice` only ranks
+processes within one session, so a niced job in another session still takes its equal share of the cores.
 
 The server and the offline measurement both use one intra-op thread: on a machine shared with
 other jobs, two OpenMP threads fighting for cores made every call many times slower.
@@ -42,6 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--rows", type=int, default=256, help="distinct test rows to cycle through")
+    p.add_argument("--workers", type=int, default=1, help="server processes (polyfuse serve --workers), both configurations")
     p.add_argument("--untrained-size", choices=["tiny", "small", "base"],
                    help="serve a randomly initialised model of this size with the run's preprocessing instead "
                         "(throughput does not depend on the weights)")
@@ -86,9 +90,21 @@ def offline_rows_per_s(run: str, payloads: list[bytes], batch: int, total: int) 
 
 
 def cpu_seconds(pid: int) -> float:
-    """user + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """user + system CPU time so far of a process and all its live descendants (--workers), from Linux /proc."""
+    parent, ticks = {}, {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parent[int(entry)], ticks[int(entry)] = int(fields[1]), int(fields[11]) + int(fields[12])
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += [c for c, pp in parent.items() if pp == p]
+    return sum(ticks.get(p, 0) for p in tree) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -97,10 +113,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(run: str, port: int, max_batch: int, max_wait: float) -> subprocess.Popen:
+def start_server(run: str, port: int, max_batch: int, max_wait: float, workers: int = 1) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "polyfuse.cli", "serve", run, "--host", HOST, "--port", str(port),
            "--max-batch-size", str(max_batch), "--max-wait-ms", str(max_wait), "--max-rows", "1",
-           "--log-level", "warning", "--threads", "1"]
+           "--log-level", "warning", "--threads", "1", "--workers", str(workers)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -170,16 +186,18 @@ def main(argv=None):
     if args.untrained_size:
         args.run = untrained_copy(args.run, args.untrained_size)
     payloads = bodies(Path(args.data), args.rows)
+    load_before = os.getloadavg()
     results = {}
     for name, mbs, wait in (("dynamic batching", args.max_batch_size, args.max_wait_ms), ("max_batch_size 1", 1, 0.0)):
         port = free_port()
-        proc = start_server(args.run, port, mbs, wait)
+        proc = start_server(args.run, port, mbs, wait, args.workers)
         try:
-            c = cpu_seconds(proc.pid)
+            c, client = cpu_seconds(proc.pid), time.process_time()
             r = asyncio.run(load(port, payloads, args.clients, args.requests, args.seconds))
             r["cpu_s"] = cpu_seconds(proc.pid) - c
+            r["client_cpu_s"] = time.process_time() - client       # the load generator's own CPU
             r["per_cpu_s"] = r["requests"] / r["cpu_s"]
-            r["mean_batch"] = mean_batch(port)
+            r["mean_batch"] = mean_batch(port)      # of one worker when --workers > 1
         finally:
             proc.terminate()
             proc.wait(timeout=60)
@@ -188,16 +206,16 @@ def main(argv=None):
     n_off = min(args.requests, 2048)
     offline, offline_cpu = offline_rows_per_s(args.run, payloads, args.max_batch_size, n_off)
     dyn, one = results["dynamic batching"], results["max_batch_size 1"]
-    print(f"\n{args.clients} closed-loop clients on {HOST}; load average {os.getloadavg()[0]:.1f} "
-          f"on {os.cpu_count()} cores\n")
-    print("| configuration | requests | errors | throughput (req/s) | per server CPU-second | p50 (ms) | p95 (ms) "
-          "| p99 (ms) | mean batch |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(f"\n{args.clients} closed-loop clients on {HOST}, {args.workers} server worker(s); load average (1 min) "
+          f"{load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after, on {os.cpu_count()} cores\n")
+    print("| configuration | requests | errors | throughput (req/s) | per server CPU-second | server CPU s "
+          "| client CPU s | p50 (ms) | p95 (ms) | p99 (ms) | mean batch |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, r in results.items():
-        print(f"| {name} | {r['requests']} | {r['errors']} | {r['rps']:.0f} | {r['per_cpu_s']:.0f} | {r['p50']:.1f} | "
-              f"{r['p95']:.1f} | {r['p99']:.1f} | {r['mean_batch']:.1f} |")
-    print(f"| offline batched, no HTTP | {n_off} | - | {offline:.0f} | {offline_cpu:.0f} | - | - | - | "
-          f"{args.max_batch_size} |")
+        print(f"| {name} | {r['requests']} | {r['errors']} | {r['rps']:.0f} | {r['per_cpu_s']:.0f} | {r['cpu_s']:.1f} | "
+              f"{r['client_cpu_s']:.1f} | {r['p50']:.1f} | {r['p95']:.1f} | {r['p99']:.1f} | {r['mean_batch']:.1f} |")
+    print(f"| offline batched, no HTTP | {n_off} | - | {offline:.0f} | {offline_cpu:.0f} | {n_off / offline_cpu:.1f} | - "
+          f"| - | - | - | {args.max_batch_size} |")
     print(f"\ndynamic / batch-1: {dyn['rps'] / one['rps']:.2f}x wall clock, {dyn['per_cpu_s'] / one['per_cpu_s']:.2f}x "
           f"per CPU-second; dynamic / offline: {100 * dyn['rps'] / offline:.0f}% wall clock, "
           f"{100 * dyn['per_cpu_s'] / offline_cpu:.0f}% per CPU-second")

@@ -112,3 +112,28 @@ def test_a_model_returning_the_wrong_row_count_fails_its_requests_not_the_batche
         return ok
 
     assert len(asyncio.run(main())["y"]) == 1
+
+
+def test_prepare_decodes_in_the_model_thread_and_a_bad_request_fails_alone():
+    seen, prepared = [], []
+
+    def prepare(rows):
+        prepared.append(threading.current_thread().name)
+        if "bad" in rows:
+            raise ValueError("cannot decode")
+        return [r * 2 for r in rows]
+
+    async def main():
+        b = Batcher(echo(seen), max_batch_size=8, max_wait_ms=100, prepare=prepare)
+        b.start()
+        outs = await asyncio.gather(b.submit([1], 5.0), b.submit(["bad"], 5.0), b.submit([2, 3], 5.0),
+                                    return_exceptions=True)
+        await b.stop()
+        return outs
+
+    ok1, bad, ok2 = asyncio.run(main())
+    np.testing.assert_array_equal(ok1["y"], [20])                # decoded (x2), then the model (x10)
+    np.testing.assert_array_equal(ok2["y"], [40, 60])
+    assert isinstance(bad, ValueError)
+    assert seen == [(3, seen[0][1])]                               # one model call, without the bad request
+    assert all(name.startswith("polyfuse-model") for name in prepared) and len(prepared) == 3

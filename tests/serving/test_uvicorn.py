@@ -20,6 +20,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_ready(proc: subprocess.Popen, base: str, seconds: float):
+    deadline = time.time() + seconds
+    while True:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read().decode()
+        time.sleep(0.2)
+
+
 def test_real_server_concurrent_requests_and_graceful_shutdown(serve_run, serve_data):
     port = free_port()
     env = dict(os.environ, PF_TEST_KEY="k3y")
@@ -28,15 +40,7 @@ def test_real_server_concurrent_requests_and_graceful_shutdown(serve_run, serve_
                              "--log-level", "warning"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.time() < deadline, proc.stdout.read().decode()
-            time.sleep(0.2)
+        wait_ready(proc, base, 60)
         headers = {"x-api-key": "k3y"}
         assert httpx.post(f"{base}/v1/predict", json={"caption": "loud"}, timeout=10).status_code == 401
         bodies = [as_json(files_of(serve_data["train"], i)) for i in range(6)]
@@ -62,3 +66,60 @@ def test_real_server_concurrent_requests_and_graceful_shutdown(serve_run, serve_
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_workers_share_the_port_and_stop_together(serve_run, serve_data):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "polyfuse.cli", "serve", str(serve_run), "--port", str(port),
+                             "--workers", "2", "--threads", "1", "--log-level", "warning"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, base, 90)
+        workers = children(proc.pid)
+        assert len(workers) == 2, workers
+        body = as_json(files_of(serve_data["train"], 0))
+        # Separate connections, so the kernel spreads them over both workers' sockets; same answer from each.
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: httpx.post(f"{base}/v1/predict", json=body, timeout=30), range(16)))
+        assert [r.status_code for r in answers] == [200] * 16
+        probs = [list(r.json()["predictions"][0]["probabilities"].values()) for r in answers]
+        assert max(abs(a - b) for p in probs for a, b in zip(p, probs[0])) < 1e-6     # batch sizes differ: last bits
+        # Each worker counts its own requests: fresh connections to /metrics reach both, and the counts add up.
+        # (a worker is told apart by its latency sum; two workers may well hold 8 requests each)
+        wanted = ('polyfuse_request_latency_seconds_count{route="/v1/predict"}',
+                  'polyfuse_request_latency_seconds_sum{route="/v1/predict"}')
+        seen = set()
+        for _ in range(24):
+            lines = httpx.get(f"{base}/metrics", timeout=10).text.splitlines()
+            seen.add(tuple(float(x.split()[-1]) for x in lines if x.split(" ")[0] in wanted))
+        assert len(seen) == 2 and sum(count for _, count in seen) == 16, seen
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert not any(os.path.exists(f"/proc/{pid}") and "Z" not in status(pid) for pid in workers)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def children(pid: int) -> list[int]:
+    """Worker processes of the server (spawned interpreters), from /proc."""
+    out = []
+    for stat in os.listdir("/proc"):
+        if stat.isdigit():
+            try:
+                fields = open(f"/proc/{stat}/stat").read().rsplit(")", 1)[1].split()
+                cmd = open(f"/proc/{stat}/cmdline").read()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and "spawn_main" in cmd:
+                out.append(int(stat))
+    return out
+
+
+def status(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"

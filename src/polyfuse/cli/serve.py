@@ -25,6 +25,8 @@ def add_parser(sub):
     p.add_argument("--threads", type=int, help="intra-op threads of the model (1 avoids oversubscription on "
                    "a busy machine)")
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--workers", type=int, help="server processes, each with its own model and batcher, sharing "
+                   "the port (default 1); with --threads 1, one per core")
 
 
 def settings_from_args(args):
@@ -38,12 +40,31 @@ def settings_from_args(args):
                                 max_wait_ms=args.max_wait_ms, timeout_ms=args.timeout_ms,
                                 max_body_bytes=args.max_body_bytes, max_rows=args.max_rows,
                                 max_image_pixels=args.max_image_pixels, max_audio_seconds=args.max_audio_seconds,
-                                threads=args.threads, log_level=args.log_level)
+                                threads=args.threads, log_level=args.log_level, workers=args.workers)
 
 
 def run(args):
+    settings = settings_from_args(args)
+    if settings.workers > 1:
+        # Each worker process loads the model and builds its own app from these arguments (serving/worker.py).
+        from ..serving.worker import serve_workers
+        print(banner(args, settings, f"{settings.workers} worker processes"), flush=True)
+        return serve_workers(args, settings)
     import uvicorn
+    app, what, settings = make_app(args)
+    print(banner(args, settings, what), flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                timeout_graceful_shutdown=settings.graceful_timeout_s)
+    return 0
 
+
+def banner(args, settings, what: str) -> str:
+    return (f"serving {args.run} ({what}) on http://{settings.host}:{settings.port} "
+            f"(docs at /docs{', API key required' if settings.api_key else ''})")
+
+
+def make_app(args):
+    """The FastAPI app for these arguments, what it serves (for the banner), and the settings."""
     from ..serving.app import create_app
     from ..serving.backend import load_backend
     settings = settings_from_args(args)
@@ -65,11 +86,7 @@ def run(args):
         search = SearchService.load(args.run, args.index)
     backend = None if pretraining else load_backend(args.run, args.onnx_file, settings.threads)
     app = create_app(backend, settings, search)
-    what = backend.name if backend else "search only"
-    print(f"serving {args.run} ({what}) on http://{settings.host}:{settings.port} "
-          f"(docs at /docs{', API key required' if settings.api_key else ''})", flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=settings.graceful_timeout_s)
+    return app, (backend.name if backend else "search only"), settings
 
 
 def is_pretraining_run(folder) -> bool:

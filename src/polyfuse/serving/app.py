@@ -24,6 +24,7 @@ from .schemas import EmbedResponse, PredictResponse, Status, error_reference, er
 from .settings import ServeConfig
 
 log = logging.getLogger("polyfuse.serve")
+INLINE_PARSE_BYTES = 256 * 1024      # JSON bodies up to this size are parsed on the event loop (about 1 ms at most)
 
 
 def create_app(backend: Backend | None, settings: ServeConfig | None = None, search=None) -> FastAPI:
@@ -42,7 +43,9 @@ def create_app(backend: Backend | None, settings: ServeConfig | None = None, sea
             yield
             state["ready"] = False
             return
-        batcher = Batcher(backend.run, settings.max_batch_size, settings.max_wait_ms, metrics.observe_batch)
+        # Requests queue raw rows; the model's thread decodes them just before each batch (one thread hop a batch).
+        batcher = Batcher(backend.run, settings.max_batch_size, settings.max_wait_ms, metrics.observe_batch,
+                          prepare=lambda raw: decode_rows(raw, backend, settings))
         batcher.start()
         app.state.batcher = batcher
         metrics.queue_depth = lambda: batcher.queued_rows
@@ -70,7 +73,7 @@ def create_app(backend: Backend | None, settings: ServeConfig | None = None, sea
         return JSONResponse({"error": f"internal error: {type(exc).__name__}", "field": None, "status": 500},
                             status_code=500)
 
-    def require_key(request: Request):
+    async def require_key(request: Request):       # async: FastAPI would run a plain def in a thread, per request
         if settings.api_key is None:
             return
         given = request.headers.get("x-api-key") or ""
@@ -95,10 +98,12 @@ def create_app(backend: Backend | None, settings: ServeConfig | None = None, sea
                 raw = await read_form_values(parse_form(form, backend, settings), backend)
             finally:
                 await form.close()
-            rows = await run_in_threadpool(decode_rows, raw, backend, settings)
+            rows = raw
         elif ctype in ("application/json", ""):
             body = await request.body()
-            rows = await run_in_threadpool(lambda: decode_rows(parse_json(body, backend, settings), backend, settings))
+            # JSON + base64 of a small body costs less than a thread hop; a big one must not stall the loop.
+            rows = parse_json(body, backend, settings) if len(body) <= INLINE_PARSE_BYTES else \
+                await run_in_threadpool(parse_json, body, backend, settings)
         else:
             raise ApiError(415, f"content type '{ctype}' is not accepted; send application/json or "
                                 "multipart/form-data (or a urlencoded form of text fields)", "content-type")

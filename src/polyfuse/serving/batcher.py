@@ -2,8 +2,12 @@
 
 A batch closes when it holds `max_batch_size` rows or `max_wait_ms` after its first request
 arrived, whichever comes first. The model runs in one worker thread, so the event loop keeps
-accepting, decoding and answering requests while a batch computes; the next batch gathers
-meanwhile. Each request's rows stay together and its outputs are sliced back by count.
+accepting and answering requests while a batch computes; the next batch gathers meanwhile. Each
+request's rows stay together and its outputs are sliced back by count.
+
+With `prepare`, requests queue their raw rows and the worker thread decodes them, request by
+request, just before the model call: one thread hop per batch instead of one per request (a
+request whose rows fail to decode gets that error; the rest of the batch runs).
 """
 from __future__ import annotations
 
@@ -29,9 +33,9 @@ class BatchTimeout(Exception):
 
 class Batcher:
     def __init__(self, run: Callable[[list], dict], max_batch_size: int, max_wait_ms: float,
-                 on_batch: Callable[[int], None] | None = None):
+                 on_batch: Callable[[int], None] | None = None, prepare: Callable[[list], list] | None = None):
         self.run_fn, self.max_batch_size, self.max_wait = run, max_batch_size, max_wait_ms / 1000.0
-        self.on_batch = on_batch
+        self.on_batch, self.prepare = on_batch, prepare
         self.queue: asyncio.Queue[Pending] = asyncio.Queue()
         self.queued_rows = 0
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="polyfuse-model")
@@ -91,11 +95,15 @@ class Batcher:
         live = [p for p in batch if not p.future.done()]      # timed-out requests are not computed
         if not live:
             return
-        rows = [r for p in live for r in p.rows]
-        if self.on_batch is not None:
-            self.on_batch(len(rows))
+        live, failed, rows, out = await loop.run_in_executor(self.executor, self._work, live)
+        for p, e in failed:
+            if not p.future.done():
+                p.future.set_exception(e)
+        if not live:
+            return
         try:
-            out = await loop.run_in_executor(self.executor, self.run_fn, rows)
+            if isinstance(out, Exception):
+                raise out
             counts = {len(v) for v in out.values()}
             assert counts == {len(rows)}, f"batch of {len(rows)} rows gave outputs of {counts} rows"
             slices, start = [], 0
@@ -111,3 +119,24 @@ class Batcher:
         for p, result in zip(live, slices):
             if not p.future.done():      # it may have timed out meanwhile
                 p.future.set_result(result)
+
+    def _work(self, live: list[Pending]):
+        """In the worker thread: decode each request's rows (when prepare is set), then one model call."""
+        failed = []
+        if self.prepare is not None:
+            ok = []
+            for p in live:
+                try:
+                    ok.append(Pending(self.prepare(p.rows), p.future, p.enqueued))
+                except Exception as e:       # this request's input is bad: only it fails
+                    failed.append((p, e))
+            live = ok
+        rows = [r for p in live for r in p.rows]
+        if not rows:
+            return live, failed, rows, {}
+        if self.on_batch is not None:
+            self.on_batch(len(rows))
+        try:
+            return live, failed, rows, self.run_fn(rows)
+        except Exception as e:       # handed back, so the requests that failed to decode keep their own error
+            return live, failed, rows, e

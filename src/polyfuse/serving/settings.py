@@ -23,11 +23,12 @@ class ServeConfig:
     api_key: str | None = None       # read from the environment variable named by --api-key-env
     graceful_timeout_s: float = 30.0  # on shutdown, how long in-flight requests get to finish
     threads: int | None = None       # intra-op threads of the model (None: the library's default)
+    workers: int = 1                 # server processes sharing the port, each with its own model and batcher
     log_level: str = "info"
 
     def validate(self) -> "ServeConfig":
         for name in ("port", "max_batch_size", "timeout_ms", "max_body_bytes", "max_rows", "max_text_chars",
-                     "max_image_pixels", "max_audio_seconds", "max_audio_channels", "graceful_timeout_s"):
+                     "max_image_pixels", "max_audio_seconds", "max_audio_channels", "graceful_timeout_s", "workers"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"serve.{name} must be > 0, got {getattr(self, name)}")
         if self.threads is not None and self.threads < 1:

@@ -1,0 +1,79 @@
+"""`polyfuse serve --workers N`: N server processes on one port, each with its own model and batcher.
+
+Python runs one thread of request handling at a time (the GIL), so one process uses about one core
+however many threads it has. Each worker binds the port itself with SO_REUSEPORT, and the kernel
+spreads new connections evenly over the workers' sockets (a socket shared by all, uvicorn's own
+--workers, lets whichever process wakes first accept a burst of keep-alive connections: measured
+splits like 30/2, where the small worker runs batches of 1 at full cost). Linux only; metrics are
+per process. SIGTERM or SIGINT to the parent stops every worker gracefully.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+
+from ..errors import ConfigError, PolyfuseError
+
+
+def serve_workers(args: argparse.Namespace, settings) -> int:
+    """Start settings.workers processes and wait for them; the exit status is the first failure's, else 0."""
+    if not sys.platform.startswith("linux"):
+        raise ConfigError("--workers > 1 needs Linux (SO_REUSEPORT balancing); run one process per port elsewhere")
+    ctx = multiprocessing.get_context("spawn")       # fresh interpreters: no forked torch or event-loop state
+    argd = {k: v for k, v in vars(args).items() if k != "func"}
+    # Workers bind only once all have loaded their model: a worker bound early would take every
+    # keep-alive connection opened meanwhile, and keep it.
+    loaded = ctx.Barrier(settings.workers)
+    procs = [ctx.Process(target=worker_main, args=(argd, loaded), name=f"polyfuse-serve-{i}", daemon=False)
+             for i in range(settings.workers)]
+    stopping = []
+
+    def stop(signum, frame):
+        # SIGTERM to each worker: graceful in uvicorn (a repeated SIGINT would force an exit, and a
+        # Ctrl-C in a terminal already reaches every process of the group).
+        stopping.append(signum)
+        for p in procs:
+            if p.pid and p.is_alive():
+                os.kill(p.pid, signal.SIGTERM)
+
+    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for p in procs:
+            p.start()
+        from multiprocessing.connection import wait
+        pending = list(procs)
+        while pending:
+            done = wait([p.sentinel for p in pending])
+            for p in [p for p in pending if p.sentinel in done]:
+                p.join()
+                pending.remove(p)
+                if not stopping:          # a worker died on its own: stop the others too
+                    stop(None, None)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    failed = [p.exitcode for p in procs if p.exitcode not in (0, -signal.SIGTERM, -signal.SIGINT)]
+    return failed[0] if failed and failed[0] > 0 else (1 if failed else 0)
+
+
+def worker_main(argd: dict, loaded):
+    import uvicorn
+
+    from ..cli.serve import make_app
+    try:
+        app, _, settings = make_app(argparse.Namespace(**argd))
+    except PolyfuseError as e:        # said once per worker, as `polyfuse serve` says it, not as a traceback
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    loaded.wait()       # a worker that fails to load makes the parent stop the others (SIGTERM)
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((settings.host, settings.port))
+    config = uvicorn.Config(app, log_level=settings.log_level, timeout_graceful_shutdown=settings.graceful_timeout_s)
+    uvicorn.Server(config).run(sockets=[sock])
