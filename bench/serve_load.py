@@ -78,7 +78,7 @@ def offline_rows_per_s(run: str, payloads: list[bytes], batch: int, total: int) 
     from polyfuse.serving.backend import load_backend
     from polyfuse.serving.protocol import decode_rows, parse_json
     from polyfuse.serving.settings import ServeConfig
-    backend, limits = load_backend(run), ServeConfig()
+    backend, limits = load_backend(run, threads=1), ServeConfig()      # ONNX Runtime too, as served
     backend.run(decode_rows(parse_json(payloads[0], backend, limits), backend, limits))   # warm-up
     t, c, done = time.perf_counter(), time.process_time(), 0
     while done < total:

@@ -32,6 +32,20 @@ def test_export_parity_and_dynamic_axes(exported, eager, capsys):
     assert load_backend(exported).name == "onnx:model.int8.onnx"
 
 
+def test_threads_apply_to_preprocessing_with_onnx(exported):
+    """--threads 1 must bound torch (log-mel) as well as ONNX Runtime: a spare OpenMP thread spinning
+    beside the session made ONNX serving 10x slower on a busy machine."""
+    import torch
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        backend = load_backend(exported, threads=1)
+        assert torch.get_num_threads() == 1
+        assert backend.session.get_session_options().intra_op_num_threads == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.anyio
 async def test_serving_the_exported_folder_answers_like_eager(exported, eager, serve_data):
     from polyfuse.serving.app import create_app
