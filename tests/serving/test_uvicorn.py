@@ -96,10 +96,10 @@ def test_workers_share_the_port_and_stop_together(serve_run, serve_data):
         assert len(seen) == 2 and sum(count for _, count in seen) == 16, seen
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-        assert not any(os.path.exists(f"/proc/{pid}") and "Z" not in status(pid) for pid in workers)
+        assert all(status(pid) in ("Z", "X") for pid in workers)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            proc.kill()          # the workers follow (PR_SET_PDEATHSIG)
             proc.wait()
 
 
@@ -119,7 +119,36 @@ def children(pid: int) -> list[int]:
 
 
 def status(pid: int) -> str:
+    """The process state letter ('R', 'S', 'Z'...); 'X' when it is gone."""
     try:
         return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
     except OSError:
-        return "Z"
+        return "X"
+
+
+def test_a_worker_dies_with_its_parent(tmp_path):
+    """A worker outlives nothing: when its parent is SIGKILLed it gets SIGTERM (PR_SET_PDEATHSIG)."""
+    pidfile = tmp_path / "worker.pid"
+    grandchild = ("import os, sys, time; from polyfuse.serving.worker import die_with; die_with(int(sys.argv[1])); "
+                  f"open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(60)")
+    parent = ("import subprocess, sys, os, time; "
+              f"subprocess.Popen([sys.executable, '-c', {grandchild!r}, str(os.getpid())]); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", parent])
+    try:
+        deadline = time.time() + 60
+        while not (pidfile.exists() and pidfile.read_text()):
+            assert time.time() < deadline
+            time.sleep(0.1)
+        worker = int(pidfile.read_text())
+        assert status(worker) not in ("Z", "X")
+        proc.kill()
+        proc.wait()
+        deadline = time.time() + 10
+        while status(worker) not in ("Z", "X") and time.time() < deadline:
+            time.sleep(0.1)
+        assert status(worker) in ("Z", "X")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if pidfile.exists() and pidfile.read_text() and status(int(pidfile.read_text())) not in ("Z", "X"):
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)

@@ -28,7 +28,8 @@ def serve_workers(args: argparse.Namespace, settings) -> int:
     # Workers bind only once all have loaded their model: a worker bound early would take every
     # keep-alive connection opened meanwhile, and keep it.
     loaded = ctx.Barrier(settings.workers)
-    procs = [ctx.Process(target=worker_main, args=(argd, loaded), name=f"polyfuse-serve-{i}", daemon=False)
+    procs = [ctx.Process(target=worker_main, args=(argd, loaded, os.getpid()), name=f"polyfuse-serve-{i}",
+                         daemon=False)
              for i in range(settings.workers)]
     stopping = []
 
@@ -60,10 +61,11 @@ def serve_workers(args: argparse.Namespace, settings) -> int:
     return failed[0] if failed and failed[0] > 0 else (1 if failed else 0)
 
 
-def worker_main(argd: dict, loaded):
+def worker_main(argd: dict, loaded, parent: int):
     import uvicorn
 
     from ..cli.serve import make_app
+    die_with(parent)
     try:
         app, _, settings = make_app(argparse.Namespace(**argd))
     except PolyfuseError as e:        # said once per worker, as `polyfuse serve` says it, not as a traceback
@@ -77,3 +79,13 @@ def worker_main(argd: dict, loaded):
     sock.bind((settings.host, settings.port))
     config = uvicorn.Config(app, log_level=settings.log_level, timeout_graceful_shutdown=settings.graceful_timeout_s)
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def die_with(parent: int):
+    """SIGTERM this worker when the parent dies, even by SIGKILL: an orphan would keep serving on the
+    port (SO_REUSEPORT) with nobody to stop it."""
+    import ctypes
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:        # the parent died before the line above
+        sys.exit(1)
