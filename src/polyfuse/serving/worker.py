@@ -2,10 +2,10 @@
 
 Python runs one thread of request handling at a time (the GIL), so one process uses about one core
 however many threads it has. Each worker binds the port itself with SO_REUSEPORT, and the kernel
-spreads new connections evenly over the workers' sockets (a socket shared by all, uvicorn's own
---workers, lets whichever process wakes first accept a burst of keep-alive connections: measured
-splits like 30/2, where the small worker runs batches of 1 at full cost). Linux only; metrics are
-per process. SIGTERM or SIGINT to the parent stops every worker gracefully.
+spreads new connections evenly over the workers' sockets. With one socket shared by all (uvicorn's
+own --workers) whichever process wakes first accepts a burst of keep-alive connections: in two of
+five trials one worker got so few of 32 that it ran batches of 1-2, at full per-request cost.
+Linux only; metrics are per process. SIGTERM or SIGINT to the parent stops every worker gracefully.
 """
 from __future__ import annotations
 
