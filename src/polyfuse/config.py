@@ -82,7 +82,7 @@ class ImageConfig:
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     stem: str = "linear"             # linear: one projection per patch; conv: stride-2 convolutions;
     #                                  cnn: residual GroupNorm blocks per resolution (encoders/cnn_stem.py)
-    stem_width: int = 16             # cnn: channels at full resolution, doubled per halving (capped at d_model)
+    stem_width: int = 16             # cnn: channels at full resolution, doubled per halving
     stem_blocks: int = 1             # cnn: residual blocks per resolution
     max_pixels: int = 40_000_000     # decompression-bomb guard, checked before decoding
     encoder: str = "scratch"         # scratch | a Hugging Face model folder or hub id

@@ -7,7 +7,8 @@ Here every resolution gets `blocks` pre-activation residual blocks before its st
 
     3x3 conv -> [blocks x ResBlock(c), stride-2 conv c -> 2c] x log2(patch) -> blocks x ResBlock -> 1x1 conv to D
 
-with width `width` at full resolution, doubling per halving (capped at D). GroupNorm, not
+with width `width` at full resolution, doubling per halving (a 9x9 grid from 72 px at width 32 has
+256 channels, as a plain 4-layer CNN would; the 1x1 convolution maps them to D). GroupNorm, not
 BatchNorm: it does not depend on the batch, so DDP shards, batch-1 serving and absent (all-zero)
 images give the same per-image result as training. Each block's last convolution starts at zero,
 so every block starts as the identity and depth does not blow up the signal at initialisation.
@@ -40,7 +41,7 @@ class ResBlock(nn.Module):
 def cnn_stem(c_in: int, d: int, stride: int, width: int, blocks: int) -> nn.Sequential:
     """(B, c_in, S, S) -> (B, d, S / stride, S / stride); stride a power of two."""
     steps = int(math.log2(stride))
-    widths = [min(d, width * 2 ** i) for i in range(steps + 1)]          # channels per resolution
+    widths = [width * 2 ** i for i in range(steps + 1)]                  # channels per resolution
     layers = [nn.Conv2d(c_in, widths[0], 3, padding=1)]
     for i in range(steps):
         layers += [ResBlock(widths[i]) for _ in range(blocks)]
