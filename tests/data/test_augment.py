@@ -65,3 +65,22 @@ def test_flip_only_when_allowed():
     flips = [run(s, image_crop_scale=1.0, color_jitter=0.0, image_flip=True)["image"]["pixels"][0]
              for s in range(8)]
     assert any(torch.allclose(f, orig[0].flip(-1), atol=1e-5) for f in flips)
+
+
+def test_a_pretrained_text_towers_ids_are_never_edited():
+    """Token dropout on a tower's ids could delete [CLS]/[SEP] and would defeat its feature cache."""
+    from polyfuse.data.pretrained import TowerTextProcessor
+
+    class Tower(TowerTextProcessor):
+        mask_id, pad_id = 4, 0
+
+        def __init__(self):
+            pass
+
+    class Procs:
+        by_modality = {**_Procs.by_modality, "text": Tower()}
+
+    torch.manual_seed(0)
+    out = Augmenter(AugmentConfig(enabled=True, token_dropout=0.5, span_mask=0.3), Procs())(batch())
+    assert torch.equal(out["text"]["ids"], batch()["text"]["ids"])
+    assert not torch.equal(out["image"]["pixels"], batch()["image"]["pixels"])      # the rest still augmented

@@ -24,11 +24,17 @@ class Augmenter:
         self.audio_std = getattr(audio, "std", 1.0)
         self.mask_id = getattr(text, "mask_id", None)
         self.pad_id = getattr(text, "pad_id", 0)
+        # A pretrained text tower's ids are left alone: dropping tokens could delete its [CLS]/[SEP],
+        # and every edited text would miss the feature cache, re-running the frozen tower and
+        # growing the cache on disk each epoch. Augment such a model's other modalities only.
+        from .pretrained import TowerTextProcessor
+        self.text_on = not isinstance(text, TowerTextProcessor)
 
     def __call__(self, inputs: dict) -> dict:
         out = {}
         for col, part in inputs.items():
-            fn = {"image": self.image, "audio": self.audio, "text": self.text}.get(part["modality"])
+            fn = {"image": self.image, "audio": self.audio, "text": self.text if self.text_on else None}.get(
+                part["modality"])
             # Parts of another shape (say a pretrained tower's own inputs) pass through unchanged.
             keys = {"image": "pixels", "audio": "mel", "text": "ids"}.get(part["modality"])
             out[col] = fn(part) if fn is not None and keys in part else part
