@@ -16,6 +16,9 @@ def add_parser(sub):
     p.add_argument("--weights", help="loss weights, e.g. mlm=1,itm=0.5 (others weigh 1)")
     p.add_argument("--mlm-prob", type=float, help="share of text tokens hidden (0.15)")
     p.add_argument("--mask-ratio", type=float, help="share of image patches / audio tokens hidden (0.5)")
+    p.add_argument("--lock-towers", action="store_true", default=None,
+                   help="contrastive: a column read by a frozen pretrained tower is embedded by the tower "
+                        "itself (mean of its outputs, no trained projection); the others learn to match it (LiT)")
     add_training_args(p)
     p.add_argument("--augment", action="store_true", default=None, help="augment rows (config section augment)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -38,7 +41,7 @@ def pretrain_config(args):
     from ..objectives import PretrainConfig, parse_weights
     objectives = [o.strip() for o in args.objectives.split(",") if o.strip()] if args.objectives else None
     given = {"objectives": objectives, "weights": parse_weights(args.weights), "mlm_prob": args.mlm_prob,
-             "mask_ratio": args.mask_ratio}
+             "mask_ratio": args.mask_ratio, "lock_towers": args.lock_towers}
     return PretrainConfig(**{k: v for k, v in given.items() if v})
 
 

@@ -30,6 +30,7 @@ class PretrainConfig:
     proj_dim: int = 128                           # contrastive projection width
     temperature: float = 0.07                     # contrastive temperature at the start (learned)
     hard_negatives: bool = True                   # ITM negatives from contrastive similarity
+    lock_towers: bool = False                     # contrastive: frozen towers embed their columns alone (LiT)
 
     def validate(self, schema) -> "PretrainConfig":
         """Check against the table's schema; fills in `objectives` when it was left to the columns."""
@@ -50,6 +51,8 @@ class PretrainConfig:
         for name in ("mlm_prob", "mask_ratio"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must be in (0, 1), got {getattr(self, name)}")
+        if self.lock_towers and "contrastive" not in self.objectives:
+            raise ConfigError("lock_towers changes the contrastive objective; add it to --objectives")
         if self.temperature <= 0 or self.proj_dim <= 0:
             raise ConfigError("temperature and proj_dim must be > 0")
         return self
@@ -84,7 +87,7 @@ def build_objectives(pcfg: PretrainConfig, cfg, model, processors) -> dict:
     made = {}
     for name in (o for o in OBJECTIVES if o in pcfg.objectives):
         if name == "contrastive":
-            made[name] = Contrastive(D, streams, pcfg.proj_dim, pcfg.temperature)
+            made[name] = Contrastive(D, streams, pcfg.proj_dim, pcfg.temperature, locked_towers(pcfg, model, streams))
         elif name == "itm":
             made[name] = ITM(D, pcfg.hard_negatives)
         elif name == "masked_patch":
@@ -97,6 +100,19 @@ def build_objectives(pcfg: PretrainConfig, cfg, model, processors) -> dict:
             made[name] = MLM(D, text.vocab_size, text.mask_id, first_normal_id=5, prob=pcfg.mlm_prob,
                              tied=hasattr(model.encoders["text"], "tok"))
     return made
+
+
+def locked_towers(pcfg: PretrainConfig, model, streams) -> dict:
+    """{column: tower width} of the columns whose frozen pretrained tower embeds them alone."""
+    if not pcfg.lock_towers:
+        return {}
+    locked = {c: model.encoders[m].proj.in_features for c, m in streams
+              if getattr(model.encoders[m], "fully_frozen", False)}
+    if not locked:
+        raise ConfigError("lock_towers needs a frozen pretrained tower, e.g. --text-encoder PATH --freeze-encoders")
+    if len(locked) == len(streams):
+        raise ConfigError("lock_towers with every column on a frozen tower leaves nothing to train")
+    return locked
 
 
 class Pretrainer(nn.Module):

@@ -4,6 +4,12 @@ Each column is encoded on its own (the other columns left out), pooled, projecte
 so an embedding never sees the other modality it is matched against. Under DDP the candidates are
 gathered from every process (gradient flows back through this process's own shard), so each row
 is contrasted with the global batch.
+
+With `locked` columns (PretrainConfig.lock_towers, LiT: Zhai et al., 2022) a column read by a frozen
+pretrained tower is embedded by the tower alone, the mean of its output vectors, with no trained
+projection: the other columns learn to land in the tower's own space, which keeps what the tower
+knows about sentences it never saw in this table. On emoji, matching a CNN to fixed MiniLM sentence
+vectors beat learning a projection of them (R@10 0.377 vs 0.306, docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ from torch import distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
+from ..errors import ConfigError
 from .common import zero_loss
 
 
@@ -47,24 +54,40 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
 
 
 class Contrastive(nn.Module):
-    def __init__(self, d_model: int, streams: list[tuple[str, str]], proj_dim: int, temperature: float):
+    def __init__(self, d_model: int, streams: list[tuple[str, str]], proj_dim: int, temperature: float,
+                 locked: dict | None = None):
+        """locked: {column: width of its frozen tower}; the embedding width is then the towers'."""
         super().__init__()
+        self.locked = dict(locked or {})
+        widths = set(self.locked.values())
+        if len(widths) > 1:
+            raise ConfigError(f"locked towers must share one output width, got {self.locked}")
+        self.out_dim = widths.pop() if widths else proj_dim
         self.index = {c: str(i) for i, (c, _) in enumerate(streams)}
         self.proj = nn.ModuleDict({i: nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(),
-                                                    nn.Linear(d_model, proj_dim)) for i in self.index.values()})
+                                                    nn.Linear(d_model, self.out_dim))
+                                   for c, i in self.index.items() if c not in self.locked})
         # CLIP's learnable temperature, as log(1 / t); the scale is capped at 100 to stay stable.
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
 
     def scale(self) -> torch.Tensor:
         return self.log_scale.clamp(max=math.log(100.0)).exp()
 
+    def column_vector(self, model, col: str, part: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """One column encoded alone -> (B, P) embedding before normalising, (B,) present."""
+        if col in self.locked:
+            h, mask = model.encoders[part["modality"]].features(part)      # (B, T, H), (B, T)
+            m = mask[..., None].to(h.dtype)
+            return (h * m).sum(1) / m.sum(1).clamp_min(1.0), mask.any(1)  # the tower's mean pooling
+        fused = model.encode({col: part})
+        return self.proj[self.index[col]](fused["per_column_pooled"][col]), fused["present"][col]
+
     def embed(self, model, inputs: dict) -> tuple[dict, dict]:
         """{column: (B, P) normalised embedding}, {column: (B,) present}, each column encoded alone."""
         emb, pres = {}, {}
         for col in (c for c in inputs if c in self.index):
-            fused = model.encode({col: inputs[col]})
-            emb[col] = F.normalize(self.proj[self.index[col]](fused["per_column_pooled"][col]).float(), dim=-1)
-            pres[col] = fused["present"][col]
+            vec, pres[col] = self.column_vector(model, col, inputs[col])
+            emb[col] = F.normalize(vec.float(), dim=-1)
         return emb, pres
 
     def forward(self, model, inputs: dict, state: dict) -> dict:
@@ -73,6 +96,8 @@ class Contrastive(nn.Module):
         state["similarity"] = {}
         out, losses = {}, []
         for a, b in combinations(emb, 2):
+            if a in self.locked and b in self.locked:
+                continue                      # two fixed towers: nothing to learn between them
             # Hard negatives for ITM: this batch's similarities, no gradient.
             state["similarity"][(a, b)] = (scale * emb[a] @ emb[b].T).detach()
             za, zb = gather_with_grad(emb[a]), gather_with_grad(emb[b])

@@ -43,7 +43,7 @@ def model_identity(run_dir: str | Path) -> str:
 
 
 def load_run(run_dir: str | Path, device: str = "cpu"):
-    """(predictor, contrastive projection heads {column: module} or None) of a run folder.
+    """(predictor, {column: its contrastive objective (column_vector embeds it)} or None) of a run folder.
 
     The heads are used when config.json says the run was pretrained with the contrastive objective
     (kind 'pretrained', 'contrastive' in pretrain.objectives); their weights are then required.
@@ -75,7 +75,7 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
     heads = None
     if "contrastive" in pcfg.objectives:
         c = pre.objectives["contrastive"]
-        heads = {col: c.proj[i] for col, i in c.index.items()}
+        heads = {col: c for col in c.index}         # c.column_vector embeds each column
     return Predictor(cfg, processors, None, model.to(device).eval()), heads
 
 
@@ -102,8 +102,7 @@ class Embedder:
 
     @property
     def dim(self) -> int:
-        x = torch.zeros(1, self.predictor.cfg.model.d_model)
-        return int(next(iter(self.heads.values()))(x).shape[-1]) if self.heads else x.shape[1]
+        return next(iter(self.heads.values())).out_dim if self.heads else self.predictor.cfg.model.d_model
 
     def column_for(self, modality_or_column: str) -> str:
         """A column name, or the model's single column of that modality (or 'fused')."""
@@ -133,9 +132,11 @@ class Embedder:
                 vec = torch.zeros(B, self.dim, device=device)
                 present = torch.zeros(B, dtype=torch.bool, device=device)
             else:
-                fused = self.model.encode({name: inputs[name]})
-                present = fused["present"][name]
-                vec = self.heads[name](fused["per_column_pooled"][name]) if self.heads else fused["pooled"]
+                if self.heads:
+                    vec, present = self.heads[name].column_vector(self.model, name, inputs[name])
+                else:
+                    fused = self.model.encode({name: inputs[name]})
+                    vec, present = fused["pooled"], fused["present"][name]
             out[name] = (torch.nn.functional.normalize(vec.float(), dim=-1) * present[:, None], present)
         if FUSED in names:
             if self.heads is not None:
