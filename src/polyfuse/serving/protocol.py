@@ -45,12 +45,20 @@ def column_names(backend: Backend) -> dict[str, str]:
     return names
 
 
-def parse_json(body: bytes, backend: Backend, limits: ServeConfig) -> list[dict]:
-    """A JSON object (one row) or array of objects -> [{column: str or bytes}]."""
+def load_json(body: bytes):
     try:
-        data = json.loads(body)
+        return json.loads(body)
     except (ValueError, RecursionError) as e:
         raise ApiError(400, f"body is not valid JSON: {e}", "body") from None
+
+
+def parse_json(body: bytes, backend: Backend, limits: ServeConfig) -> list[dict]:
+    """A JSON object (one row) or array of objects -> [{column: str or bytes}]."""
+    return parse_rows(load_json(body), backend, limits)
+
+
+def parse_rows(data, backend: Backend, limits: ServeConfig) -> list[dict]:
+    """Decoded JSON: a row object or a list of them -> [{column: (str or bytes, field)}]."""
     rows = data if isinstance(data, list) else [data]
     _check_count(len(rows), limits)
     keys = column_names(backend)

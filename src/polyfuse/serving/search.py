@@ -20,7 +20,7 @@ import pandas as pd
 from ..errors import PolyfuseError
 from ..retrieval.embed import Embedder
 from ..retrieval.index import Index, default_target
-from .protocol import ApiError, column_names, decode_rows, parse_json
+from .protocol import ApiError, column_names, decode_rows, load_json, parse_rows
 from .settings import ServeConfig
 
 KEYS = ("query", "target", "k", "where")
@@ -54,10 +54,7 @@ class SearchService:
                 for n, i in self.indexes.items()}
 
     def search(self, body: bytes, limits: ServeConfig) -> dict:
-        try:
-            request = json.loads(body)
-        except (ValueError, RecursionError) as e:
-            raise ApiError(400, f"body is not valid JSON: {e}", "body") from None
+        request = load_json(body)
         if not isinstance(request, dict):
             raise ApiError(422, "the body must be a JSON object with 'query' and optional 'target', 'k', 'where'",
                            "body")
@@ -72,7 +69,7 @@ class SearchService:
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise ApiError(422, f"'k' must be an integer from 1 to {MAX_K}, got {k!r}", "k")
         where = self._where(request.get("where"))
-        rows = parse_json(json.dumps(query).encode(), self.reader, limits)
+        rows = parse_rows(query, self.reader, limits)
         (column, _), = rows[0].items()
         item = decode_rows(rows, self.reader, limits)
         index = self._index(request.get("target"), self.embedder.columns[column])

@@ -105,15 +105,7 @@ def fit(model: torch.nn.Module, train: EncodedSet, val: EncodedSet | None, colla
     if resume:
         saved = load_training_state(run_dir)
         if saved is not None:
-            model.load_state_dict(saved["model"])
-            opt.load_state_dict(saved["optimizer"])
-            torch.set_rng_state(saved["rng"])
-            best_weights, state = saved["best"], saved["trainer"]
-            with warnings.catch_warnings():     # fast-forwarding the schedule, not training
-                warnings.simplefilter("ignore", UserWarning)
-                for _ in range(state["step"]):
-                    sched.step()
-            acc.print(f"resuming after epoch {state['epoch']} (step {state['step']})")
+            best_weights, state = saved["best"], restore(saved, model, opt, sched, acc.print)
     model, opt = acc.prepare(model, opt)
     raw = acc.unwrap_model(model)
     log_path = run_dir / "log.jsonl"
@@ -170,6 +162,21 @@ def fit(model: torch.nn.Module, train: EncodedSet, val: EncodedSet | None, colla
     if best_weights is not None:
         raw.load_state_dict(best_weights)
     return {**state, "steps_per_epoch": steps_per_epoch, "world_size": world}
+
+
+def restore(saved: dict, model, opt, sched, say=print) -> dict:
+    """Put a checkpoint (load_training_state) back: weights, optimizer, RNG, and the schedule moved on
+    to its step. Returns the trainer state saved with it."""
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["optimizer"])
+    torch.set_rng_state(saved["rng"])
+    state = saved["trainer"]
+    with warnings.catch_warnings():     # fast-forwarding the schedule, not training
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(state["step"]):
+            sched.step()
+    say(f"resuming after epoch {state['epoch']} (step {state['step']})")
+    return state
 
 
 def optimizer_step(acc: Accelerator, model, opt, sched, loss: torch.Tensor, grad_clip: float):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -30,7 +29,8 @@ from ..objectives import Pretrainer, PretrainConfig, build_objectives
 from . import loop
 from .checkpoint import (atomic_save_tensors, atomic_write_text, load_training_state, save_training_state,
                          state_dict_cpu)
-from .loop import epoch_batches, make_accelerator, optimizer_step, over_budget, param_groups, to_device
+from .loop import (epoch_batches, make_accelerator, optimizer_step, over_budget, param_groups, restore,
+                   to_device)
 from .schedule import warmup_cosine
 
 
@@ -99,15 +99,7 @@ def pretrain_run(cfg: Config, pcfg: PretrainConfig, data, out: str | Path = "run
     state = {"epoch": 0, "step": 0, "elapsed_s": 0.0}
     saved = load_training_state(out) if resume else None
     if saved is not None:
-        pre.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        torch.set_rng_state(saved["rng"])
-        state = saved["trainer"]
-        with warnings.catch_warnings():       # fast-forwarding the schedule, not training
-            warnings.simplefilter("ignore", UserWarning)
-            for _ in range(state["step"]):
-                sched.step()
-        say(f"resuming after epoch {state['epoch']} (step {state['step']})")
+        state = restore(saved, pre, opt, sched, say)
     pre, opt = acc.prepare(pre, opt)
     raw = acc.unwrap_model(pre)
     t_start, step, stopped, epoch = time.perf_counter() - state["elapsed_s"], state["step"], None, state["epoch"]
