@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from polyfuse.errors import InputError
 from polyfuse.cli.main import main
 from polyfuse.retrieval import Embedder, Index, evaluate_retrieval, load_embeddings, zero_shot
 
@@ -88,9 +89,14 @@ def test_evaluate_retrieval_and_zero_shot(run_dir, synth, tmp_path):
             assert 0 <= m["R@1"] <= m["R@5"] <= m["R@10"] <= 1 and m["median_rank"] >= 1
         assert by_kind["flat"] == pytest.approx(by_kind["hnsw"], abs=0.05)   # tiny set: HNSW is near exact
     assert main(["evaluate-retrieval", str(run_dir), "--data", str(synth["test"]), "--query", "text",
-                 "--target", "image", "--zero-shot", "shape", "--prompt", "a {} bar", "--out", str(tmp_path / "r.json")]) == 0
+                 "--target", "image", "--zero-shot", "shape", "--prompt", "a {} bar", "--by", "shape",
+                 "--out", str(tmp_path / "r.json")]) == 0
     report = json.loads((tmp_path / "r.json").read_text())
     assert "caption->image" in report["results"]
+    sliced = report["results"]["caption->image"]
+    assert sum(sliced[f"shape={v}"]["queries"] for v in ("horizontal", "vertical")) == sliced["flat"]["queries"]
+    with pytest.raises(InputError, match="nope"):
+        evaluate_retrieval(Embedder.load(run_dir), synth["test"], "text", "image", by="nope")
     zs = report["zero_shot"]                        # the image side is classified, not the text
     assert zs["column"] == "image" and zs["classes"] == 2 and 0 <= zs["accuracy"] <= 1
     e = Embedder.load(run_dir)

@@ -1,6 +1,6 @@
 import numpy as np
 
-from polyfuse.retrieval.metrics import rank_metrics, relevance
+from polyfuse.retrieval.metrics import rank_metrics, relevance, retrieval_metrics
 
 
 def test_relevance_from_keys():
@@ -19,6 +19,20 @@ def test_rank_metrics_by_hand():
     assert m["R@1"] == 1 / 3 and m["R@5"] == 2 / 3 and m["R@10"] == 2 / 3
     assert m["median_rank"] == 2.0
     assert np.isclose(m["mAP"], (1 + 0.5 + 0) / 3) and m["queries"] == 3
+
+
+def test_slices_rank_each_group_against_all_targets():
+    """Per-group metrics split the queries, never the targets: a query is still ranked among every target."""
+    targets = np.eye(4, dtype=np.float32)
+    queries = np.array([[1, 0, 0, 0], [0, 0.9, 1, 0], [0, 0, 1, 0]], np.float32)   # query 1 (correct: 1) prefers 2
+    rel = np.eye(3, 4, dtype=bool)
+    out = retrieval_metrics(queries, targets, rel, kinds=("flat",), groups=np.array(["a", "b", None], object), by="g")
+    assert set(out) == {"flat", "g=a", "g=b"}             # a query with no group is in no slice
+    assert out["g=a"]["R@1"] == 1.0 and out["g=a"]["queries"] == 1
+    assert out["g=b"]["R@1"] == 0.0 and out["g=b"]["median_rank"] == 2.0   # ranked 2nd of all 4 targets
+    assert out["flat"]["R@1"] == 2 / 3
+    # the slices come from exact search even when only an approximate kind is asked for
+    assert retrieval_metrics(queries, targets, rel, kinds=("hnsw",), groups=np.array(["a", "b", "b"], object))["group=b"]["R@5"] == 1.0
 
 
 def test_zero_shot_metrics_on_items_equal_to_their_prompts(run_dir, synth, tmp_path):

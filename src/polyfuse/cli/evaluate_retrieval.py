@@ -15,6 +15,9 @@ def add_parser(sub):
                    help="a target is also correct when it equals the query on this column (repeatable)")
     p.add_argument("--approx", action="append", choices=["ivf", "hnsw"],
                    help="approximate index kind(s) to compare with exact search (default: hnsw)")
+    p.add_argument("--by", metavar="COLUMN",
+                   help="also report exact-search metrics per value of this table column (e.g. group), "
+                        "each slice's queries ranked against all targets")
     p.add_argument("--one-way", action="store_true", help="only query -> target")
     p.add_argument("--zero-shot", metavar="COLUMN",
                    help="also classify the non-text side zero-shot against one text prompt per value of this "
@@ -30,9 +33,9 @@ def run(args):
     emb = Embedder.load(args.run)
     kinds = ("flat", *(args.approx or ["hnsw"]))
     results = evaluate_retrieval(emb, args.data, args.query, args.target, match=args.match, kinds=kinds,
-                                 both=not args.one_way, batch_size=args.batch_size, progress=True)
+                                 both=not args.one_way, batch_size=args.batch_size, progress=True, by=args.by)
     print(format_table(results))
-    report = {"run": args.run, "data": args.data, "match": args.match, "results": results}
+    report = {"run": args.run, "data": args.data, "match": args.match, "by": args.by, "results": results}
     if args.zero_shot:
         from ..retrieval.metrics import zero_shot_metrics
         side = next((c for c in (args.target, args.query) if emb.names[emb.column_for(c)] != "text"), args.target)

@@ -62,31 +62,48 @@ def rank_metrics(positions: np.ndarray, rel: np.ndarray) -> dict:
 
 
 def retrieval_metrics(queries: np.ndarray, targets: np.ndarray, rel: np.ndarray,
-                      kinds=("flat", "hnsw"), **params) -> dict:
-    """{kind: metrics} for query -> target search with each index kind, every target ranked."""
+                      kinds=("flat", "hnsw"), groups: np.ndarray | None = None, by: str = "group", **params) -> dict:
+    """{kind: metrics} for query -> target search with each index kind, every target ranked.
+
+    With `groups` (Q,) (one value per query, None for none), also one entry `"{by}={value}"` per
+    value: exact-search metrics over that value's queries, still ranked against every target, so a
+    slice shows where the model fails (e.g. unseen kinds of objects) rather than an easier task.
+    """
     out = {}
     for kind in kinds:
         index = Index.build(targets, kind=kind, **params)
         _, pos = index.search_ids(queries, k=len(index))
         out[kind] = rank_metrics(pos, rel)
+        if kind == "flat":
+            exact = pos
+    if groups is not None:
+        if "flat" not in kinds:
+            _, exact = Index.build(targets, kind="flat").search_ids(queries, k=len(targets))
+        values = pd.Series(groups, dtype=object)
+        for value in sorted(values.dropna().unique(), key=str):
+            sel = (values == value).to_numpy()
+            out[f"{by}={value}"] = rank_metrics(exact[sel], rel[sel])
     return out
 
 
 def format_table(results: dict) -> str:
-    """results {direction: {kind: metrics}} -> an aligned text table."""
+    """results {direction: {kind or slice: metrics}} -> an aligned text table."""
     cols = [f"R@{k}" for k in KS] + ["median_rank", "mAP", "queries"]
-    lines = [f"{'direction':<22}{'index':<7}" + "".join(f"{c:>12}" for c in cols)]
+    width = max([7] + [len(k) + 2 for by_kind in results.values() for k in by_kind])
+    lines = [f"{'direction':<22}{'index':<{width}}" + "".join(f"{c:>12}" for c in cols)]
     for direction, by_kind in results.items():
         for kind, m in by_kind.items():
             vals = "".join(f"{m[c]:>12.4f}" if c not in ("median_rank", "queries") else f"{m[c]:>12g}"
                            for c in cols)
-            lines.append(f"{direction:<22}{kind:<7}" + vals)
+            lines.append(f"{direction:<22}{kind:<{width}}" + vals)
     return "\n".join(lines)
 
 
 def evaluate_retrieval(embedder, data, query: str, target: str, match=(), kinds=("flat", "hnsw"),
-                       both: bool = True, batch_size: int | None = None, progress: bool = False, **params) -> dict:
-    """Embed a table, then query -> target (and back) metrics per index kind.
+                       both: bool = True, batch_size: int | None = None, progress: bool = False,
+                       by: str | None = None, **params) -> dict:
+    """Embed a table, then query -> target (and back) metrics per index kind (and per value of the
+    table column `by`, see `retrieval_metrics`).
 
     A target is correct for a query when it is the query's own row, has identical contents in the
     query's or the target's column (same text, byte-identical file), or equals it on every `match`
@@ -96,9 +113,9 @@ def evaluate_retrieval(embedder, data, query: str, target: str, match=(), kinds=
     qc, tc = embedder.column_for(query), embedder.column_for(target)
     names = [qc, tc]
     table, vecs, present, _ = embedder.embed_table(data, batch_size=batch_size, names=names, progress=progress)
-    for col in match:
+    for col in [*match, *([by] if by else [])]:
         if col not in table.df.columns:
-            raise InputError(f"match column '{col}' is not in the table", table=table.name, column=col)
+            raise InputError(f"column '{col}' (--match or --by) is not in the table", table=table.name, column=col)
     keys = [np.arange(len(table)).astype(object)]
     for c in names:
         if c in embedder.columns:
@@ -108,7 +125,8 @@ def evaluate_retrieval(embedder, data, query: str, target: str, match=(), kinds=
     for a, b in ((qc, tc), (tc, qc)) if both else ((qc, tc),):
         qi, ti = np.flatnonzero(present[a]), np.flatnonzero(present[b])
         rel = relevance([k[qi] for k in keys], [k[ti] for k in keys])
-        results[f"{a}->{b}"] = retrieval_metrics(vecs[a][qi], vecs[b][ti], rel, kinds, **params)
+        groups = table.df[by].to_numpy(object)[qi] if by else None
+        results[f"{a}->{b}"] = retrieval_metrics(vecs[a][qi], vecs[b][ti], rel, kinds, groups, by or "group", **params)
     return results
 
 
