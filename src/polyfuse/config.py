@@ -84,6 +84,8 @@ class ImageConfig:
     #                                  cnn: residual GroupNorm blocks per resolution (encoders/cnn_stem.py)
     stem_width: int = 16             # cnn: channels at full resolution, doubled per halving
     stem_blocks: int = 1             # cnn: residual blocks per resolution
+    stem_norm: str = "group"         # cnn: group (batch-independent) | batch (trains better from scratch;
+    #                                  absent images are left out of its batch statistics)
     max_pixels: int = 40_000_000     # decompression-bomb guard, checked before decoding
     encoder: str = "scratch"         # scratch | a Hugging Face model folder or hub id
 
@@ -97,6 +99,8 @@ class ImageConfig:
         if self.stem in ("conv", "cnn") and self.patch & (self.patch - 1):
             raise ConfigError(f"image.stem {self.stem!r} needs a power-of-two image.patch")
         _positive(self, "stem_width")
+        if self.stem_norm not in ("group", "batch"):
+            raise ConfigError(f"image.stem_norm must be 'group' or 'batch', got {self.stem_norm!r}")
         if self.stem_blocks < 0:
             raise ConfigError(f"image.stem_blocks must be >= 0, got {self.stem_blocks}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:

@@ -37,6 +37,31 @@ def test_a_row_is_encoded_the_same_alone_or_beside_absent_and_other_images():
     torch.testing.assert_close(mixed[:1], alone, rtol=1e-5, atol=1e-5)
 
 
+def test_batch_norm_stem_leaves_absent_images_out_of_its_statistics():
+    """stem_norm 'batch': in training an absent (all-zero) image changes neither the other rows'
+    tokens nor the running statistics; in eval a row is encoded the same alone or in any batch."""
+    torch.manual_seed(0)
+    cfg = cnn_cfg(stem_norm="batch").merged({"model": {"dropout": 0.0}})
+    enc = ImageEncoder(cfg).train()
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in enc.modules())
+    twin = ImageEncoder(cfg).train()
+    twin.load_state_dict(enc.state_dict())
+    x = torch.randn(3, 3, 32, 32)
+    real = enc({"pixels": x, "present": torch.ones(3, dtype=torch.bool)})["tokens"]
+    with_absent = torch.cat([x[:1], torch.zeros(1, 3, 32, 32), x[1:]])
+    out = twin({"pixels": with_absent, "present": torch.tensor([True, False, True, True])})
+    torch.testing.assert_close(out["tokens"][[0, 2, 3]], real, rtol=1e-5, atol=1e-5)
+    assert not out["mask"][1].any() and float(out["tokens"][1].detach().abs().max()) < 1.0   # position embedding only
+    torch.testing.assert_close(twin.state_dict(), enc.state_dict())               # running stats included
+    none = twin({"pixels": torch.zeros(2, 3, 32, 32), "present": torch.zeros(2, dtype=torch.bool)})
+    assert not none["mask"].any()
+    torch.testing.assert_close(twin.state_dict(), enc.state_dict())               # nothing to learn from
+    enc.eval()
+    alone = enc({"pixels": x[:1], "present": torch.tensor([True])})["tokens"]
+    mixed = enc({"pixels": with_absent, "present": torch.tensor([True, False, True, True])})["tokens"]
+    torch.testing.assert_close(mixed[:1], alone, rtol=1e-5, atol=1e-5)
+
+
 def test_initial_output_depends_on_the_input():
     """He init and identity-initialised blocks keep the per-image signal at unit scale."""
     torch.manual_seed(0)
@@ -51,6 +76,7 @@ def test_initial_output_depends_on_the_input():
     ({"stem_width": 0}, "stem_width"),
     ({"stem_blocks": -1}, "stem_blocks"),
     ({"stem": "resnet"}, "'cnn'"),
+    ({"stem_norm": "layer"}, "stem_norm"),
 ])
 def test_config_errors(image, message):
     with pytest.raises(ConfigError, match=message):

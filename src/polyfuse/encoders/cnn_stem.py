@@ -8,10 +8,15 @@ Here every resolution gets `blocks` pre-activation residual blocks before its st
     3x3 conv -> [blocks x ResBlock(c), stride-2 conv c -> 2c] x log2(patch) -> blocks x ResBlock -> 1x1 conv to D
 
 with width `width` at full resolution, doubling per halving (a 9x9 grid from 72 px at width 32 has
-256 channels, as a plain 4-layer CNN would; the 1x1 convolution maps them to D). GroupNorm, not
-BatchNorm: it does not depend on the batch, so DDP shards, batch-1 serving and absent (all-zero)
-images give the same per-image result as training. Each block's last convolution starts at zero,
-so every block starts as the identity and depth does not blow up the signal at initialisation.
+256 channels, as a plain 4-layer CNN would; the 1x1 convolution maps them to D). Each block's last
+convolution starts at zero, so every block starts as the identity and depth does not blow up the
+signal at initialisation.
+
+Normalisation (`norm`): GroupNorm by default, since it does not depend on the batch: DDP shards,
+batch-1 serving and absent images give the same per-image result as training. BatchNorm trains
+better from scratch on small image sets (on emoji a plain CNN lost 0.04 R@10 with GroupNorm), and
+in eval mode it is batch-independent too (running statistics); in training `ImageEncoder` runs the
+stem on the present images only, so absent (all-zero) images never enter the batch statistics.
 """
 from __future__ import annotations
 
@@ -26,28 +31,33 @@ def group_norm(c: int) -> nn.GroupNorm:
     return nn.GroupNorm(8 if c % 8 == 0 else 1, c)
 
 
+NORMS = {"group": group_norm, "batch": nn.BatchNorm2d}
+
+
 class ResBlock(nn.Module):
     """x + conv(act(norm(conv(act(norm(x)))))), 3x3, same width."""
 
-    def __init__(self, c: int):
+    def __init__(self, c: int, norm: str = "group"):
         super().__init__()
-        self.body = nn.Sequential(group_norm(c), nn.GELU(), nn.Conv2d(c, c, 3, padding=1),
-                                  group_norm(c), nn.GELU(), nn.Conv2d(c, c, 3, padding=1))
+        N = NORMS[norm]
+        self.body = nn.Sequential(N(c), nn.GELU(), nn.Conv2d(c, c, 3, padding=1),
+                                  N(c), nn.GELU(), nn.Conv2d(c, c, 3, padding=1))
 
     def forward(self, x):
         return x + self.body(x)
 
 
-def cnn_stem(c_in: int, d: int, stride: int, width: int, blocks: int) -> nn.Sequential:
-    """(B, c_in, S, S) -> (B, d, S / stride, S / stride); stride a power of two."""
+def cnn_stem(c_in: int, d: int, stride: int, width: int, blocks: int, norm: str = "group") -> nn.Sequential:
+    """(B, c_in, S, S) -> (B, d, S / stride, S / stride); stride a power of two; norm 'group' | 'batch'."""
+    N = NORMS[norm]
     steps = int(math.log2(stride))
     widths = [width * 2 ** i for i in range(steps + 1)]                  # channels per resolution
     layers = [nn.Conv2d(c_in, widths[0], 3, padding=1)]
     for i in range(steps):
-        layers += [ResBlock(widths[i]) for _ in range(blocks)]
-        layers += [group_norm(widths[i]), nn.GELU(), nn.Conv2d(widths[i], widths[i + 1], 3, stride=2, padding=1)]
-    layers += [ResBlock(widths[-1]) for _ in range(blocks)]
-    layers += [group_norm(widths[-1]), nn.GELU(), nn.Conv2d(widths[-1], d, 1)]
+        layers += [ResBlock(widths[i], norm) for _ in range(blocks)]
+        layers += [N(widths[i]), nn.GELU(), nn.Conv2d(widths[i], widths[i + 1], 3, stride=2, padding=1)]
+    layers += [ResBlock(widths[-1], norm) for _ in range(blocks)]
+    layers += [N(widths[-1]), nn.GELU(), nn.Conv2d(widths[-1], d, 1)]
     stem = nn.Sequential(*layers)
     convs = [m for m in stem.modules() if isinstance(m, nn.Conv2d)]
     init_conv_stem(convs)                      # He init, zero biases; the last (1x1) one linear
