@@ -86,6 +86,7 @@ class ImageConfig:
     stem_blocks: int = 1             # cnn: residual blocks per resolution
     stem_norm: str = "group"         # cnn: group (batch-independent) | batch (trains better from scratch;
     #                                  absent images are left out of its batch statistics)
+    stem_downsample: str = "conv"    # cnn: conv (stride-2 3x3) | max (2x2 max-pool, then a 3x3 conv)
     max_pixels: int = 40_000_000     # decompression-bomb guard, checked before decoding
     encoder: str = "scratch"         # scratch | a Hugging Face model folder or hub id
 
@@ -99,6 +100,8 @@ class ImageConfig:
         if self.stem in ("conv", "cnn") and self.patch & (self.patch - 1):
             raise ConfigError(f"image.stem {self.stem!r} needs a power-of-two image.patch")
         _positive(self, "stem_width")
+        if self.stem_downsample not in ("conv", "max"):
+            raise ConfigError(f"image.stem_downsample must be 'conv' or 'max', got {self.stem_downsample!r}")
         if self.stem_norm not in ("group", "batch"):
             raise ConfigError(f"image.stem_norm must be 'group' or 'batch', got {self.stem_norm!r}")
         if self.stem_blocks < 0:

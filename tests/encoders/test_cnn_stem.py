@@ -62,6 +62,17 @@ def test_batch_norm_stem_leaves_absent_images_out_of_its_statistics():
     torch.testing.assert_close(mixed[:1], alone, rtol=1e-5, atol=1e-5)
 
 
+def test_max_pool_downsampling_keeps_the_token_grid():
+    """stem_downsample 'max': one 2x2 max-pool per halving, no strided convolution, same grid."""
+    torch.manual_seed(0)
+    enc = ImageEncoder(cnn_cfg(size=40, stem_downsample="max")).eval()
+    convs = [m for m in enc.patch.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in enc.patch.modules()) == 3       # patch 8
+    assert all(c.stride == (1, 1) for c in convs)
+    out = enc({"pixels": torch.randn(2, 3, 40, 40), "present": torch.tensor([True, True])})
+    assert out["tokens"].shape == (2, 25, 64)
+
+
 def test_initial_output_depends_on_the_input():
     """He init and identity-initialised blocks keep the per-image signal at unit scale."""
     torch.manual_seed(0)
@@ -77,6 +88,7 @@ def test_initial_output_depends_on_the_input():
     ({"stem_blocks": -1}, "stem_blocks"),
     ({"stem": "resnet"}, "'cnn'"),
     ({"stem_norm": "layer"}, "stem_norm"),
+    ({"stem_downsample": "avg"}, "stem_downsample"),
 ])
 def test_config_errors(image, message):
     with pytest.raises(ConfigError, match=message):

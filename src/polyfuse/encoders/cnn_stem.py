@@ -7,6 +7,10 @@ Here every resolution gets `blocks` pre-activation residual blocks before its st
 
     3x3 conv -> [blocks x ResBlock(c), stride-2 conv c -> 2c] x log2(patch) -> blocks x ResBlock -> 1x1 conv to D
 
+or, with `downsample='max'`, each halving a 2x2 max-pool of the activated features followed by a 3x3
+conv c -> 2c at the new resolution (as a plain CNN does; the same cost, and a feature survives a
+one-pixel shift).
+
 with width `width` at full resolution, doubling per halving (a 9x9 grid from 72 px at width 32 has
 256 channels, as a plain 4-layer CNN would; the 1x1 convolution maps them to D). Each block's last
 convolution starts at zero, so every block starts as the identity and depth does not blow up the
@@ -47,15 +51,20 @@ class ResBlock(nn.Module):
         return x + self.body(x)
 
 
-def cnn_stem(c_in: int, d: int, stride: int, width: int, blocks: int, norm: str = "group") -> nn.Sequential:
-    """(B, c_in, S, S) -> (B, d, S / stride, S / stride); stride a power of two; norm 'group' | 'batch'."""
+def cnn_stem(c_in: int, d: int, stride: int, width: int, blocks: int, norm: str = "group",
+             downsample: str = "conv") -> nn.Sequential:
+    """(B, c_in, S, S) -> (B, d, S / stride, S / stride); stride a power of two; norm 'group' | 'batch';
+    downsample 'conv' | 'max'."""
     N = NORMS[norm]
     steps = int(math.log2(stride))
     widths = [width * 2 ** i for i in range(steps + 1)]                  # channels per resolution
     layers = [nn.Conv2d(c_in, widths[0], 3, padding=1)]
     for i in range(steps):
         layers += [ResBlock(widths[i], norm) for _ in range(blocks)]
-        layers += [N(widths[i]), nn.GELU(), nn.Conv2d(widths[i], widths[i + 1], 3, stride=2, padding=1)]
+        if downsample == "max":
+            layers += [N(widths[i]), nn.GELU(), nn.MaxPool2d(2), nn.Conv2d(widths[i], widths[i + 1], 3, padding=1)]
+        else:
+            layers += [N(widths[i]), nn.GELU(), nn.Conv2d(widths[i], widths[i + 1], 3, stride=2, padding=1)]
     layers += [ResBlock(widths[-1], norm) for _ in range(blocks)]
     layers += [N(widths[-1]), nn.GELU(), nn.Conv2d(widths[-1], d, 1)]
     stem = nn.Sequential(*layers)

@@ -45,7 +45,8 @@ class ImageEncoder(nn.Module):
             self.patch = conv_stem(3, D, p)
         elif cfg.image.stem == "cnn":
             from .cnn_stem import cnn_stem     # here, not at the top: cnn_stem imports this module
-            self.patch = cnn_stem(3, D, p, cfg.image.stem_width, cfg.image.stem_blocks, cfg.image.stem_norm)
+            self.patch = cnn_stem(3, D, p, cfg.image.stem_width, cfg.image.stem_blocks, cfg.image.stem_norm,
+                                cfg.image.stem_downsample)
         else:
             self.patch = nn.Conv2d(3, D, kernel_size=p, stride=p)   # == a linear map of each flattened patch
         self.row = nn.Parameter(torch.zeros(self.grid, D))
