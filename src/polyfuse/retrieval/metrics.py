@@ -112,10 +112,11 @@ def evaluate_retrieval(embedder, data, query: str, target: str, match=(), kinds=
     from ..errors import InputError
     qc, tc = embedder.column_for(query), embedder.column_for(target)
     names = [qc, tc]
-    table, vecs, present, _ = embedder.embed_table(data, batch_size=batch_size, names=names, progress=progress)
-    for col in [*match, *([by] if by else [])]:
+    table = embedder.predictor.read(data)
+    for col in [*match, *([by] if by else [])]:           # checked before the (slow) embedding
         if col not in table.df.columns:
             raise InputError(f"column '{col}' (--match or --by) is not in the table", table=table.name, column=col)
+    table, vecs, present, _ = embedder.embed_table(table, batch_size=batch_size, names=names, progress=progress)
     keys = [np.arange(len(table)).astype(object)]
     for c in names:
         if c in embedder.columns:
