@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
@@ -51,10 +50,12 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def load_image(path: Path) -> torch.Tensor:
-    im = Image.open(path).convert("RGBA")
-    im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im).convert("RGB")
-    return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float() / 255   # (3, H, W)
+def image_loader():
+    """Polyfuse's own image processor at 72 px with values in [0, 1]: path -> (3, 72, 72)."""
+    from polyfuse.config import ImageConfig
+    from polyfuse.data.image import ImageProcessor
+    proc = ImageProcessor(ImageConfig(size=72, mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0]))
+    return lambda path: proc(path)["pixels"]
 
 
 @torch.no_grad()
@@ -135,6 +136,7 @@ def main(argv=None):
     df = pd.read_csv(a.data, dtype=str, keep_default_na=False)
     train, test = df[df["split"] == "train"].reset_index(drop=True), df[df["split"] == "test"].reset_index(drop=True)
     t0 = time.time()
+    load_image = image_loader()
     x_train = torch.stack([load_image(folder / p) for p in train["image"]])
     x_test = torch.stack([load_image(folder / p) for p in test["image"]])
     caps = {"text": minilm(train["text"].tolist()),

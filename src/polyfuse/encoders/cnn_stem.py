@@ -7,14 +7,12 @@ Here every resolution gets `blocks` pre-activation residual blocks before its st
 
     3x3 conv -> [blocks x ResBlock(c), stride-2 conv c -> 2c] x log2(patch) -> blocks x ResBlock -> 1x1 conv to D
 
-or, with `downsample='max'`, each halving a 2x2 max-pool of the activated features followed by a 3x3
-conv c -> 2c at the new resolution (as a plain CNN does; the same cost, and a feature survives a
-one-pixel shift).
-
 with width `width` at full resolution, doubling per halving (a 9x9 grid from 72 px at width 32 has
 256 channels, as a plain 4-layer CNN would; the 1x1 convolution maps them to D). Each block's last
 convolution starts at zero, so every block starts as the identity and depth does not blow up the
-signal at initialisation.
+signal at initialisation. With `downsample='max'` each halving is a 2x2 max-pool of the activated
+features followed by a 3x3 conv c -> 2c at the new resolution instead (as a plain CNN does; the
+same cost, and a feature survives a one-pixel shift).
 
 Normalisation (`norm`): GroupNorm by default, since it does not depend on the batch: DDP shards,
 batch-1 serving and absent images give the same per-image result as training. BatchNorm trains
@@ -61,10 +59,9 @@ def cnn_stem(c_in: int, d: int, stride: int, width: int, blocks: int, norm: str 
     layers = [nn.Conv2d(c_in, widths[0], 3, padding=1)]
     for i in range(steps):
         layers += [ResBlock(widths[i], norm) for _ in range(blocks)]
-        if downsample == "max":
-            layers += [N(widths[i]), nn.GELU(), nn.MaxPool2d(2), nn.Conv2d(widths[i], widths[i + 1], 3, padding=1)]
-        else:
-            layers += [N(widths[i]), nn.GELU(), nn.Conv2d(widths[i], widths[i + 1], 3, stride=2, padding=1)]
+        pool = [nn.MaxPool2d(2)] if downsample == "max" else []
+        layers += [N(widths[i]), nn.GELU(), *pool,
+                   nn.Conv2d(widths[i], widths[i + 1], 3, stride=1 if pool else 2, padding=1)]
     layers += [ResBlock(widths[-1], norm) for _ in range(blocks)]
     layers += [N(widths[-1]), nn.GELU(), nn.Conv2d(widths[-1], d, 1)]
     stem = nn.Sequential(*layers)

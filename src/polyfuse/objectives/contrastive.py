@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ConfigError
+from ..fusion.transformer import masked_mean
 from .common import zero_loss
 
 
@@ -77,8 +78,7 @@ class Contrastive(nn.Module):
         """One column encoded alone -> (B, P) embedding before normalising, (B,) present."""
         if col in self.locked:
             h, mask = model.encoders[part["modality"]].features(part)      # (B, T, H), (B, T)
-            m = mask[..., None].to(h.dtype)
-            return (h * m).sum(1) / m.sum(1).clamp_min(1.0), mask.any(1)  # the tower's mean pooling
+            return masked_mean(h, mask), mask.any(1)                      # the tower's mean pooling
         fused = model.encode({col: part})
         return self.proj[self.index[col]](fused["per_column_pooled"][col]), fused["present"][col]
 
