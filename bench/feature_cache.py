@@ -30,8 +30,10 @@ import torch
 
 from polyfuse.config import Config
 from polyfuse.encoders.feature_cache import FeatureCache
-from polyfuse.training import loop, recipe
-from polyfuse.training.recipe import train_run
+from polyfuse.recipes.train import train_run
+from polyfuse.runfolder import RunFolder
+from polyfuse.training import trainer
+from polyfuse.training.trainer import Trainer
 
 
 def run(name, df_train, df_val, base, cache_dir, out, epochs, cache, dropout):
@@ -44,7 +46,7 @@ def run(name, df_train, df_val, base, cache_dir, out, epochs, cache, dropout):
         "train": {"epochs": epochs, "batch_size": 32, "lr": 1e-3, "patience": None},
     })
     marks, t_start, saving = [], [], [0.0, 0.0]
-    hook, save, clone, get = loop._after_epoch, loop.save_training_state, loop.state_dict_cpu, FeatureCache.get
+    hook, save, clone, get = trainer.after_epoch, RunFolder.save_checkpoint, trainer.state_dict_cpu, FeatureCache.get
     lookups = {"hit": 0, "miss": 0}
 
     def mark(state):
@@ -70,14 +72,14 @@ def run(name, df_train, df_val, base, cache_dir, out, epochs, cache, dropout):
         t_start.append((time.perf_counter(), time.process_time()))
         return fit(*a, **k)
 
-    fit = recipe.fit
-    loop._after_epoch, recipe.fit, FeatureCache.get = mark, start_clock, counted_get
-    loop.save_training_state, loop.state_dict_cpu = timed(save), timed(clone)
+    fit = Trainer.fit
+    trainer.after_epoch, Trainer.fit, FeatureCache.get = mark, start_clock, counted_get
+    RunFolder.save_checkpoint, trainer.state_dict_cpu = timed(save), timed(clone)
     try:
         train_run(cfg, df_train, df_val, out, base_dir=base, progress=False)
     finally:
-        loop._after_epoch, recipe.fit, FeatureCache.get = hook, fit, get
-        loop.save_training_state, loop.state_dict_cpu = save, clone
+        trainer.after_epoch, Trainer.fit, FeatureCache.get = hook, fit, get
+        RunFolder.save_checkpoint, trainer.state_dict_cpu = save, clone
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     epochs_out, prev = [], (*t_start[0], 0.0, 0.0)
     for r, m in zip(log, marks):

@@ -65,18 +65,19 @@ def prepare(args) -> tuple[Path, dict]:
     from polyfuse.config import Config
     from polyfuse.serving.export import export_onnx
     from polyfuse.serving.prune import prune_run
-    from polyfuse.training.recipe import train_run
+    from polyfuse.recipes.train import train_run
+    from polyfuse.runfolder import RunFolder
     out = Path(args.out)
     paths = tables(Path(args.data), out, args.train_rows)
     run = out / "run"
-    if not (run / "config.json").exists():
+    if not RunFolder(run).is_finished():
         cfg = Config.from_dict({**CONFIG, "train": {**CONFIG["train"], "epochs": args.epochs}})
         t = time.perf_counter()
         train_run(cfg, paths["train"], None, run, progress=False)
         print(f"trained on {args.train_rows} rows x {args.epochs} epochs in {time.perf_counter() - t:.0f} s")
     if not (out / "onnx" / "model.int8.onnx").exists():
         export_onnx(run, out / "onnx", "int8")
-    if not (out / "pruned" / "config.json").exists():
+    if not RunFolder(out / "pruned").is_finished():
         prune_run(run, args.prune_amount, out / "pruned", data=paths["train"], finetune_epochs=args.finetune_epochs)
     return out, paths
 

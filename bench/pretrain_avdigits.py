@@ -38,12 +38,11 @@ def config(train: dict, augment: bool = False, label: str | None = None):
 
 
 def pretrain(args):
-    from polyfuse.objectives import PretrainConfig
-    from polyfuse.training.pretrain import pretrain_run
+    from polyfuse.recipes.pretrain import pretrain_run
     cfg = config({"epochs": args.epochs, "batch_size": 128, "lr": 2e-3, "max_minutes": args.max_minutes})
+    cfg = cfg.merged({"pretrain": {"objectives": args.objectives.split(",")}})
     t0 = time.time()
-    summary = pretrain_run(cfg, PretrainConfig(objectives=args.objectives.split(",")),
-                           DATA / "train.csv", Path(args.out) / "pre", progress=False)
+    summary = pretrain_run(cfg, DATA / "train.csv", Path(args.out) / "pre", progress=False)
     summary["wall_s"] = round(time.time() - t0, 1)
     print(json.dumps(summary))
 
@@ -60,7 +59,7 @@ def few_labels(seed: int, per_class: int) -> pd.DataFrame:
 
 
 def finetune(args):
-    from polyfuse.training.recipe import train_run
+    from polyfuse.recipes.train import train_run
     root = Path(args.out)
     test = pd.read_csv(DATA / "test.csv")
     y_test = test["label"].to_numpy()
@@ -80,8 +79,8 @@ def finetune(args):
                 pred, _ = train_run(cfg, rows, None, out, progress=False,
                                     init_from=root / "pre" if init else None)
                 t_train = time.time() - t0
-                probs = pred.outputs(pred.encode(pred.read(test, DATA)))
-                acc = float((np.array(pred.labels.decode(probs), dtype=int) == y_test).mean())
+                predicted = pred.predict(pred.encode(pred.read(test, DATA))).labels
+                acc = float((np.array(predicted, dtype=int) == y_test).mean())
                 r = {"seed": seed, "init": "pretrained" if init else "scratch", "augment": augment,
                      "test_accuracy": acc, "train_s": round(t_train, 1)}
                 (out / "result.json").write_text(json.dumps(r))

@@ -56,8 +56,9 @@ def untrained_copy(run: str, size: str) -> str:
     """The run's config, processors and labels with a fresh model of another size, saved beside it."""
     from polyfuse.inference import Predictor
     from polyfuse.model import PolyfuseModel
+    from polyfuse.runfolder import RunFolder
     out = Path(run).parent / f"untrained-{size}"
-    if not (out / "config.json").exists():
+    if not RunFolder(out).is_finished():
         p = Predictor.load(run)
         cfg = p.cfg.merged({"model": {"size": size}})
         vocab = p.processors.text.vocab_size if p.processors.text else None

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .config import Config
+from .data.labels import Predictions
 from .inference import Predictor
 
 
@@ -35,7 +36,7 @@ class Polyfuse:
         elif self.config:
             base = Config.load(self.config)
         elif self.init_from:
-            from .training.transfer import base_config
+            from .recipes.transfer import base_config
             base = base_config(self.init_from)
         else:
             base = Config()
@@ -47,7 +48,7 @@ class Polyfuse:
         })
 
     def fit(self, train, val=None) -> "Polyfuse":
-        from .training.recipe import train_run
+        from .recipes.train import train_run
         out = self.out or tempfile.mkdtemp(prefix="polyfuse-")
         self.predictor_, self.summary_ = train_run(self.build_config(), train, val, out,
                                                    base_dir=self.base_dir, progress=self.progress,
@@ -60,22 +61,23 @@ class Polyfuse:
         p = self._fitted()
         return p.encode(p.read(data, self.base_dir))
 
+    def predictions(self, data) -> Predictions:
+        """Every row's prediction and probabilities, in label units: what predict and predict_proba read."""
+        return self._fitted().predict(self._encoded(data))
+
     def predict_proba(self, data) -> np.ndarray:
         if self._fitted().labels.task == "regression":
             raise AttributeError("predict_proba is for classification; use predict for regression")
-        return self.predictor_.outputs(self._encoded(data))
+        return self.predictions(data).probabilities()
 
     def predict(self, data) -> np.ndarray:
-        p = self._fitted()
-        return np.array(p.labels.decode(p.outputs(self._encoded(data))), dtype=object if p.labels.task != "regression" else float)
+        return self.predictions(data).values()
 
     def score(self, data) -> float:
         """Accuracy (classification), micro-F1 (multi-label) or R^2 (regression), as scikit-learn would."""
-        from .evaluation.evaluate import task_metrics
+        from .evaluation.evaluate import headline
         p = self._fitted()
-        enc = p.encode(p.read(data, self.base_dir), with_labels=True)
-        m = task_metrics(p, enc, p.outputs(enc))
-        return m[{"classification": "accuracy", "multilabel": "micro_f1", "regression": "r2"}[p.labels.task]]
+        return headline(p, p.encode(p.read(data, self.base_dir), with_labels=True))
 
     def save(self, path):
         self._fitted().save(Path(path))

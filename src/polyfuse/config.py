@@ -21,6 +21,7 @@ from .errors import ConfigError
 MODALITIES = ("text", "image", "audio")
 TASKS = ("classification", "multilabel", "regression")
 FUSIONS = ("attention", "concat", "late")
+OBJECTIVES = ("contrastive", "itm", "mlm", "masked_patch")    # pretraining objectives, in the order they run
 
 
 @dataclass
@@ -228,6 +229,41 @@ class AugmentConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """Self-supervised pretraining (`polyfuse pretrain`). Which objectives a table's columns and the
+    model allow is checked by objectives.check_objectives, against what each objective declares."""
+    objectives: list[str] | None = None          # None: every objective the columns and model allow
+    weights: dict = field(default_factory=dict)   # objective -> weight; unnamed ones weigh 1
+    mlm_prob: float = 0.15                        # share of text tokens hidden (BERT)
+    mask_ratio: float = 0.5                       # share of image patches / audio tokens hidden
+    proj_dim: int = 128                           # contrastive projection width
+    temperature: float = 0.07                     # contrastive temperature at the start (learned)
+    hard_negatives: bool = True                   # ITM negatives from contrastive similarity
+    lock_towers: bool = False                     # contrastive: frozen towers embed their columns alone (LiT)
+    # A column whose equal values mark rows that match each other (many-to-many pairings: any image
+    # of a 7 matches any spoken 7): such rows are never each other's contrastive or ITM negatives.
+    match_column: str | None = None
+
+    def validate(self):
+        names = list(self.objectives or []) + list(self.weights)
+        unknown = [o for o in names if o not in OBJECTIVES]
+        if unknown or self.objectives == []:
+            raise ConfigError(f"unknown objective(s) {unknown}; choose from {', '.join(OBJECTIVES)}")
+        if self.objectives is not None:
+            not_run = [w for w in self.weights if w not in self.objectives]
+            if not_run:
+                raise ConfigError(f"weights given for objective(s) not run: {not_run}")
+        for name in ("mlm_prob", "mask_ratio"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ConfigError(f"pretrain.{name} must be in (0, 1), got {getattr(self, name)}")
+        if self.temperature <= 0 or self.proj_dim <= 0:
+            raise ConfigError("pretrain.temperature and pretrain.proj_dim must be > 0")
+        for name, w in self.weights.items():
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
+                raise ConfigError(f"pretrain.weights.{name} must be a number >= 0, got {w!r}")
+
+
+@dataclass
 class Config:
     schema: SchemaConfig = field(default_factory=SchemaConfig)
     text: TextConfig = field(default_factory=TextConfig)
@@ -236,6 +272,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
     def validate(self) -> "Config":
         for f in dataclasses.fields(self):

@@ -1,11 +1,12 @@
 """A trained model with everything it needs to read new rows: config, schema, processors, labels.
 
-The same object serves training's final save, `polyfuse.load`, evaluate, predict and serving, so
-preprocessing is identical everywhere.
+The one prediction path: `Predictor.predict(rows) -> Predictions` (label units, from
+LabelCodec.predictions). `Polyfuse.predict/predict_proba`, `polyfuse predict`, evaluate, the report and
+pruning all call it; the server runs the same model through serving/graph.py and the same
+LabelCodec.predictions, so every surface gives the same numbers.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -13,67 +14,51 @@ import torch
 
 from .config import Config
 from .data.dataset import EncodedSet, encode_table, make_collate
-from .data.labels import LabelCodec
+from .data.labels import LabelCodec, Predictions
 from .data.manifest import Table, read_table
-from .data.pretrained import tower_sources
 from .data.processors import Processors
 from .errors import InputError, PolyfuseError
-from .model import PolyfuseModel
-from .training.checkpoint import atomic_save_tensors, atomic_write_text, load_weights
-from .training.loop import to_device
-
-FORMAT_VERSION = 1
+from .model import PolyfuseModel, build_model, load_state
+from .runfolder import RunFolder, RunMeta
+from .util import state_dict_cpu, to_device
 
 
 class Predictor:
-    def __init__(self, cfg: Config, processors: Processors, labels: LabelCodec, model: PolyfuseModel):
+    def __init__(self, cfg: Config, processors: Processors, labels: LabelCodec, model: PolyfuseModel,
+                 info: dict | None = None):
+        """info: how the model was made (epoch, rows, parameters, pruning), kept in config.json."""
         self.cfg, self.processors, self.labels, self.model = cfg, processors, labels, model
+        self.info = dict(info or {})
         self.schema = cfg.schema
         self.collate = make_collate(processors)
 
-    # -- persistence -----------------------------------------------------------------
-    def save_preprocessing(self, run_dir: Path):
-        """Processors, label map and schema: written once, before training starts."""
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self.processors.save(run_dir / "processors")
-        atomic_write_text(run_dir / "labels.json", json.dumps(self.labels.to_dict(), indent=2))
-        atomic_write_text(run_dir / "schema.json", json.dumps(
-            {"text": self.schema.text, "image": self.schema.image, "audio": self.schema.audio,
-             "label": self.schema.label, "task": self.schema.task}, indent=2))
+    # -- persistence: through RunFolder, which owns the files ------------------------------------
+    def save_preprocessing(self, run_dir):
+        RunFolder(run_dir).write_preprocessing(self.processors, self.labels)
 
-    def save_weights(self, run_dir: Path, extra: dict | None = None):
-        """Weights, then config.json last: the file whose presence says the folder holds a finished model."""
-        atomic_save_tensors(run_dir / "model.safetensors", self.model.state_dict(),
-                            metadata={"format": "polyfuse", "format_version": str(FORMAT_VERSION)})
-        body = {"format_version": FORMAT_VERSION, "config": self.cfg.to_dict(),
-                "vocab_size": self.processors.text.vocab_size if self.processors.text else None,
-                "n_outputs": self.labels.n_outputs, **(extra or {})}
-        atomic_write_text(run_dir / "config.json", json.dumps(body, indent=2))
+    def save_weights(self, run_dir, info: dict | None = None):
+        """Weights and config.json; `info` is added to what the predictor already says about itself."""
+        self.info.update(info or {})
+        text = self.processors.text
+        meta = RunMeta("supervised", self.cfg, text.vocab_size if text is not None else None,
+                       self.labels.n_outputs, dict(self.info))
+        RunFolder(run_dir).write_model(state_dict_cpu(self.model), meta)
 
-    def save(self, run_dir: str | Path, extra: dict | None = None):
-        run_dir = Path(run_dir)
+    def save(self, run_dir, info: dict | None = None):
         self.save_preprocessing(run_dir)
-        self.save_weights(run_dir, extra)
+        self.save_weights(run_dir, info)
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str = "cpu") -> "Predictor":
-        run_dir = Path(run_dir)
-        if not (run_dir / "config.json").exists() or not (run_dir / "model.safetensors").exists():
-            raise PolyfuseError(f"{run_dir} is not a finished Polyfuse run folder (no config.json/model.safetensors; "
-                                "was training interrupted before its first epoch ended?)")
-        meta = json.loads((run_dir / "config.json").read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise PolyfuseError(f"{run_dir}: format version {meta.get('format_version')} is not supported")
-        if meta.get("kind") == "pretrained":
-            raise PolyfuseError(f"{run_dir} is a pretraining run (encoders, no task head): fine-tune it with "
-                                f"`polyfuse train --init-from {run_dir} ...`")
-        cfg = Config.from_dict(meta["config"])
-        processors = Processors.load(cfg, cfg.schema, run_dir / "processors")
-        labels = LabelCodec.load(run_dir / "labels.json")
-        model = PolyfuseModel(cfg, cfg.schema, meta["n_outputs"], meta["vocab_size"], towers=tower_sources(processors))
-        load_weights(model, run_dir / "model.safetensors")
+        folder = RunFolder(run_dir)
+        meta = folder.require("supervised", purpose="prediction")
+        cfg = meta.config
+        processors = folder.processors(cfg)
+        labels = folder.labels()
+        model = build_model(cfg, processors, meta.n_outputs)
+        load_state(model, folder.weights(), folder.file(folder.WEIGHTS))
         model.to(device).eval()
-        return cls(cfg, processors, labels, model)
+        return cls(cfg, processors, labels, model, meta.info)
 
     # -- reading rows and predicting ---------------------------------------------------
     def read(self, source, base_dir=None) -> Table:
@@ -91,17 +76,38 @@ class Predictor:
         return encode_table(table, self.processors, self.labels if with_labels else None, on_bad_row, progress)
 
     @torch.no_grad()
-    def outputs(self, data: EncodedSet, drop: tuple[str, ...] = (), batch_size: int = 64) -> np.ndarray:
-        """Probabilities (classification, multilabel) or values in label units (regression), (N, K)."""
+    def head_outputs(self, data: EncodedSet, drop: tuple[str, ...] = (), batch_size: int = 64) -> np.ndarray:
+        """The head's outputs, (N, K): probabilities, or the standardised value (regression)."""
         self.model.eval()
         device = next(self.model.parameters()).device
         chunks = []
         for i in range(0, len(data), batch_size):
             batch = self.collate(list(range(i, min(i + batch_size, len(data)))), data)
-            inputs = to_device(batch["inputs"], device)
-            logits = self.model({"inputs": inputs}, drop=drop)["logits"]
+            logits = self.model({"inputs": to_device(batch["inputs"], device)}, drop=drop)["logits"]
             chunks.append(self.model.head.probabilities(logits).cpu().numpy())
-        out = np.concatenate(chunks)
-        if self.labels.task == "regression":
-            out = out * self.labels.std + self.labels.mean
-        return out
+        K = self.labels.n_outputs
+        return np.concatenate(chunks) if chunks else np.zeros((0, K), dtype=np.float32)
+
+    def predict(self, data: EncodedSet, drop: tuple[str, ...] = (), batch_size: int = 64) -> Predictions:
+        """Predictions in label units for every encoded row; `drop` hides whole modalities (ablation)."""
+        return self.labels.predictions(self.head_outputs(data, drop, batch_size))
+
+
+def load_pretrainer(run_dir: str | Path, device: str = "cpu"):
+    """(config, processors, Pretrainer) of a `polyfuse pretrain` run: encoders, fusion and the
+    objectives' heads, rebuilt from the run folder alone (towers from its processors/, never from
+    the path they were first loaded from)."""
+    from .objectives import Pretrainer, build_objectives
+    folder = RunFolder(run_dir)
+    cfg = folder.require("pretrained", purpose="loading a pretraining run").config
+    processors = folder.processors(cfg)
+    model = build_model(cfg, processors, 1)
+    pre = Pretrainer(model, build_objectives(cfg, model, processors))
+    # Saved: the model's weights without its (untrained) head, and the objectives' under objectives.
+    state = {(k if k.startswith("objectives.") else f"model.{k}"): v for k, v in folder.weights().items()}
+    missing, unexpected = pre.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("model.head.")]
+    if missing or unexpected:
+        raise PolyfuseError(f"{folder.path}: pretrained weights do not match (missing {missing[:5]}, "
+                            f"unexpected {unexpected[:5]})")
+    return cfg, processors, pre.to(device).eval()

@@ -1,7 +1,7 @@
 """The whole model: per-modality encoders -> fusion -> task head, reading a batch dict.
 
     batch = {"inputs": {column: {..., "modality": m}}, "label": (B,) or (B, K)}
-    forward(batch) -> {"logits": (B, K), "pooled": (B, D), "loss": scalar when labels are given}
+    forward(batch) -> {"logits": (B, K), "pooled": (B, D), "per_column": {column: (B, D)}, "loss" with labels}
 """
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import torch
 from torch import nn
 
 from .config import Config, SchemaConfig
-from .encoders.pretrained import build_encoder
-from .fusion import FUSIONS
+from .data.pretrained import tower_sources
+from .encoders import Encoder, build_encoder
+from .fusion import FUSIONS, Fused
+from .errors import PolyfuseError
 from .fusion.transformer import init_weights
 from .heads import TaskHead
 
@@ -26,48 +28,56 @@ class PolyfuseModel(nn.Module):
         self.fusion = FUSIONS[cfg.model.fusion](cfg, schema.streams())
         self.head = TaskHead(cfg.model.d_model, n_outputs, schema.task or "classification",
                              cfg.train.label_smoothing)
-        # Same order (so the same random draws) as init_weights(self), except that an encoder with
-        # its own init_weights (pretrained tower, word2vec embeddings) keeps its pretrained values.
+        # Same order (so the same random draws) as init_weights(self), except that an encoder keeps
+        # what it already holds where it has pretrained values (tower, word2vec embeddings).
         for name, module in self.named_children():
             for sub in (module.values() if name == "encoders" else [module]):
-                sub.init_weights() if hasattr(sub, "init_weights") else init_weights(sub)
+                sub.init_weights() if isinstance(sub, Encoder) else init_weights(sub)
 
-    def encode(self, inputs: dict, drop: tuple[str, ...] = (), modality_dropout: float = 0.0,
-               edit=None) -> dict:
-        """Encoders + fusion. `drop` makes whole modalities absent (ablation); modality_dropout, per row.
+    def encode_columns(self, inputs: dict, drop: tuple[str, ...] = (), modality_dropout: float = 0.0) -> dict:
+        """Each column through its modality's encoder: {column: {"tokens": (B, T_c, D), "mask": (B, T_c), "modality"}}.
 
-        A dropped modality is masked exactly like an empty cell, so "without image" means what a
-        row without an image means, and a row left with nothing is scored from [CLS] alone.
-        `edit(column, encoder_output) -> encoder_output`, when given, changes a column's tokens before
-        fusion (pretraining puts a learned mask embedding on masked patches this way).
+        `drop` makes whole modalities absent (ablation); modality_dropout, per row. A dropped
+        modality is masked exactly like an empty cell, so "without image" means what a row without
+        an image means, and a row left with nothing is scored from [CLS] alone. Pretraining calls
+        this once per step and fuses subsets of the result (see objectives/).
         """
         encoded = {}
         for col, part in inputs.items():
             m = part["modality"]
             e = self.encoders[m](part)
-            if edit is not None:
-                e = edit(col, e)
             if m in drop:
-                e["mask"] = torch.zeros_like(e["mask"])
+                e = {**e, "mask": torch.zeros_like(e["mask"])}
             encoded[col] = {**e, "modality": m}
         if modality_dropout > 0:
             encoded = _drop_per_row(encoded, modality_dropout)
+        return encoded
+
+    def fuse(self, encoded: dict) -> Fused:
         return self.fusion(encoded)
 
+    def encode(self, inputs: dict, drop: tuple[str, ...] = (), modality_dropout: float = 0.0) -> Fused:
+        return self.fuse(self.encode_columns(inputs, drop, modality_dropout))
+
     def forward(self, batch: dict, drop: tuple[str, ...] = (), modality_dropout: float = 0.0) -> dict:
+        """{"logits": (B, K), "pooled": (B, D), "per_column": {column: (B, D)}, "loss" when labels are given}."""
         fused = self.encode(batch["inputs"], drop, modality_dropout)
-        if fused.get("late"):
-            # Late fusion: one score per present column, averaged over the columns a row has.
-            cols = list(fused["per_column_pooled"])
-            logits = torch.stack([self.head(fused["per_column_pooled"][c]) for c in cols], 1)   # (B, C, K)
-            w = torch.stack([fused["present"][c] for c in cols], 1).to(logits.dtype)[..., None]
-            logits = (logits * w).sum(1) / w.sum(1).clamp_min(1.0)
-        else:
-            logits = self.head(fused["pooled"])
-        out = {"logits": logits, "pooled": fused["pooled"], "per_column_pooled": fused["per_column_pooled"]}
+        logits = self.head(fused)
+        out = {"logits": logits, "pooled": fused.pooled, "per_column": fused.per_column}
         if "label" in batch:
             out["loss"] = self.head.loss(logits, batch["label"])
         return out
+
+
+def build_model(cfg: Config, processors, n_outputs: int, pretrained_weights: bool = False) -> PolyfuseModel:
+    """The model a run's processors call for: vocabulary size and tower architectures come from them.
+
+    pretrained_weights=True (training) loads each tower's configured checkpoint; False (reloading a
+    run) builds the towers from the run's processors/ and leaves the weights to model.safetensors.
+    """
+    text = processors.text
+    return PolyfuseModel(cfg, cfg.schema, n_outputs, text.vocab_size if text is not None else None,
+                         towers=tower_sources(processors, pretrained_weights))
 
 
 def _drop_per_row(encoded: dict, p: float) -> dict:
@@ -85,3 +95,11 @@ def _drop_per_row(encoded: dict, p: float) -> dict:
         mask = e["mask"] & keep[:, mods.index(e["modality"])][:, None]
         out[col] = {**e, "mask": mask}
     return out
+
+
+def load_state(model: nn.Module, state: dict, where) -> None:
+    """Load weights that must match the model one to one; a mismatch names what differs."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise PolyfuseError(f"{where}: weights do not match the model (missing: {missing[:10]}, "
+                            f"unexpected: {unexpected[:10]})")

@@ -9,7 +9,7 @@ from PIL import Image
 
 from polyfuse.cli.main import main
 from polyfuse.errors import InputError
-from polyfuse.training.recipe import train_run
+from polyfuse.recipes.train import train_run
 from tests.conftest import tiny_config
 
 

@@ -8,7 +8,7 @@ from PIL import Image
 from polyfuse.config import Config
 from polyfuse.data.pretrained import tower_sources
 from polyfuse.data.processors import Processors
-from polyfuse.encoders.pretrained import build_encoder
+from polyfuse.encoders import build_encoder
 
 
 def setup(towers, cache_dir, modality, cache=True, **section):

@@ -7,7 +7,7 @@ import torch
 from polyfuse.config import Config
 from polyfuse.data.pretrained import tower_sources
 from polyfuse.data.processors import Processors
-from polyfuse.encoders.pretrained import build_encoder
+from polyfuse.encoders import build_encoder
 from polyfuse.fusion.transformer import masked_mean
 
 SENTENCES = ["grinning face with big eyes", "A man is playing a guitar on the street.",

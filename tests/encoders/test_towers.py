@@ -13,7 +13,7 @@ from polyfuse.data.processors import Processors
 from polyfuse.errors import ConfigError
 from polyfuse.inference import Predictor
 from polyfuse.model import PolyfuseModel
-from polyfuse.training.recipe import train_run
+from polyfuse.recipes.train import train_run
 
 
 def tower_config(towers, cache_dir, modalities=("text", "image", "audio"), **model):
@@ -41,7 +41,7 @@ def test_train_save_reload_offline(towers, small_synth, tmp_path):
         assert (tmp_path / "run" / "processors" / f"{m}_tower" / "config.json").exists()
     again = Predictor.load(tmp_path / "run")
     test = again.encode(again.read(small_synth["test"]))
-    np.testing.assert_allclose(again.outputs(test), pred.outputs(pred.encode(pred.read(small_synth["test"]))),
+    np.testing.assert_allclose(again.predict(test).outputs, pred.predict(pred.encode(pred.read(small_synth["test"]))).outputs,
                                atol=1e-5)
     assert summary["epoch"] == 1
 
@@ -77,7 +77,7 @@ def test_lora_trains_adapters_only_and_reloads(towers, small_synth, tmp_path):
     assert all(torch.equal(base[k], state[k]) for k in base if "lora_" not in k)
     again = Predictor.load(tmp_path / "run")
     data = again.encode(again.read(small_synth["test"]))
-    np.testing.assert_allclose(again.outputs(data), pred.outputs(data), atol=1e-5)
+    np.testing.assert_allclose(again.predict(data).outputs, pred.predict(data).outputs, atol=1e-5)
 
 
 def test_config_validation(towers, tmp_path):

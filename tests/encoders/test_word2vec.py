@@ -10,7 +10,7 @@ from polyfuse.data.processors import Processors
 from polyfuse.data.word2vec import Word2VecTextProcessor
 from polyfuse.inference import Predictor
 from polyfuse.model import PolyfuseModel
-from polyfuse.training.recipe import train_run
+from polyfuse.recipes.train import train_run
 
 from .conftest import rng_text
 
@@ -82,4 +82,4 @@ def test_train_and_reload_with_word2vec(tmp_path):
     pred, _ = train_run(cfg, tmp_path / "train.csv", None, tmp_path / "run", progress=False)
     again = Predictor.load(tmp_path / "run")
     data = again.encode(again.read(tmp_path / "train.csv"))
-    np.testing.assert_allclose(again.outputs(data), pred.outputs(data), atol=1e-6)
+    np.testing.assert_allclose(again.predict(data).outputs, pred.predict(data).outputs, atol=1e-6)

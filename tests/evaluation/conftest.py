@@ -31,8 +31,7 @@ def make_run(folder, train_csv, fusion="attention", seed=0) -> Predictor:
     torch.manual_seed(seed)
     model = PolyfuseModel(cfg, cfg.schema, labels.n_outputs, processors.text.vocab_size).eval()
     p = Predictor(cfg, processors, labels, model)
-    p.save(folder, {"trained": {"epoch": 2, "n_parameters": sum(x.numel() for x in model.parameters()),
-                                "train_rows": len(table)}})
+    p.save(folder, {"epoch": 2, "n_parameters": sum(x.numel() for x in model.parameters()), "train_rows": len(table)})
     with open(folder / "log.jsonl", "w") as f:
         for e, (tl, vl, va) in enumerate([(1.4, 1.3, 0.3), (1.2, 1.25, 0.35)], 1):
             f.write(json.dumps({"epoch": e, "train_loss": tl, "val_loss": vl, "val_accuracy": va,

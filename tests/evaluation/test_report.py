@@ -75,8 +75,8 @@ def test_removing_an_unused_modality_changes_nothing(synth, tmp_path):
     i = [c for c, _ in p.schema.streams()].index("caption")
     p.model.fusion.mlp[0].weight.data[:, i * D:(i + 1) * D] = 0
     ld = read_labelled(p, synth["test"])
-    full = p.outputs(ld.data)
-    np.testing.assert_allclose(p.outputs(ld.data, drop=("text",)), full, atol=1e-6)
+    full = p.predict(ld.data).outputs
+    np.testing.assert_allclose(p.predict(ld.data, drop=("text",)).outputs, full, atol=1e-6)
     result = evaluate(p, ld.data, y=ld.y, outputs=full)
     without = result["modality_ablation"]["without_text"]
     for k, v in without.items():
@@ -84,7 +84,7 @@ def test_removing_an_unused_modality_changes_nothing(synth, tmp_path):
     curve = robustness_curves(p, ld.data, ld.y, result, strengths=(0.0, 0.5, 1.0))["text"]
     assert curve["values"] == pytest.approx([result["accuracy"]] * 3)
     # ...while removing a modality it does use changes its outputs.
-    assert not np.allclose(p.outputs(ld.data, drop=("image",)), full, atol=1e-6)
+    assert not np.allclose(p.predict(ld.data, drop=("image",)).outputs, full, atol=1e-6)
 
 
 def test_bad_input_names_the_problem(run_dir, synth, tmp_path, capsys):

@@ -45,10 +45,10 @@ def test_attention_fusion_token_layout(build):
     model, data, collate = build()
     batch = collate([0, 1], data)
     fused = model.encode(batch["inputs"])
-    B, T, D = fused["tokens"].shape
-    spans = fused["spans"]
+    B, T, D = fused.tokens.shape
+    spans = fused.spans
     assert (B, D) == (2, 32) and T == 1 + sum(b - a for a, b in spans.values())   # [CLS] + every column
-    assert spans["caption"][0] == 1 and fused["mask"][:, 0].all()
+    assert spans["caption"][0] == 1 and fused.mask[:, 0].all()
 
 
 @pytest.mark.parametrize("fusion", ["attention", "concat", "late"])
@@ -76,19 +76,19 @@ def test_audio_conv_stem_is_padding_invariant(build):
 def test_modality_embedding_is_added_to_every_token(build):
     model, data, collate = build()
     batch = collate([0, 1, 2], data)
-    before = model.encode(batch["inputs"])["pooled"]
+    before = model.encode(batch["inputs"]).pooled
     with torch.no_grad():
         # Not a constant vector: LayerNorm's centring would cancel one.
         delta = torch.randn(32)
         model.fusion.modality["image"].add_(delta)
-    after = model.encode(batch["inputs"])["pooled"]
+    after = model.encode(batch["inputs"]).pooled
     assert not torch.allclose(before, after, atol=1e-4)
     # Only image tokens carry it: a batch without the image column is unaffected.
     no_image = {c: p for c, p in batch["inputs"].items() if c != "image"}
-    x1 = model.encode(no_image)["pooled"]
+    x1 = model.encode(no_image).pooled
     with torch.no_grad():
         model.fusion.modality["image"].sub_(delta)
-    torch.testing.assert_close(x1, model.encode(no_image)["pooled"])
+    torch.testing.assert_close(x1, model.encode(no_image).pooled)
 
 
 @pytest.mark.parametrize("keep", [("caption",), ("image",), ("audio",), ("caption", "image"),

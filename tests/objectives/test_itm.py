@@ -1,6 +1,8 @@
 import torch
 
-from polyfuse.objectives.itm import ITM, draw_negatives, matching_pairs
+from polyfuse.objectives import Pretrainer
+from polyfuse.objectives.common import same_group
+from polyfuse.objectives.itm import ITM, draw_negatives, matching_pairs, suspect_negatives
 
 from .conftest import make_model
 
@@ -34,6 +36,29 @@ def test_hard_negatives_follow_similarity():
 def test_itm_objective_one_loss_per_pair(tiny):
     cfg, processors, batch = tiny
     model = make_model(cfg, processors)
-    out = ITM(32)(model, batch["inputs"], {})
+    out = Pretrainer(model, {"itm": ITM(32)})(batch)
     assert {"itm_caption_image_loss", "itm_caption_audio_loss", "itm_image_audio_loss"} <= set(out)
     assert out["itm_loss"].requires_grad
+
+
+def test_rows_of_one_match_group_are_never_each_others_negatives():
+    """pretrain.match_column: on a many-to-many pairing rows with the same value are true matches."""
+    groups = torch.tensor([0, 0, 1, 1, 2, 0])
+    pa = pb = torch.ones(6, dtype=torch.bool)
+    exclude = same_group(groups, 6, "cpu")
+    sim = torch.randn(6, 6) * 5
+    for seed in range(50):
+        j = draw_negatives(pa, pb, sim, torch.Generator().manual_seed(seed), exclude)
+        ok = j >= 0
+        assert (groups[ok] != groups[j[ok]]).all()
+        ia, ib, labels = matching_pairs(pa, pb, sim, torch.Generator().manual_seed(seed), exclude)
+        neg = labels == 0
+        assert (groups[ia[neg]] != groups[ib[neg]]).all() and neg.sum() == 6
+
+
+def test_suspect_negatives_flags_negatives_as_close_as_the_true_pair():
+    pa = pb = torch.ones(3, dtype=torch.bool)
+    sim = torch.tensor([[1.0, 0.9, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    ia, ib, labels = torch.tensor([0, 1, 2, 0, 1]), torch.tensor([0, 1, 2, 2, 0]), torch.tensor([1, 1, 1, 0, 0.0])
+    # (0, 2): sim 1.0 >= sim[0, 0] -> suspect; (1, 0): sim 0.0 below both diagonals -> not.
+    assert float(suspect_negatives(ia, ib, labels, sim, pa, pb)) == 0.5

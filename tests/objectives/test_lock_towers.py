@@ -5,25 +5,23 @@ import torch
 from safetensors.torch import load_file
 
 from polyfuse.errors import ConfigError
-from polyfuse.objectives import PretrainConfig
 from polyfuse.retrieval import Embedder
-from polyfuse.training.pretrain import pretrain_run
+from polyfuse.recipes.pretrain import pretrain_run
 from tests.conftest import tiny_config
 from tests.encoders.conftest import write_bert
 
 
-def _cfg(bert, freeze=True):
+def _cfg(bert, freeze=True, **pretrain):
     return tiny_config(schema={"text": ["caption"], "image": ["image"], "audio": [], "label": None},
                        text={"encoder": str(bert)}, train={"epochs": 2},
-                       model={"freeze_encoders": freeze, "feature_cache": False})
+                       model={"freeze_encoders": freeze, "feature_cache": False}, pretrain=pretrain)
 
 
 def test_locked_text_is_the_towers_own_mean_pooled_vector(synth, tmp_path):
     from transformers import AutoModel, AutoTokenizer
     torch.manual_seed(0)
     bert = write_bert(tmp_path / "bert")
-    pcfg = PretrainConfig(objectives=["contrastive"], lock_towers=True)
-    pretrain_run(_cfg(bert), pcfg, synth["train"], tmp_path / "pre", progress=False)
+    pretrain_run(_cfg(bert, objectives=["contrastive"], lock_towers=True), synth["train"], tmp_path / "pre", progress=False)
     weights = load_file(str(tmp_path / "pre" / "model.safetensors"))
     projections = {k.split(".")[3] for k in weights if k.startswith("objectives.contrastive.proj.")}
     assert projections == {"1"}                           # only the image column (index 1) learns one
@@ -48,8 +46,8 @@ def test_locked_text_is_the_towers_own_mean_pooled_vector(synth, tmp_path):
 def test_lock_towers_needs_a_frozen_tower_and_the_contrastive_objective(synth, tmp_path):
     bert = write_bert(tmp_path / "bert")
     with pytest.raises(ConfigError, match="frozen pretrained tower"):
-        pretrain_run(_cfg(bert, freeze=False), PretrainConfig(objectives=["contrastive"], lock_towers=True),
+        pretrain_run(_cfg(bert, freeze=False, objectives=["contrastive"], lock_towers=True),
                      synth["train"], tmp_path / "a", progress=False)
     with pytest.raises(ConfigError, match="add it to --objectives"):
-        pretrain_run(_cfg(bert), PretrainConfig(objectives=["itm"], lock_towers=True), synth["train"],
+        pretrain_run(_cfg(bert, objectives=["itm"], lock_towers=True), synth["train"],
                      tmp_path / "b", progress=False)

@@ -3,7 +3,10 @@ import math
 import pytest
 import torch
 
-from polyfuse.objectives import PretrainConfig, Pretrainer, build_objectives
+import dataclasses
+
+from polyfuse.config import PretrainConfig
+from polyfuse.objectives import Pretrainer, Step, build_objectives, resolve_objectives
 from polyfuse.objectives import mlm as mlm_module
 from polyfuse.objectives.contrastive import Contrastive, info_nce
 from polyfuse.objectives.masked_patch import masked_mse, patchify
@@ -12,12 +15,16 @@ from polyfuse.objectives.mlm import IGNORE, MLM, mask_tokens
 from .conftest import make_model
 
 
+def with_pretrain(cfg, **pretrain):
+    return resolve_objectives(dataclasses.replace(cfg, pretrain=PretrainConfig(**pretrain)))
+
+
 @pytest.mark.parametrize("name", ["contrastive", "itm", "mlm", "masked_patch"])
 def test_each_objective_loss_falls(tiny, name):
     cfg, processors, batch = tiny
     model = make_model(cfg, processors)
-    pcfg = PretrainConfig(objectives=[name]).validate(cfg.schema)
-    pre = Pretrainer(model, build_objectives(pcfg, cfg, model, processors))
+    cfg = with_pretrain(cfg, objectives=[name])
+    pre = Pretrainer(model, build_objectives(cfg, model, processors))
     opt = torch.optim.AdamW(pre.parameters(), lr=3e-3)
     torch.manual_seed(0)
     losses = []
@@ -34,9 +41,9 @@ def test_each_objective_loss_falls(tiny, name):
 def test_weights_combine_and_each_loss_is_reported(tiny):
     cfg, processors, batch = tiny
     model = make_model(cfg, processors)
-    pcfg = PretrainConfig(weights={"mlm": 2.0, "itm": 0.0}).validate(cfg.schema)
-    assert pcfg.objectives == ["contrastive", "itm", "mlm", "masked_patch"]
-    pre = Pretrainer(model, build_objectives(pcfg, cfg, model, processors), pcfg.weights)
+    cfg = with_pretrain(cfg, weights={"mlm": 2.0, "itm": 0.0})
+    assert cfg.pretrain.objectives == ["contrastive", "itm", "mlm", "masked_patch"]
+    pre = Pretrainer(model, build_objectives(cfg, model, processors), cfg.pretrain.weights)
     torch.manual_seed(0)
     out = pre(batch)
     expected = out["contrastive_loss"] + 2.0 * out["mlm_loss"] + out["masked_patch_loss"]
@@ -59,8 +66,8 @@ def test_contrastive_module_on_fixed_batch_skips_rows_missing_a_modality():
     emb = {"img": torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]),
            "wav": torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])}
     pres = {"img": torch.tensor([True, True, True]), "wav": torch.tensor([True, True, False])}
-    obj.embed = lambda model, inputs: (emb, pres)
-    out = obj(None, {}, {})
+    obj.column_vector = lambda model, col, part, encoded: (emb[col], pres[col])
+    out = obj(None, Step({"img": {}, "wav": {}}, {"img": {}, "wav": {}}), {})
     # Row 2 has no audio: only rows 0 and 1 are contrasted, at scale 1 / 0.5 = 2 (the value above).
     rows = -math.log(math.exp(2) / (math.exp(2) + math.exp(1.2))) - math.log(math.exp(1.6) / (1 + math.exp(1.6)))
     cols = -math.log(math.exp(2) / (math.exp(2) + 1)) - math.log(math.exp(1.6) / (math.exp(1.2) + math.exp(1.6)))
@@ -95,10 +102,10 @@ def test_mlm_scores_only_masked_positions(tiny, monkeypatch):
         return new, labels
 
     monkeypatch.setattr(mlm_module, "mask_tokens", spy)
-    obj = MLM(32, processors.text.vocab_size, processors.text.mask_id, 5, 0.15, tied=True)
+    obj = MLM(32, processors.text.vocab_size, processors.text.mask_id, 5, 0.15)
     real_logits = obj.logits
     obj.logits = lambda h, m: seen.setdefault("rows", h.shape[0]) and real_logits(h, m)
-    obj(model, batch["inputs"], {})
+    Pretrainer(model, {"mlm": obj})(batch)
     assert seen["rows"] == seen["targets"] > 0
 
 
@@ -117,15 +124,14 @@ def test_masked_mse_scores_only_selected_positions():
 def test_masked_patch_hides_content_and_scores_only_hidden(tiny):
     cfg, processors, batch = tiny
     model = make_model(cfg, processors)
-    pcfg = PretrainConfig(objectives=["masked_patch"]).validate(cfg.schema)
-    obj = build_objectives(pcfg, cfg, model, processors)["masked_patch"]
+    obj = build_objectives(with_pretrain(cfg, objectives=["masked_patch"]), model, processors)["masked_patch"]
     part = batch["inputs"]["image"]
-    corrupted, targets, hidden = obj.corrupt(part)
+    corrupted, targets, hidden = obj.corrupt_part(part)
     p = cfg.image.patch
     before, after = patchify(part["pixels"], p), patchify(corrupted["pixels"], p)
     assert (after[hidden] == 0).all() and torch.equal(after[~hidden], before[~hidden])
     assert torch.allclose(hidden.float().mean(1), torch.full((len(hidden),), 0.5))
     audio = batch["inputs"]["audio"]
-    _, _, hidden_a = obj.corrupt(audio)
+    _, _, hidden_a = obj.corrupt_part(audio)
     assert not (hidden_a & ~audio["mask"][:, :: cfg.audio.frames_per_token]).any()   # never padding
     assert not hidden_a[~audio["mask"].any(1)].any()                                  # nor absent rows

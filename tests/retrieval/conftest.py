@@ -33,17 +33,17 @@ def other_run_dir(synth, tmp_path_factory):
 
 def save_untrained_pretrained_run(out, train_csv, objectives=("contrastive", "mlm"), seed=0):
     """A `polyfuse pretrain` run folder (seeded random weights, contrastive heads included), no training."""
-    from polyfuse.objectives import Pretrainer, PretrainConfig, build_objectives
-    from polyfuse.training.pretrain import save_pretrained
-    cfg = tiny_config()
+    from polyfuse.objectives import Pretrainer, build_objectives, resolve_objectives
+    from polyfuse.runfolder import RunFolder, RunMeta
+    cfg = resolve_objectives(tiny_config(pretrain={"objectives": list(objectives), "proj_dim": 24}))
     table = read_table(train_csv)
     procs = Processors.build(cfg, cfg.schema).fit(table)
-    procs.save(out / "processors")
-    pcfg = PretrainConfig(objectives=list(objectives), proj_dim=24)
+    folder = RunFolder(out)
+    folder.write_preprocessing(procs)
     torch.manual_seed(seed)
     model = PolyfuseModel(cfg, cfg.schema, 1, procs.text.vocab_size)
-    pre = Pretrainer(model, build_objectives(pcfg, cfg, model, procs)).eval()
-    save_pretrained(out, pre, cfg, pcfg, procs.text.vocab_size, {"epoch": 0})
+    pre = Pretrainer(model, build_objectives(cfg, model, procs)).eval()
+    folder.write_model(pre.encoder_state(), RunMeta("pretrained", cfg, procs.text.vocab_size, None, {"epoch": 0}))
     return out, pre
 
 

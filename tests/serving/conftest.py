@@ -22,7 +22,7 @@ def serve_data(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="session")
 def serve_run(tmp_path_factory, serve_data) -> Path:
-    from polyfuse.training.recipe import train_run
+    from polyfuse.recipes.train import train_run
     cfg = Config.from_dict({
         "schema": {"text": ["caption"], "image": ["image"], "audio": ["audio"], "label": "label"},
         "model": {"d_model": 32, "n_layers": 1, "n_heads": 2},

@@ -25,7 +25,7 @@ CASES = [("concat", ("text",)), ("late", ("image", "audio")), ("concat", ("text"
 
 def train_tiny(folder, fusion: str, modalities: tuple, image: dict | None = None) -> tuple:
     """A 1-epoch d=16 model of the given fusion on a synthetic table holding only these modalities."""
-    from polyfuse.training.recipe import train_run
+    from polyfuse.recipes.train import train_run
     data = write_splits(folder / "data", n=32, seed=5, modalities=modalities)
     cfg = Config.from_dict({
         "schema": {"label": "label", **{m: [COLUMN[m]] for m in modalities}},

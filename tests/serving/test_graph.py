@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from polyfuse.data.audio import AudioProcessor
+from polyfuse.data.image import ImageProcessor
 from polyfuse.config import Config
+from polyfuse.data.text import TextProcessor
 from polyfuse.model import PolyfuseModel
 from polyfuse.serving.graph import FlatModel, flatten, output_names
 
@@ -27,8 +30,9 @@ def test_all_columns_masked_equals_columns_left_out(fusion):
     absent_audio = {"mel": torch.zeros(B, 8, 4), "mask": torch.zeros(B, 4, dtype=torch.bool), "modality": "audio"}
     with torch.no_grad():
         left_out = model({"inputs": {"caption": text, "image": image}})
-        flat = FlatModel(model)(*flatten({"caption": text, "image": image, "audio": absent_audio},
-                                         cfg.schema.streams()))
+        fields = {"text": TextProcessor.fields, "image": ImageProcessor.fields, "audio": AudioProcessor.fields}
+        flat = FlatModel(model, fields)(*flatten({"caption": text, "image": image, "audio": absent_audio},
+                                                 cfg.schema.streams(), fields))
     out = dict(zip(output_names(cfg.schema.streams()), flat))
     torch.testing.assert_close(out["probabilities"], left_out["logits"].softmax(-1), atol=1e-5, rtol=0)
     torch.testing.assert_close(out["pooled"], left_out["pooled"], atol=1e-5, rtol=0)

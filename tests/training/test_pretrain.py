@@ -34,7 +34,7 @@ def test_pretrain_writes_a_run_folder_with_each_objectives_loss(pretrained):
                  "schema.json", "log.jsonl"):
         assert (out / name).exists(), name
     meta = json.loads((out / "config.json").read_text())
-    assert meta["kind"] == "pretrained" and meta["pretrain"]["weights"] == {"mlm": 1.0, "itm": 0.5}
+    assert meta["kind"] == "pretrained" and meta["config"]["pretrain"]["weights"] == {"mlm": 1.0, "itm": 0.5}
     assert meta["config"]["augment"]["enabled"] is True
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2]

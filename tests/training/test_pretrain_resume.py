@@ -6,10 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import polyfuse.training.loop as loop
+import polyfuse.training.trainer as trainer
 from polyfuse.errors import ConfigError
-from polyfuse.objectives import PretrainConfig
-from polyfuse.training.pretrain import pretrain_run
+from polyfuse.recipes.pretrain import pretrain_run
 from tests.conftest import tiny_config
 
 
@@ -27,25 +26,25 @@ def _cfg():
                        augment={"enabled": True})
 
 
-def _pcfg():
-    return PretrainConfig(objectives=["contrastive", "itm", "mlm", "masked_patch"], proj_dim=16)
+def _pcfg(cfg):
+    return cfg.merged({"pretrain": {"objectives": ["contrastive", "itm", "mlm", "masked_patch"], "proj_dim": 16}})
 
 
 def test_pretrain_resume_equals_unbroken_run(synth, tmp_path, monkeypatch):
     torch.set_num_threads(1)
-    pretrain_run(_cfg(), _pcfg(), synth["train"], tmp_path / "a", progress=False, val=synth["val"])
+    pretrain_run(_pcfg(_cfg()), synth["train"], tmp_path / "a", progress=False, val=synth["val"])
 
     def stop_after_first(state):
         if state["epoch"] == 1:
             raise Interrupt
-    monkeypatch.setattr(loop, "_after_epoch", stop_after_first)
+    monkeypatch.setattr(trainer, "after_epoch", stop_after_first)
     with pytest.raises(Interrupt):
-        pretrain_run(_cfg(), _pcfg(), synth["train"], tmp_path / "b", progress=False, val=synth["val"])
+        pretrain_run(_pcfg(_cfg()), synth["train"], tmp_path / "b", progress=False, val=synth["val"])
     monkeypatch.undo()
     assert len(_log(tmp_path / "b")) == 1
     with pytest.raises(ConfigError, match="--resume"):            # never silently overwritten
-        pretrain_run(_cfg(), _pcfg(), synth["train"], tmp_path / "b", progress=False)
-    pretrain_run(_cfg(), _pcfg(), synth["train"], tmp_path / "b", progress=False, val=synth["val"], resume=True)
+        pretrain_run(_pcfg(_cfg()), synth["train"], tmp_path / "b", progress=False)
+    pretrain_run(_pcfg(_cfg()), synth["train"], tmp_path / "b", progress=False, val=synth["val"], resume=True)
 
     log_a, log_b = _log(tmp_path / "a"), _log(tmp_path / "b")
     assert log_a == log_b and [r["epoch"] for r in log_b] == [1, 2, 3]
@@ -61,8 +60,8 @@ def test_validation_losses_do_not_move_training(synth, tmp_path):
     """Scoring a validation table draws from its own seeded RNG: the training run is unchanged by it."""
     torch.set_num_threads(1)
     cfg = tiny_config(train={"epochs": 2}, model={"modality_dropout": 0.2})
-    pretrain_run(cfg, _pcfg(), synth["train"], tmp_path / "with", progress=False, val=synth["val"])
-    pretrain_run(cfg, _pcfg(), synth["train"], tmp_path / "without", progress=False)
+    pretrain_run(_pcfg(cfg), synth["train"], tmp_path / "with", progress=False, val=synth["val"])
+    pretrain_run(_pcfg(cfg), synth["train"], tmp_path / "without", progress=False)
     with_val, without = _log(tmp_path / "with"), _log(tmp_path / "without")
     assert [r["train_loss"] for r in with_val] == [r["train_loss"] for r in without]
     assert with_val[0]["val_loss"] > 0 and "val_loss" not in without[0]

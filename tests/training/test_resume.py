@@ -5,8 +5,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import polyfuse.training.loop as loop
-from polyfuse.training.recipe import train_run
+import polyfuse.training.trainer as trainer
+from polyfuse.recipes.train import train_run
 from tests.conftest import tiny_config
 
 
@@ -26,7 +26,7 @@ def test_resume_equals_unbroken_run(synth, tmp_path, monkeypatch):
     def stop_after_first(state):
         if state["epoch"] == 1:
             raise Interrupt
-    monkeypatch.setattr(loop, "_after_epoch", stop_after_first)
+    monkeypatch.setattr(trainer, "after_epoch", stop_after_first)
     with pytest.raises(Interrupt):
         train_run(cfg, synth["train"], synth["val"], tmp_path / "b", progress=False)
     assert len(_log(tmp_path / "b")) == 1
@@ -59,9 +59,9 @@ def test_checkpoint_swap_leaves_no_temporary_folder(synth, tmp_path):
 
 
 def test_early_stopping_breaks_score_ties_on_validation_loss():
-    state = {"best_score": 0.9, "best_val_loss": 0.30}
-    assert loop._better({"score": 0.95, "val_loss": 0.9}, state)          # higher score wins
-    assert loop._better({"score": 0.9, "val_loss": 0.25}, state)          # same score, lower loss
-    assert not loop._better({"score": 0.9, "val_loss": 0.31}, state)
-    assert not loop._better({"score": 0.85, "val_loss": 0.01}, state)
-    assert loop._better({"score": 0.1, "val_loss": 9.0}, {"best_score": None, "best_val_loss": None})
+    state = trainer.TrainState(best_score=0.9, best_val_loss=0.30)
+    assert state.better({"score": 0.95, "val_loss": 0.9})          # higher score wins
+    assert state.better({"score": 0.9, "val_loss": 0.25})          # same score, lower loss
+    assert not state.better({"score": 0.9, "val_loss": 0.31})
+    assert not state.better({"score": 0.85, "val_loss": 0.01})
+    assert trainer.TrainState().better({"score": 0.1, "val_loss": 9.0})

@@ -1,7 +1,6 @@
 """polyfuse demo: synthetic text+image+audio rows -> train -> evaluate -> fused vs single-modality accuracy."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -15,19 +14,16 @@ def add_parser(sub):
 
 
 def run(args):
-    import shutil
-
     from ..config import Config
     from ..data.synthetic import write_splits
     from ..evaluation.evaluate import evaluate, format_table, single_modality_scores
-    from ..training.checkpoint import atomic_write_text
-    from ..training.recipe import train_run
+    from ..recipes.train import train_run
+    from ..runfolder import RunFolder
 
     t0 = time.perf_counter()
     out = Path(args.out)
-    for stale in ("config.json", "checkpoint", "log.jsonl", "model.safetensors"):   # the demo always starts fresh
-        path = out / stale
-        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    folder = RunFolder(out)
+    folder.clear(folder.CONFIG, folder.CHECKPOINT, folder.LOG, folder.WEIGHTS)   # the demo always starts fresh
     print(f"writing {args.rows} synthetic rows (text, PNG images, WAV audio) to {out / 'data'}")
     paths = write_splits(out / "data", n=args.rows, seed=args.seed)
     cfg = Config.from_dict({
@@ -40,7 +36,7 @@ def run(args):
     test = predictor.encode(predictor.read(paths["test"]), with_labels=True)
     result = evaluate(predictor, test)
     result["data"] = str(paths["test"])
-    atomic_write_text(out / "metrics.json", json.dumps(result, indent=2))
+    folder.write_metrics(result)
     print("\ntest set:")
     print(format_table(result, "classification"))
     scores = single_modality_scores(result, predictor.schema.modalities(), "accuracy")

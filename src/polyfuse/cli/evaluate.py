@@ -1,7 +1,6 @@
 """polyfuse evaluate: metrics (and modality ablation) of a run on a labelled table."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 
@@ -20,10 +19,11 @@ def run(args):
     from ..api import load
     from ..evaluation.evaluate import evaluate, format_table
     from ..evaluation.labelled import read_labelled
-    from ..training.checkpoint import atomic_write_text
+    from ..runfolder import RunFolder
     p = load(args.run).predictor_
+    folder = RunFolder(args.run)
     ld = read_labelled(p, args.data, progress=True, extra_columns=(args.group,) if args.group else ())
-    outputs = p.outputs(ld.data, batch_size=args.batch_size)
+    outputs = p.predict(ld.data, batch_size=args.batch_size).outputs
     result = evaluate(p, ld.data, ablation=not args.no_ablation, batch_size=args.batch_size, y=ld.y, outputs=outputs)
     result["data"] = str(args.data)
     if ld.unseen:
@@ -36,18 +36,14 @@ def run(args):
         slices = result["groups"] = slice_metrics(p.labels, ld.table, ld.data.rows, ld.y, outputs, args.group)
         print(format_groups(slices))
     print(format_table(result, p.labels.task))
-    out = Path(args.out) if args.out else Path(args.run) / "metrics.json"
-    if out.suffix != ".json":
-        out.mkdir(parents=True, exist_ok=True)
-        out = out / "metrics.json"
-    atomic_write_text(out, json.dumps(result, indent=2))
+    out = folder.write_metrics(result, args.out)
     print(f"wrote {out}")
     if args.report:
         from ..evaluation.report import write_report
         from ..evaluation.robustness import robustness_curves
         curves = robustness_curves(p, ld.data, ld.y, result, batch_size=args.batch_size)
         result["robustness"] = curves
-        atomic_write_text(out, json.dumps(result, indent=2))
+        folder.write_metrics(result, out)
         print(f"wrote {write_report(out.parent / 'report.html', p, Path(args.run), ld, outputs, result, curves, slices)}")
 
 

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+
+from ..runfolder import RunFolder
 
 
 def add_parser(sub):
@@ -14,27 +15,23 @@ def add_parser(sub):
 def run(args):
     from ..api import load
     p = load(args.run).predictor_
-    run_dir = Path(args.run)
+    folder = RunFolder(args.run)
     n_params = sum(t.numel() for t in p.model.parameters())
     per_part = {name: sum(t.numel() for t in mod.parameters()) for name, mod in
                 [*((f"encoder.{m}", e) for m, e in p.model.encoders.items()), ("fusion", p.model.fusion),
                  ("head", p.model.head)]}
     m = p.cfg.model
     info = {
-        "run": str(run_dir), "schema": json.loads((run_dir / "schema.json").read_text()),
+        "run": str(folder.path), "schema": folder.schema(),
         "model": {"fusion": m.fusion, "size": m.size, "d_model": m.d_model, "n_layers": m.n_layers,
                   "n_heads": m.n_heads}, "parameters": n_params, "parameters_by_part": per_part,
         "classes": p.labels.classes, "vocab_size": p.processors.text.vocab_size if p.processors.text else None,
-        "weights_bytes": (run_dir / "model.safetensors").stat().st_size,
+        "weights_bytes": folder.weights_bytes(),
     }
-    log = run_dir / "log.jsonl"
-    if log.exists():
-        lines = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
-        info["epochs_trained"] = len(lines)
-    metrics = run_dir / "metrics.json"
-    if metrics.exists():
-        mj = json.loads(metrics.read_text())
-        info["metrics"] = {k: v for k, v in mj.items() if isinstance(v, (int, float))}
+    if log := folder.log():
+        info["epochs_trained"] = len(log)
+    if metrics := folder.metrics():
+        info["metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     if args.json:
         print(json.dumps(info, indent=2))
         return

@@ -1,8 +1,6 @@
 """polyfuse predict: the input rows plus prediction and per-class probabilities."""
 from __future__ import annotations
 
-import numpy as np
-
 
 def add_parser(sub):
     p = sub.add_parser("predict", help="predict for a table")
@@ -17,12 +15,9 @@ def run(args):
     p = load(args.run).predictor_
     table = p.read(args.data)
     data = p.encode(table, progress=True)
-    outputs = p.outputs(data, batch_size=args.batch_size)
     df = table.df.iloc[data.rows].copy()
-    df["prediction"] = p.labels.decode(outputs)
-    if p.labels.task != "regression":
-        for k, c in enumerate(p.labels.classes):
-            df[f"proba_{c}"] = np.round(outputs[:, k], 6)
+    for name, values in p.predict(data, batch_size=args.batch_size).columns().items():
+        df[name] = values
     write(df, args.out)
     print(f"wrote {len(df)} predictions to {args.out}")
 

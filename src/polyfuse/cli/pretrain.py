@@ -19,6 +19,11 @@ def add_parser(sub):
     p.add_argument("--lock-towers", action="store_true", default=None,
                    help="contrastive: a column read by a frozen pretrained tower is embedded by the tower "
                         "itself (mean of its outputs, no trained projection); the others learn to match it (LiT)")
+    p.add_argument("--match-column", help="a column whose equal values mark rows that match each other "
+                   "(many-to-many pairings, e.g. the digit of avdigits): such rows are never each other's "
+                   "contrastive or ITM negatives")
+    p.add_argument("--no-hard-negatives", action="store_true",
+                   help="ITM negatives drawn uniformly instead of by contrastive similarity")
     add_training_args(p)
     p.add_argument("--augment", action="store_true", default=None, help="augment rows (config section augment)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -31,26 +36,24 @@ def train_style_args(args) -> argparse.Namespace:
     train.add_parser(parser.add_subparsers(dest="command"))
     base = parser.parse_args(["train", "--train", args.data, "--out", args.out])
     for key, value in vars(args).items():
-        if hasattr(base, key):
+        if key in vars(base):
             setattr(base, key, value)
     return base
 
 
-def pretrain_config(args):
+def pretrain_overrides(args) -> dict:
     """Only the values given on the command line; the rest are PretrainConfig's defaults."""
-    from ..objectives import PretrainConfig, parse_weights
+    from ..objectives import parse_weights
     objectives = [o.strip() for o in args.objectives.split(",") if o.strip()] if args.objectives else None
-    given = {"objectives": objectives, "weights": parse_weights(args.weights), "mlm_prob": args.mlm_prob,
-             "mask_ratio": args.mask_ratio, "lock_towers": args.lock_towers}
-    return PretrainConfig(**{k: v for k, v in given.items() if v})
+    return {"objectives": objectives, "weights": parse_weights(args.weights) or None, "mlm_prob": args.mlm_prob,
+            "mask_ratio": args.mask_ratio, "lock_towers": args.lock_towers, "match_column": args.match_column,
+            "hard_negatives": False if args.no_hard_negatives else None}
 
 
 def run(args):
-    from ..training.pretrain import pretrain_run
+    from ..recipes.pretrain import pretrain_run
     from .train import config_from_args
-    cfg = config_from_args(train_style_args(args))
-    pcfg = pretrain_config(args)
-    summary = pretrain_run(cfg, pcfg, args.data, args.out, progress=not args.quiet, val=args.val,
-                           resume=args.resume)
+    cfg = config_from_args(train_style_args(args)).merged({"pretrain": pretrain_overrides(args)})
+    summary = pretrain_run(cfg, args.data, args.out, progress=not args.quiet, val=args.val, resume=args.resume)
     stop = summary.get("stopped") or "all epochs"
     print(f"pretrained {summary['epoch']} epoch(s) ({stop}) on {summary['rows']} rows; run folder {args.out}")

@@ -90,7 +90,6 @@ def make_app(args):
 
 
 def is_pretraining_run(folder) -> bool:
-    import json
-    from pathlib import Path
-    path = Path(folder) / "config.json"
-    return path.exists() and json.loads(path.read_text()).get("kind") == "pretrained"
+    from ..runfolder import RunFolder
+    run = RunFolder(folder)
+    return run.is_finished() and run.kind == "pretrained"

@@ -65,8 +65,8 @@ def add_schema_args(p):
 
 def config_from_args(args) -> Config:
     cfg = Config.load(args.config) if args.config else Config()
-    if getattr(args, "init_from", None) and not args.config:   # the earlier run's architecture
-        from ..training.transfer import base_config
+    if args.init_from and not args.config:   # the earlier run's architecture
+        from ..recipes.transfer import base_config
         cfg = base_config(args.init_from)
     overrides = {
         "schema": {"label": args.label, "text": args.text, "image": args.image, "audio": args.audio,
@@ -77,7 +77,7 @@ def config_from_args(args) -> Config:
                   "feature_cache_dir": args.feature_cache_dir},
         "text": {"encoder": args.text_encoder}, "image": {"encoder": args.image_encoder},
         "audio": {"encoder": args.audio_encoder},
-        "augment": {"enabled": getattr(args, "augment", None)},
+        "augment": {"enabled": args.augment},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                   "patience": args.patience, "max_minutes": args.max_minutes, "bf16": args.bf16,
                   "on_bad_row": args.on_bad_row},
@@ -92,7 +92,7 @@ def config_from_args(args) -> Config:
 
 
 def run(args):
-    from ..training.recipe import train_run
+    from ..recipes.train import train_run
     _, summary = train_run(config_from_args(args), args.train, args.val, args.out, resume=args.resume,
                            progress=not args.quiet, init_from=args.init_from, allow_partial=args.allow_partial)
     if not summary["is_main_process"]:      # under torchrun, one report is enough
@@ -105,6 +105,5 @@ def run(args):
 
 
 def _task(out):
-    import json
-    from pathlib import Path
-    return json.loads((Path(out) / "schema.json").read_text())["task"]
+    from ..runfolder import RunFolder
+    return RunFolder(out).schema()["task"]

@@ -44,6 +44,7 @@ def resample(wave: np.ndarray, orig: int, target: int) -> np.ndarray:
 
 class AudioProcessor:
     kind = "audio"
+    fields = ("mel", "mask")            # what collate returns that the encoder reads (the serving graph's inputs)
 
     def __init__(self, cfg: AudioConfig, mean: float = 0.0, std: float = 1.0):
         self.cfg = cfg
@@ -129,4 +130,4 @@ class AudioProcessor:
             if x is not None:
                 n = x["mel"].shape[1]
                 mel[i, :, :n], mask[i, :n] = x["mel"], True
-        return {"mel": mel, "mask": mask}
+        return {"mel": mel, "mask": mask, "present": mask.any(1)}

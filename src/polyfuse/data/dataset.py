@@ -5,7 +5,6 @@ epoch 7), `--on-bad-row skip` knows every skipped row, and later epochs cost no 
 """
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,11 +71,3 @@ def make_collate(processors: Processors):
             batch["label"] = torch.stack(ys)
         return batch
     return collate
-
-
-def write_skipped(path: Path, skipped: list[dict]):
-    """One line per skipped row: table, row, column, file, reason."""
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["table", "row", "column", "file", "reason"])
-        w.writeheader()
-        w.writerows(skipped)

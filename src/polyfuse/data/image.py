@@ -16,6 +16,7 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False   # a truncated file is an error, never 
 
 class ImageProcessor:
     kind = "image"
+    fields = ("pixels", "present")      # what collate returns that the encoder reads (the serving graph's inputs)
 
     def __init__(self, cfg: ImageConfig):
         self.cfg = cfg
@@ -24,6 +25,9 @@ class ImageProcessor:
 
     def fit(self, paths) -> "ImageProcessor":
         return self       # nothing learned from data: mean/std come from the config
+
+    def save(self, folder: Path):
+        """Nothing to save: every setting is in the config."""
 
     def load_pil(self, source) -> Image.Image:
         """Open a path or file-like object, refusing bombs before any pixel is decoded."""

@@ -1,14 +1,48 @@
 """Label codecs: class maps for (multi-label) classification, standardisation for regression."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..errors import InputError
 from .manifest import is_missing
+
+
+@dataclass
+class Predictions:
+    """Predictions for N rows, in label units."""
+    task: str
+    classes: list[str]
+    outputs: np.ndarray        # (N, K) class probabilities; (N, 1) the predicted value (regression)
+    labels: list               # per row: class name, 'a|b' (multi-label), or a number
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def probabilities(self) -> np.ndarray:
+        if self.task == "regression":
+            raise AttributeError("a regression model has no probabilities; use the predicted values")
+        return self.outputs
+
+    def values(self) -> np.ndarray:
+        """What `predict` returns: class names (object array) or numbers (float array)."""
+        return np.array(self.labels, dtype=float if self.task == "regression" else object)
+
+    def records(self) -> list[dict]:
+        """One dict per row, as the server answers: prediction, and probabilities by class."""
+        if self.task == "regression":
+            return [{"prediction": v} for v in self.labels]
+        return [{"prediction": d, "probabilities": {c: float(p) for c, p in zip(self.classes, row)}}
+                for d, row in zip(self.labels, self.outputs)]
+
+    def columns(self) -> dict[str, list]:
+        """Columns `polyfuse predict` adds to the table: prediction, then proba_<class>."""
+        out = {"prediction": self.labels}
+        if self.task != "regression":
+            out.update({f"proba_{c}": np.round(self.outputs[:, k], 6).tolist() for k, c in enumerate(self.classes)})
+        return out
 
 
 class LabelCodec:
@@ -55,23 +89,33 @@ class LabelCodec:
             raise InputError(f"label {v!r} was not seen in training (known: {', '.join(self.classes[:20])})")
         return torch.tensor(self.classes.index(v), dtype=torch.long)
 
-    def decode(self, outputs: np.ndarray) -> list:
-        """Model outputs -> label values: class name, 'a|b', or a number."""
+    def to_units(self, head_outputs: np.ndarray) -> np.ndarray:
+        """The head's outputs (TaskHead.probabilities) -> label units, (N, K): probabilities stay
+        probabilities; a regression head predicts the standardised target, undone here and only here."""
+        head_outputs = np.asarray(head_outputs, dtype=np.float64)
         if self.task == "regression":
-            return (outputs.reshape(-1) * self.std + self.mean).tolist()
+            return head_outputs.reshape(-1, 1) * self.std + self.mean
+        return head_outputs
+
+    def decode(self, outputs: np.ndarray) -> list:
+        """Outputs in label units (N, K) -> label values: class name, 'a|b', or the number itself."""
+        if self.task == "regression":
+            return [float(v) for v in np.asarray(outputs).reshape(-1)]
         if self.task == "multilabel":
-            return ["|".join(c for c, on in zip(self.classes, row) if on) for row in outputs >= 0.5]
-        return [self.classes[i] for i in outputs.argmax(axis=1)]
+            return ["|".join(c for c, on in zip(self.classes, row) if on) for row in np.asarray(outputs) >= 0.5]
+        return [self.classes[i] for i in np.asarray(outputs).argmax(axis=1)]
+
+    def predictions(self, head_outputs: np.ndarray) -> "Predictions":
+        """What every prediction path returns (API, CLI, server, evaluate, report), from the head's outputs."""
+        outputs = self.to_units(head_outputs)
+        return Predictions(self.task, list(self.classes), outputs, self.decode(outputs))
 
     def to_dict(self) -> dict:
         return {"task": self.task, "classes": self.classes, "mean": self.mean, "std": self.std}
 
-    def save(self, path: Path):
-        path.write_text(json.dumps(self.to_dict(), indent=2))
-
     @classmethod
-    def load(cls, path: Path) -> "LabelCodec":
-        return cls(**json.loads(path.read_text()))
+    def from_dict(cls, d: dict) -> "LabelCodec":
+        return cls(**d)
 
 
 def _norm(v) -> str:

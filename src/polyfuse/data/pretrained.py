@@ -49,6 +49,7 @@ def _hf(kind: str, source: str, modality: str, **kwargs):
 class _TowerProcessor:
     """Shared by the three: fitting learns nothing; saving writes the HF files and the model config."""
     modality = ""
+    init_vectors = None
 
     def __init__(self, cfg: Config, hf, model_config, source: TowerSource):
         self.cfg, self.hf, self.model_config, self.source = cfg, hf, model_config, source
@@ -78,7 +79,8 @@ class _TowerProcessor:
 
 
 class TowerTextProcessor(_TowerProcessor):
-    modality = "text"
+    modality = kind = "text"
+    fields = TextProcessor.fields + ("present",)
 
     @classmethod
     def _load_hf(cls, path):
@@ -111,7 +113,8 @@ class TowerTextProcessor(_TowerProcessor):
 
 
 class TowerImageProcessor(_TowerProcessor):
-    modality = "image"
+    modality = kind = "image"
+    fields = ("pixels", "present")
 
     def __init__(self, cfg, hf, model_config, source):
         super().__init__(cfg, hf, model_config, source)
@@ -130,7 +133,8 @@ class TowerImageProcessor(_TowerProcessor):
         return {"pixels": pixels.float()}
 
     def collate(self, items: list[dict | None]) -> dict:
-        shape = next(x["pixels"].shape for x in items if x is not None)
+        # A column absent from every row still collates (the tower never runs on absent rows).
+        shape = next((x["pixels"].shape for x in items if x is not None), (3, 1, 1))
         pixels = torch.zeros(len(items), *shape)
         present = torch.zeros(len(items), dtype=torch.bool)
         for i, x in enumerate(items):
@@ -145,11 +149,16 @@ class TowerAudioProcessor(_TowerProcessor):
     Rows are padded along their last axis; `lengths` keeps each row's real length so the tower
     gets an attention mask (when its extractor asks for one) and padding never leaks into a row.
     """
-    modality = "audio"
+    modality = kind = "audio"
+    fields = ("values", "lengths", "present")     # and attention_mask, where the extractor asks for one
 
     def __init__(self, cfg, hf, model_config, source):
         super().__init__(cfg, hf, model_config, source)
         self.reader = AudioProcessor(dataclasses.replace(cfg.audio, sample_rate=int(hf.sampling_rate)))
+        # Feature extractors that take a mask (wav2vec2-large style) say so in their config.
+        self.wants_attention_mask = bool(hf.return_attention_mask)
+        if self.wants_attention_mask:
+            self.fields = type(self).fields + ("attention_mask",)
 
     @classmethod
     def _load_hf(cls, path):
@@ -163,7 +172,8 @@ class TowerAudioProcessor(_TowerProcessor):
 
     def collate(self, items: list[dict | None]) -> dict:
         real = [x["values"] for x in items if x is not None]
-        lead, L = real[0].shape[:-1], max(v.shape[-1] for v in real)
+        # A column absent from every row still collates (the tower never runs on absent rows).
+        lead, L = (real[0].shape[:-1], max(v.shape[-1] for v in real)) if real else ((), 1)
         values = torch.zeros(len(items), *lead, L)
         lengths = torch.zeros(len(items), dtype=torch.long)
         for i, x in enumerate(items):
@@ -171,7 +181,7 @@ class TowerAudioProcessor(_TowerProcessor):
                 n = x["values"].shape[-1]
                 values[i, ..., :n], lengths[i] = x["values"], n
         out = {"values": values, "lengths": lengths, "present": lengths > 0}
-        if getattr(self.hf, "return_attention_mask", False) and values.ndim == 2:
+        if self.wants_attention_mask:
             out["attention_mask"] = (torch.arange(L)[None] < lengths[:, None]).long()   # (B, L)
         return out
 
@@ -212,6 +222,6 @@ def tower_sources(processors, pretrained_weights: bool = False) -> dict:
         if isinstance(proc, _TowerProcessor):
             encoder = getattr(proc.cfg, m).encoder
             out[m] = TowerSource(encoder, True) if pretrained_weights else proc.source
-        elif getattr(proc, "init_vectors", None) is not None:
+        elif proc.kind == "text" and proc.init_vectors is not None:
             out[m] = proc.init_vectors
     return out

@@ -37,8 +37,7 @@ class Processors:
     def save(self, folder: Path):
         folder.mkdir(parents=True, exist_ok=True)
         for proc in self.by_modality.values():
-            if hasattr(proc, "save"):     # the scratch image processor has nothing to save
-                proc.save(folder)
+            proc.save(folder)
 
     @classmethod
     def load(cls, cfg: Config, schema: SchemaConfig, folder: Path) -> "Processors":

@@ -15,6 +15,8 @@ SPECIALS = [PAD, UNK, CLS, SEP, MASK]   # PAD first, so its id is 0
 
 class TextProcessor:
     kind = "text"
+    fields = ("ids", "mask")            # what collate returns that the encoder reads (the serving graph's inputs)
+    init_vectors = None                 # word2vec's starting token embeddings (Word2VecTextProcessor)
 
     def __init__(self, cfg: TextConfig, tokenizer: Tokenizer | None = None):
         self.cfg = cfg
@@ -89,4 +91,4 @@ class TextProcessor:
             if x is not None:
                 n = len(x["ids"])
                 ids[i, :n], mask[i, :n] = x["ids"], True
-        return {"ids": ids, "mask": mask}
+        return {"ids": ids, "mask": mask, "present": mask.any(1)}

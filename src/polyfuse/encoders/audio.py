@@ -6,10 +6,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import Config
-from .image import init_conv_stem
+from .base import Encoder
+from .cnn_stem import init_conv_stem
 
 
-class AudioEncoder(nn.Module):
+class AudioEncoder(Encoder):
     """Log-mel frames grouped `frames_per_token` at a time, projected to D, plus learned positions.
 
     stem 'linear': one projection of each k stacked frames. stem 'conv': log2(k) stride-2 1-D
@@ -25,7 +26,7 @@ class AudioEncoder(nn.Module):
             chans = [n_mels] + [D] * int(math.log2(k))
             self.convs = nn.ModuleList(nn.Conv1d(a, b, 3, stride=2, padding=1) for a, b in zip(chans, chans[1:]))
             self.out = nn.Conv1d(chans[-1], D, 1)
-            init_conv_stem([*self.convs, self.out])     # default init loses the signal (see image.py)
+            init_conv_stem([*self.convs, self.out])     # default init loses the signal (see cnn_stem.py)
         else:
             self.convs = nn.ModuleList()
             self.out = nn.Conv1d(n_mels, D, kernel_size=k, stride=k)  # == linear over k stacked frames

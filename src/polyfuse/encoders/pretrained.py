@@ -17,14 +17,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import Config, is_tower
+from ..config import Config
 from ..data.pretrained import TowerSource
-from ..data.word2vec import InitVectors
 from ..errors import ConfigError
-from ..fusion.transformer import init_weights
-from . import ENCODERS
+from ..fusion.transformer import init_weights, masked_mean
+from .base import Encoder
 from .feature_cache import FeatureCache, module_identity, row_key
-from .text import TextEncoder
 
 # model_type -> (path of the tower's layer list, modules after it that belong to the top layer).
 # Explicit on purpose: unfreezing "the top k layers" must mean the same thing every time.
@@ -47,34 +45,6 @@ LORA_TARGETS = {
 }
 
 
-def build_encoder(modality: str, cfg: Config, vocab_size: int | None, source=None) -> nn.Module:
-    """The encoder cfg.<modality>.encoder asks for. `source` (from the processors) says where a
-    tower's weights come from, or carries word2vec vectors; without it a tower loads its checkpoint."""
-    encoder = getattr(cfg, modality).encoder
-    if is_tower(encoder):
-        return TowerEncoder(cfg, modality, source if isinstance(source, TowerSource) else TowerSource(encoder, True))
-    if modality == "text":
-        if encoder == "word2vec":
-            return Word2VecTextEncoder(cfg, vocab_size, source if isinstance(source, InitVectors) else None)
-        return ENCODERS["text"](cfg, vocab_size)
-    return ENCODERS[modality](cfg)
-
-
-class Word2VecTextEncoder(TextEncoder):
-    """The scratch text encoder whose token embeddings start from word2vec vectors (data/word2vec.py)."""
-
-    def __init__(self, cfg: Config, vocab_size: int, vectors: InitVectors | None):
-        super().__init__(cfg, vocab_size)
-        self.vectors = vectors           # None when reloading a run: the trained weights follow
-
-    def init_weights(self):
-        init_weights(self)
-        if self.vectors is not None:
-            found = self.vectors.found
-            self.tok.weight.data[found] = self.vectors.vectors[found].to(self.tok.weight.dtype)
-            self.vectors = None          # only needed once; do not keep a second copy
-
-
 def load_tower(source: TowerSource, modality: str) -> nn.Module:
     from transformers import AutoConfig, AutoModel
     try:
@@ -95,7 +65,7 @@ def _submodule(module: nn.Module, path: str) -> nn.Module:
     return module
 
 
-class TowerEncoder(nn.Module):
+class TowerEncoder(Encoder):
     def __init__(self, cfg: Config, modality: str, source: TowerSource):
         super().__init__()
         mc = cfg.model
@@ -105,7 +75,7 @@ class TowerEncoder(nn.Module):
         width = getattr(self.tower.config, "hidden_size", None) or self.tower.config.hidden_sizes[-1]
         self.proj = nn.Linear(width, mc.d_model)
         self.drop = nn.Dropout(mc.dropout)
-        self.fully_frozen = mc.freeze_encoders and not mc.unfreeze_top_k and not mc.lora
+        self.fully_frozen = bool(mc.freeze_encoders and not mc.unfreeze_top_k and not mc.lora)
         if mc.freeze_encoders or mc.lora:
             self.tower.requires_grad_(False)
         if mc.unfreeze_top_k:
@@ -147,6 +117,15 @@ class TowerEncoder(nn.Module):
             self.tower.eval()
         return self
 
+    @property
+    def feature_width(self) -> int:
+        return self.proj.in_features
+
+    def pooled_features(self, part: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean of the tower's output vectors (its own pooling, no trained projection), (B, H), (B,)."""
+        h, mask = self.features(part)
+        return masked_mean(h, mask), mask.any(1)
+
     def _load_from_state_dict(self, *args, **kwargs):
         self._cache = None          # new weights, new identity
         return super()._load_from_state_dict(*args, **kwargs)
@@ -158,7 +137,7 @@ class TowerEncoder(nn.Module):
 
     def features(self, part: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """The tower's last hidden states for present rows (zeros and an all-False mask elsewhere)."""
-        present = self._present(part)
+        present = part["present"]
         idx = present.nonzero().flatten().tolist()
         if self.cache_dir is not None:
             rows = self._cached_rows(part, idx)
@@ -166,9 +145,6 @@ class TowerEncoder(nn.Module):
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.fully_frozen):
                 rows = self._run(part, idx) if idx else []
         return _scatter(rows, idx, len(present), self.proj.in_features, self.proj.weight)
-
-    def _present(self, part: dict) -> torch.Tensor:
-        return part["mask"].any(1) if self.modality == "text" else part["present"]
 
     def _row_inputs(self, part: dict, i: int) -> list[torch.Tensor]:
         """Exactly what the tower sees for row i, without padding: the cache key's content."""

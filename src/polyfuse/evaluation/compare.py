@@ -1,10 +1,9 @@
 """One table of several run folders: fusion, size, data, metrics, train time."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from ..errors import PolyfuseError
+from ..runfolder import RunFolder
 from .metrics import HEADLINE
 
 METRICS = {"classification": ["accuracy", "macro_f1", "roc_auc", "ece"],
@@ -13,18 +12,13 @@ METRICS = {"classification": ["accuracy", "macro_f1", "roc_auc", "ece"],
 
 
 def run_row(run_dir: str | Path) -> dict:
-    run = Path(run_dir)
-    if not (run / "config.json").exists():
-        raise PolyfuseError(f"{run} is not a finished Polyfuse run folder (no config.json)")
-    meta = json.loads((run / "config.json").read_text())
-    cfg, trained = meta["config"], meta.get("trained", {})
-    log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x.strip()] \
-        if (run / "log.jsonl").exists() else []
-    metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else {}
-    task = cfg["schema"].get("task") or "classification"
-    m = cfg["model"]
-    row = {"run": run.name, "fusion": m["fusion"], "size": m.get("size") or f"d{m['d_model']}",
-           "d_model": m["d_model"], "layers": m["n_layers"], "params": trained.get("n_parameters"),
+    folder = RunFolder(run_dir)
+    meta = folder.meta()
+    trained, log, metrics = meta.info, folder.log(), folder.metrics()
+    task = meta.config.schema.task or "classification"
+    m = meta.config.model
+    row = {"run": folder.path.name, "fusion": m.fusion, "size": m.size or f"d{m.d_model}",
+           "d_model": m.d_model, "layers": m.n_layers, "params": trained.get("n_parameters"),
            "train_rows": trained.get("train_rows"), "epochs": len(log), "best_epoch": trained.get("epoch"),
            "train_s": log[-1].get("elapsed_s") if log else None,
            "eval_data": Path(metrics["data"]).name if "data" in metrics else metrics.get("split", "-")}

@@ -5,19 +5,24 @@ import numpy as np
 import torch
 
 from ..data.dataset import EncodedSet
+from ..data.labels import LabelCodec
 from ..inference import Predictor
-from .metrics import classification_metrics, multilabel_metrics, regression_metrics
+from .metrics import HEADLINE, classification_metrics, multilabel_metrics, regression_metrics
 
 
 def task_metrics(predictor: Predictor, data: EncodedSet, outputs: np.ndarray) -> dict:
-    return metrics_for(predictor.labels, encoded_labels(predictor, data), outputs)
+    return metrics_for(predictor.labels, encoded_labels(predictor.labels, data), outputs)
 
 
-def encoded_labels(predictor: Predictor, data: EncodedSet) -> np.ndarray:
-    """The labels of an EncodedSet in the form metrics_for takes (regression: label units)."""
+def headline(predictor: Predictor, data: EncodedSet) -> float:
+    """The task's headline metric (accuracy, micro-F1, R^2) of the predictions for a labelled set."""
+    return task_metrics(predictor, data, predictor.predict(data).outputs)[HEADLINE[predictor.labels.task]]
+
+
+def encoded_labels(labels: LabelCodec, data: EncodedSet) -> np.ndarray:
+    """The labels of an EncodedSet in the form metrics_for takes: label units, as the predictions are."""
     y = torch.stack(data.labels).numpy()
-    labels = predictor.labels
-    return y * labels.std + labels.mean if labels.task == "regression" else y
+    return labels.to_units(y)[:, 0] if labels.task == "regression" else y
 
 
 def metrics_for(labels, y: np.ndarray, outputs: np.ndarray) -> dict:
@@ -35,15 +40,15 @@ def evaluate(predictor: Predictor, data: EncodedSet, ablation: bool = True, batc
     `without_m` removes every column of modality m, as if its cells were empty; with three or more
     modalities `only_m` keeps just one (with two, only_a is without_b and is not repeated).
     """
-    y = encoded_labels(predictor, data) if y is None else y
-    outputs = predictor.outputs(data, batch_size=batch_size) if outputs is None else outputs
+    y = encoded_labels(predictor.labels, data) if y is None else y
+    outputs = predictor.predict(data, batch_size=batch_size).outputs if outputs is None else outputs
     result = metrics_for(predictor.labels, y, outputs)
     mods = predictor.schema.modalities()
     if ablation and len(mods) > 1:
         abl = {}
 
         def without(drop):
-            return compact(metrics_for(predictor.labels, y, predictor.outputs(data, drop=drop, batch_size=batch_size)))
+            return compact(metrics_for(predictor.labels, y, predictor.predict(data, drop, batch_size).outputs))
         for m in mods:
             abl[f"without_{m}"] = without((m,))
         if len(mods) > 2:

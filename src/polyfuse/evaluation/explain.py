@@ -59,7 +59,8 @@ def explain_row(predictor: Predictor, data, i: int, target: int | None = None) -
         columns[c] = {"modality": inputs[c]["modality"], "grad_x_input": (gxi[c] * real).numpy(),
                       "rollout": None if rollout.get(c) is None else (rollout[c] * real).numpy()}
     with torch.no_grad():
-        output = model.head.probabilities(logits.detach()[None])[0].numpy()
+        # In label units, as every prediction is (a regression head predicts the standardised value).
+        output = predictor.labels.to_units(model.head.probabilities(logits.detach()[None]).numpy())[0]
     return {"output": output, "target": target, "columns": columns, "share": shares(columns)}
 
 

@@ -65,7 +65,7 @@ def robustness_curves(predictor: Predictor, data: EncodedSet, y: np.ndarray, res
             if s == 0:
                 values.append(result[name])
                 continue
-            outputs = predictor.outputs(corrupt(data, streams, m, s), batch_size=batch_size)
+            outputs = predictor.predict(corrupt(data, streams, m, s), batch_size=batch_size).outputs
             values.append(metrics_for(predictor.labels, y, outputs)[name])
         removed = abl.get(f"without_{m}", {}).get(name)
         out[m] = {"strengths": list(strengths), "values": values, "removed": removed,

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from ..config import Config
+from .fused import Fused, single
 from .transformer import Stack, masked_mean
 
 
@@ -22,7 +23,7 @@ class AttentionFusion(nn.Module):
         self.column_index = {c: str(i) for i, c in enumerate(cols)}
         self.stack = Stack(D, cfg.model.n_layers, cfg.model.n_heads, cfg.model.mlp_ratio, cfg.model.dropout)
 
-    def forward(self, encoded: dict) -> dict:
+    def forward(self, encoded: dict) -> Fused:
         """encoded: {column: {"tokens": (B, T_c, D), "mask": (B, T_c), "modality": m}} (absent columns left out)."""
         parts = list(encoded.items())
         B = parts[0][1]["tokens"].shape[0]
@@ -37,5 +38,4 @@ class AttentionFusion(nn.Module):
         h = self.stack(x, mask)
         per_column = {c: masked_mean(h[:, a:b], encoded[c]["mask"]) for c, (a, b) in spans.items()}
         present = {c: encoded[c]["mask"].any(1) for c in spans}
-        return {"pooled": h[:, 0], "tokens": h, "mask": mask, "spans": spans,
-                "per_column_pooled": per_column, "present": present}
+        return single(h[:, 0], per_column, present, tokens=h, mask=mask, spans=spans)

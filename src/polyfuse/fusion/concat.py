@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from ..config import Config
+from .fused import Fused, single
 from .transformer import Stack, masked_mean
 
 
@@ -20,7 +21,7 @@ class ConcatFusion(nn.Module):
         self.missing = nn.Parameter(torch.zeros(len(self.columns), D))
         self.mlp = nn.Sequential(nn.Linear(len(self.columns) * D, D), nn.GELU(), nn.Linear(D, D), nn.LayerNorm(D))
 
-    def forward(self, encoded: dict) -> dict:
+    def forward(self, encoded: dict) -> Fused:
         B = next(iter(encoded.values()))["tokens"].shape[0]
         pooled, present = {}, {}
         slots = []
@@ -32,4 +33,4 @@ class ConcatFusion(nn.Module):
             h = self.stacks[e["modality"]](e["tokens"], e["mask"] | ~e["mask"].any(1, keepdim=True))
             pooled[col], present[col] = masked_mean(h, e["mask"]), e["mask"].any(1)
             slots.append(torch.where(present[col][:, None], pooled[col], self.missing[i]))
-        return {"pooled": self.mlp(torch.cat(slots, 1)), "per_column_pooled": pooled, "present": present}
+        return single(self.mlp(torch.cat(slots, 1)), pooled, present)

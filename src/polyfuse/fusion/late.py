@@ -1,10 +1,12 @@
-"""Baseline: each column encoded and pooled on its own; the head scores each, logits are averaged."""
+"""Baseline: each column encoded and pooled on its own; the head scores each, logits are averaged
+over the columns a row has (Fused.scored / score_weights)."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
 from ..config import Config
+from .fused import Fused
 from .transformer import Stack, masked_mean
 
 
@@ -15,7 +17,7 @@ class LateFusion(nn.Module):
         self.stacks = nn.ModuleDict({m: Stack(D, cfg.model.n_layers, cfg.model.n_heads, cfg.model.mlp_ratio,
                                               cfg.model.dropout) for m in dict.fromkeys(m for _, m in streams)})
 
-    def forward(self, encoded: dict) -> dict:
+    def forward(self, encoded: dict) -> Fused:
         pooled, present = {}, {}
         for col, e in encoded.items():
             # An absent row attends to its own (masked) tokens to avoid an all-masked softmax; its
@@ -25,4 +27,4 @@ class LateFusion(nn.Module):
         w = torch.stack([present[c] for c in pooled], 1).to(next(iter(pooled.values())).dtype)   # (B, C)
         stacked = torch.stack(list(pooled.values()), 1)                                           # (B, C, D)
         mean = (stacked * w[..., None]).sum(1) / w.sum(1, keepdim=True).clamp_min(1.0)
-        return {"pooled": mean, "per_column_pooled": pooled, "present": present, "late": True}
+        return Fused(mean, pooled, present, scored=stacked, score_weights=w)

@@ -1,9 +1,11 @@
-"""Task heads: pooled state -> logits, and the task's loss."""
+"""Task heads: fused states -> logits, and the task's loss."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from ..fusion.fused import Fused
 
 
 class TaskHead(nn.Module):
@@ -12,8 +14,12 @@ class TaskHead(nn.Module):
         self.task, self.label_smoothing = task, label_smoothing
         self.fc = nn.Linear(d, n_outputs)
 
-    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.fc(pooled)                                     # (B, K)
+    def forward(self, fused: Fused) -> torch.Tensor:
+        """The weighted mean of the logits of fused.scored: the pooled vector's for attention and
+        concat fusion, the present columns' for late fusion."""
+        logits = self.fc(fused.scored)                             # (B, C, K)
+        w = fused.score_weights.to(logits.dtype)[..., None]        # (B, C, 1)
+        return (logits * w).sum(1) / w.sum(1).clamp_min(1.0)       # (B, K)
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = logits.float()

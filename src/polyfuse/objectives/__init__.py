@@ -1,71 +1,72 @@
 """Self-supervised objectives for pretraining on unlabeled rows.
 
-Each objective is an nn.Module called as `objective(model, inputs, state) -> {"loss": scalar,
-"<name>_loss": scalar, ...more named values}`; `Pretrainer` runs the chosen ones on a batch and sums
-their losses with weights. `state` lets one objective hand results to a later one (contrastive's
-similarities become ITM's hard negatives), so contrastive runs first.
+Each objective declares what it needs (`Needs`: columns, modalities, fused tokens, Polyfuse's own
+encoders), so `resolve_objectives` can refuse a config before training instead of failing in
+step one. `Pretrainer` runs the chosen ones on a batch and sums their losses with weights.
+
+One step encodes the batch once (`Step.clean`, every column through its encoder) and, when MLM or
+masked patch modelling is on, once more with their corruptions applied together (`Step.corrupted`,
+one fused pass both read). Contrastive and ITM only fuse subsets and re-pairings of the clean
+encoder outputs, so no encoder runs twice on the same input in a step.
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 
 from torch import nn
 
+from ..config import OBJECTIVES, Config, is_tower
 from ..errors import ConfigError
+from .common import Needs, Step
 from .contrastive import Contrastive
 from .itm import ITM
 from .masked_patch import MaskedPatch
 from .mlm import MLM
 
-OBJECTIVES = ("contrastive", "itm", "mlm", "masked_patch")    # the order they run in
+CLASSES = {"contrastive": Contrastive, "itm": ITM, "mlm": MLM, "masked_patch": MaskedPatch}
 
 
-@dataclass
-class PretrainConfig:
-    objectives: list[str] | None = None          # None: every objective the columns allow
-    weights: dict = field(default_factory=dict)   # objective -> weight; unnamed ones weigh 1
-    mlm_prob: float = 0.15                        # share of text tokens hidden (BERT)
-    mask_ratio: float = 0.5                       # share of image patches / audio tokens hidden
-    proj_dim: int = 128                           # contrastive projection width
-    temperature: float = 0.07                     # contrastive temperature at the start (learned)
-    hard_negatives: bool = True                   # ITM negatives from contrastive similarity
-    lock_towers: bool = False                     # contrastive: frozen towers embed their columns alone (LiT)
-
-    def validate(self, schema) -> "PretrainConfig":
-        """Check against the table's schema; fills in `objectives` when it was left to the columns."""
-        needs = applicable(schema)
-        if self.objectives is None:
-            self.objectives = [o for o in OBJECTIVES if needs[o]]
-        unknown = [o for o in self.objectives + list(self.weights) if o not in OBJECTIVES]
-        if unknown or not self.objectives:
-            raise ConfigError(f"unknown objective(s) {unknown}; choose from {', '.join(OBJECTIVES)}")
-        not_run = [w for w in self.weights if w not in self.objectives]
-        if not_run:
-            raise ConfigError(f"weights given for objective(s) not run: {not_run}")
-        why = {"mlm": "a text column", "masked_patch": "an image or audio column",
-               "contrastive": "two input columns", "itm": "two input columns"}
-        for o in self.objectives:
-            if not needs[o]:
-                raise ConfigError(f"objective '{o}' needs {why[o]}; the schema has {schema.streams()}")
-        for name in ("mlm_prob", "mask_ratio"):
-            if not 0.0 < getattr(self, name) < 1.0:
-                raise ConfigError(f"{name} must be in (0, 1), got {getattr(self, name)}")
-        if self.lock_towers and "contrastive" not in self.objectives:
-            raise ConfigError("lock_towers changes the contrastive objective; add it to --objectives")
-        if self.temperature <= 0 or self.proj_dim <= 0:
-            raise ConfigError("temperature and proj_dim must be > 0")
-        return self
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+def why_not(name: str, cfg: Config) -> str | None:
+    """Why objective `name` cannot train with this config and schema, or None when it can."""
+    needs: Needs = CLASSES[name].needs
+    streams = cfg.schema.streams()
+    if len(streams) < needs.columns:
+        return f"needs {needs.columns} input columns; the schema has {len(streams)}"
+    if needs.modalities:
+        usable = [m for m in needs.modalities if getattr(cfg.schema, m)
+                  and not (needs.own_encoder and is_tower(getattr(cfg, m).encoder))]
+        if not usable:
+            what = " or ".join(needs.modalities)
+            own = " read by Polyfuse's own encoder (not a pretrained tower)" if needs.own_encoder else ""
+            return f"needs a {what} column{own}"
+    if needs.fused_tokens and cfg.model.fusion != "attention":
+        return f"reads the fused token sequence, which {cfg.model.fusion} fusion does not have: use --fusion attention"
+    return None
 
 
-def applicable(schema) -> dict:
-    """objective -> whether a table with these columns can train it."""
-    mods, n_cols = set(schema.modalities()), len(schema.streams())
-    return {"mlm": "text" in mods, "masked_patch": bool({"image", "audio"} & mods),
-            "contrastive": n_cols >= 2, "itm": n_cols >= 2}
+def resolve_objectives(cfg: Config) -> Config:
+    """cfg with pretrain.objectives filled in (every one the config allows, when not given) and
+    checked against the schema, the encoders and the fusion. Raises ConfigError naming the reason."""
+    pcfg = cfg.pretrain
+    if pcfg.objectives is None:
+        chosen = [o for o in OBJECTIVES if why_not(o, cfg) is None]
+        if not chosen:
+            raise ConfigError("no pretraining objective fits this table: "
+                              + "; ".join(f"{o} {why_not(o, cfg)}" for o in OBJECTIVES))
+    else:
+        chosen = [o for o in OBJECTIVES if o in pcfg.objectives]     # run in OBJECTIVES order
+        for o in chosen:
+            if (reason := why_not(o, cfg)) is not None:
+                raise ConfigError(f"objective '{o}' {reason}")
+    not_run = [w for w in pcfg.weights if w not in chosen]
+    if not_run:
+        raise ConfigError(f"weights given for objective(s) not run: {not_run}")
+    if pcfg.lock_towers and "contrastive" not in chosen:
+        raise ConfigError("lock_towers changes the contrastive objective; add it to --objectives")
+    if pcfg.match_column is not None and not {"contrastive", "itm"} & set(chosen):
+        raise ConfigError("pretrain.match_column marks rows that are not each other's negatives; "
+                          "it needs the contrastive or itm objective")
+    return dataclasses.replace(cfg, pretrain=dataclasses.replace(pcfg, objectives=chosen))
 
 
 def parse_weights(text: str | None) -> dict:
@@ -82,32 +83,30 @@ def parse_weights(text: str | None) -> dict:
     return out
 
 
-def build_objectives(pcfg: PretrainConfig, cfg, model, processors) -> dict:
-    D, streams = cfg.model.d_model, cfg.schema.streams()
+def build_objectives(cfg: Config, model, processors) -> dict:
+    """{name: objective module} for cfg.pretrain.objectives (resolve_objectives has checked them)."""
+    pcfg, D, streams = cfg.pretrain, cfg.model.d_model, cfg.schema.streams()
     made = {}
     for name in (o for o in OBJECTIVES if o in pcfg.objectives):
         if name == "contrastive":
-            made[name] = Contrastive(D, streams, pcfg.proj_dim, pcfg.temperature, locked_towers(pcfg, model, streams))
+            made[name] = Contrastive(D, streams, pcfg.proj_dim, pcfg.temperature, locked_towers(cfg, model))
         elif name == "itm":
             made[name] = ITM(D, pcfg.hard_negatives)
         elif name == "masked_patch":
-            made[name] = MaskedPatch(cfg, cfg.schema.modalities(), pcfg.mask_ratio)
+            own = [m for m in ("image", "audio") if getattr(cfg.schema, m) and not is_tower(getattr(cfg, m).encoder)]
+            made[name] = MaskedPatch(cfg, own, pcfg.mask_ratio)
         else:
-            if not hasattr(model.encoders["text"], "tok"):
-                raise ConfigError("mlm predicts the ids of Polyfuse's own text tokenizer; it needs the "
-                                  "scratch text encoder, not a pretrained text tower")
             text = processors.text
-            made[name] = MLM(D, text.vocab_size, text.mask_id, first_normal_id=5, prob=pcfg.mlm_prob,
-                             tied=hasattr(model.encoders["text"], "tok"))
+            made[name] = MLM(D, text.vocab_size, text.mask_id, first_normal_id=5, prob=pcfg.mlm_prob)
     return made
 
 
-def locked_towers(pcfg: PretrainConfig, model, streams) -> dict:
+def locked_towers(cfg: Config, model) -> dict:
     """{column: tower width} of the columns whose frozen pretrained tower embeds them alone."""
-    if not pcfg.lock_towers:
+    streams = cfg.schema.streams()
+    if not cfg.pretrain.lock_towers:
         return {}
-    locked = {c: model.encoders[m].proj.in_features for c, m in streams
-              if getattr(model.encoders[m], "fully_frozen", False)}
+    locked = {c: model.encoders[m].feature_width for c, m in streams if model.encoders[m].fully_frozen}
     if not locked:
         raise ConfigError("lock_towers needs a frozen pretrained tower, e.g. --text-encoder PATH --freeze-encoders")
     if len(locked) == len(streams):
@@ -124,16 +123,32 @@ class Pretrainer(nn.Module):
         self.objectives = nn.ModuleDict(objectives)
         self.weights = {n: float((weights or {}).get(n, 1.0)) for n in objectives}
 
-    def forward(self, batch: dict, modality_dropout: float = 0.0) -> dict:
-        inputs, state, out = batch["inputs"], {}, {}
-        total = None
+    def forward(self, batch: dict) -> dict:
+        inputs = batch["inputs"]
+        step = Step(inputs, self.model.encode_columns(inputs), batch.get("group"))
+        masking = [(n, o) for n, o in self.objectives.items() if o.masks]
+        if masking:
+            step.corrupted, step.masked = self.corrupted_pass(inputs, step.clean, masking)
+        state, out, total = {}, {}, None
         for name, objective in self.objectives.items():
-            losses = objective(self.model, inputs, state)
+            losses = objective(self.model, step, state)
             part = self.weights[name] * losses.pop("loss")
             total = part if total is None else total + part
             out.update(losses)
         out["loss"] = total
         return out
+
+    def corrupted_pass(self, inputs: dict, clean: dict, masking: list):
+        """One fused pass with every masking objective's corruption applied (MLM's hidden words and
+        masked_patch's hidden patches together): only the corrupted columns are encoded again."""
+        parts, contexts = {}, {}
+        for name, objective in masking:
+            changed, contexts[name] = objective.corrupt(inputs)
+            parts.update(changed)
+        encoded = {**clean, **self.model.encode_columns(parts)}
+        for name, objective in masking:
+            encoded = objective.edit(encoded, contexts[name])
+        return self.model.fuse(encoded), contexts
 
     def encoder_state(self) -> dict:
         """Weights to save: the model without its (unused) head, and the objectives' own."""
@@ -142,5 +157,5 @@ class Pretrainer(nn.Module):
         return {**model, **objectives}
 
 
-__all__ = ["OBJECTIVES", "PretrainConfig", "Pretrainer", "build_objectives", "parse_weights",
-           "Contrastive", "ITM", "MLM", "MaskedPatch"]
+__all__ = ["OBJECTIVES", "CLASSES", "Pretrainer", "Step", "build_objectives", "parse_weights",
+           "resolve_objectives", "why_not", "Contrastive", "ITM", "MLM", "MaskedPatch"]

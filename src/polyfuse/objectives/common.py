@@ -1,9 +1,31 @@
-"""Small helpers the objectives share: rows of a batch part, presence, a zero loss that keeps the graph."""
+"""What the objectives share: their declared needs, one step's encoder outputs, and small helpers
+(rows of a batch part, presence, a zero loss that keeps the graph)."""
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import ConfigError
+from ..fusion.fused import Fused
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What an objective needs of the config and schema (checked by resolve_objectives)."""
+    columns: int = 1                   # input columns the table must have
+    modalities: tuple[str, ...] = ()   # at least one column of one of these
+    own_encoder: bool = False          # ...read by Polyfuse's own encoder (its tokens/patches are the targets)
+    fused_tokens: bool = False         # reads the fused token sequence: attention fusion
+
+
+@dataclass
+class Step:
+    """One pretraining batch, encoded once."""
+    inputs: dict                       # {column: collated part}
+    clean: dict                        # model.encode_columns(inputs): {column: {"tokens", "mask", "modality"}}
+    groups: torch.Tensor | None = None  # (B,) rows with equal ids match each other (pretrain.match_column)
+    corrupted: Fused | None = None     # the masking objectives' shared corrupted pass
+    masked: dict = field(default_factory=dict)   # {objective: what its corrupt() returned beside the parts}
 
 
 def take(part: dict, idx: torch.Tensor) -> dict:
@@ -21,11 +43,6 @@ def zero_loss(like: torch.Tensor) -> torch.Tensor:
     return like.sum() * 0.0
 
 
-def need_tokens(fused: dict, name: str):
-    if "tokens" not in fused:
-        raise ConfigError(f"the {name} objective reads the fused token sequence: use --fusion attention")
-
-
 def random_selection(real: torch.Tensor, ratio: float, generator=None) -> torch.Tensor:
     """(B, T) bool: about ratio of each row's real positions (at least one), chosen uniformly."""
     noise = torch.rand(real.shape, generator=generator, device=real.device)
@@ -34,3 +51,11 @@ def random_selection(real: torch.Tensor, ratio: float, generator=None) -> torch.
     n_real = real.sum(1, keepdim=True)
     k = (n_real.float() * ratio).round().clamp_min(1).minimum(n_real.float())
     return (rank < k) & real
+
+
+def same_group(groups: torch.Tensor | None, B: int, device) -> torch.Tensor:
+    """(B, B) True where rows i != j are known matches (same match group): never each other's negatives."""
+    if groups is None:
+        return torch.zeros(B, B, dtype=torch.bool, device=device)
+    same = groups[:, None] == groups[None, :]
+    return same & ~torch.eye(B, dtype=torch.bool, device=device)

@@ -22,13 +22,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ConfigError
-from ..fusion.transformer import masked_mean
-from .common import zero_loss
+from .common import Needs, Step, same_group, zero_loss
 
 
-def info_nce(za: torch.Tensor, zb: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
-    """(N, P), (N, P) normalised; row i of za matches row i of zb. Mean of both directions' CE."""
+def info_nce(za: torch.Tensor, zb: torch.Tensor, scale: torch.Tensor | float,
+             exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, P), (N, P) normalised; row i of za matches row i of zb. Mean of both directions' CE.
+    exclude (N, N), True where i != j are known matches: left out of each other's negatives."""
     logits = scale * za @ zb.T                                     # (N, N)
+    if exclude is not None:
+        logits = logits.masked_fill(exclude, float("-inf"))
     target = torch.arange(len(za), device=za.device)
     return 0.5 * (F.cross_entropy(logits.float(), target) + F.cross_entropy(logits.T.float(), target))
 
@@ -55,6 +58,9 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
 
 
 class Contrastive(nn.Module):
+    name, masks = "contrastive", False
+    needs = Needs(columns=2)
+
     def __init__(self, d_model: int, streams: list[tuple[str, str]], proj_dim: int, temperature: float,
                  locked: dict | None = None):
         """locked: {column: width of its frozen tower}; the embedding width is then the towers'."""
@@ -74,24 +80,19 @@ class Contrastive(nn.Module):
     def scale(self) -> torch.Tensor:
         return self.log_scale.clamp(max=math.log(100.0)).exp()
 
-    def column_vector(self, model, col: str, part: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """One column encoded alone -> (B, P) embedding before normalising, (B,) present."""
+    def column_vector(self, model, col: str, part: dict, encoded: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One column fused alone -> (B, P) embedding before normalising, (B,) present.
+        encoded: the column's encoder output when the caller has it already (a pretraining step)."""
         if col in self.locked:
-            h, mask = model.encoders[part["modality"]].features(part)      # (B, T, H), (B, T)
-            return masked_mean(h, mask), mask.any(1)                      # the tower's mean pooling
-        fused = model.encode({col: part})
-        return self.proj[self.index[col]](fused["per_column_pooled"][col]), fused["present"][col]
+            return model.encoders[part["modality"]].pooled_features(part)   # the tower's own mean pooling
+        fused = model.fuse({col: encoded if encoded is not None else model.encode_columns({col: part})[col]})
+        return self.proj[self.index[col]](fused.per_column[col]), fused.present[col]
 
-    def embed(self, model, inputs: dict) -> tuple[dict, dict]:
-        """{column: (B, P) normalised embedding}, {column: (B,) present}, each column encoded alone."""
+    def forward(self, model, step: Step, state: dict) -> dict:
         emb, pres = {}, {}
-        for col in (c for c in inputs if c in self.index):
-            vec, pres[col] = self.column_vector(model, col, inputs[col])
+        for col in (c for c in step.inputs if c in self.index):
+            vec, pres[col] = self.column_vector(model, col, step.inputs[col], step.clean[col])
             emb[col] = F.normalize(vec.float(), dim=-1)
-        return emb, pres
-
-    def forward(self, model, inputs: dict, state: dict) -> dict:
-        emb, pres = self.embed(model, inputs)
         scale = self.scale()
         state["similarity"] = {}
         out, losses = {}, []
@@ -104,7 +105,11 @@ class Contrastive(nn.Module):
             both = gather_with_grad((pres[a] & pres[b]).float()) > 0      # rows that have both columns
             if int(both.sum()) < 2:
                 continue                                           # no negatives: nothing to contrast
-            loss = info_nce(za[both], zb[both], scale)
+            exclude = None
+            if step.groups is not None:
+                g = gather_with_grad(step.groups[:, None].float())[:, 0][both]
+                exclude = same_group(g, len(g), g.device)
+            loss = info_nce(za[both], zb[both], scale, exclude)
             out[f"contrastive_{a}_{b}_loss"] = loss.detach()
             losses.append(loss)
         total = torch.stack(losses).mean() if losses else zero_loss(self.log_scale)

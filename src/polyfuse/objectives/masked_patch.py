@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .common import need_tokens, random_selection, zero_loss
+from .common import Needs, Step, random_selection, zero_loss
 
 
 def patchify(pixels: torch.Tensor, p: int) -> torch.Tensor:
@@ -39,6 +39,9 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, sel: torch.Tensor) -> t
 
 
 class MaskedPatch(nn.Module):
+    name, masks = "masked_patch", True
+    needs = Needs(modalities=("image", "audio"), own_encoder=True, fused_tokens=True)
+
     def __init__(self, cfg, modalities: list[str], ratio: float):
         super().__init__()
         D = cfg.model.d_model
@@ -48,7 +51,14 @@ class MaskedPatch(nn.Module):
         self.mask_emb = nn.ParameterDict({m: nn.Parameter(torch.randn(D) * 0.02) for m in self.mods})
         self.decoder = nn.ModuleDict({m: nn.Linear(D, dims[m]) for m in self.mods})
 
-    def corrupt(self, part: dict) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    def corrupt(self, inputs: dict) -> tuple[dict, dict]:
+        """({column: part with hidden content zeroed}, {"targets": {column: (B, T, K)}, "hidden": {column: (B, T)}})."""
+        parts, targets, hidden = {}, {}, {}
+        for c in (c for c, p in inputs.items() if p["modality"] in self.mods):
+            parts[c], targets[c], hidden[c] = self.corrupt_part(inputs[c])
+        return parts, {"targets": targets, "hidden": hidden}
+
+    def corrupt_part(self, part: dict) -> tuple[dict, torch.Tensor, torch.Tensor]:
         """(part with hidden content zeroed, targets (B, T, K), hidden (B, T))."""
         if part["modality"] == "image":
             x = part["pixels"]
@@ -65,31 +75,29 @@ class MaskedPatch(nn.Module):
         frame_hide = hide.repeat_interleave(self.k, 1)                      # (B, F)
         return {**part, "mel": mel.masked_fill(frame_hide[:, None], 0.0)}, normalised(units), hide
 
-    def forward(self, model, inputs: dict, state: dict) -> dict:
-        cols = [c for c, p in inputs.items() if p["modality"] in self.mods]
-        corrupted, targets, hidden = dict(inputs), {}, {}
-        for c in cols:
-            corrupted[c], targets[c], hidden[c] = self.corrupt(inputs[c])
+    def edit(self, encoded: dict, masked: dict) -> dict:
+        """A hidden patch's token gets the learned mask embedding (its content is already zeroed)."""
+        out = dict(encoded)
+        for col, hide in masked["hidden"].items():
+            e = encoded[col]
+            h = hide[:, : e["tokens"].shape[1]]
+            out[col] = {**e, "tokens": e["tokens"] + h[..., None] * self.mask_emb[e["modality"]]}
+        return out
 
-        def edit(col, e):
-            if col not in hidden:
-                return e
-            h = hidden[col][:, : e["tokens"].shape[1]]
-            return {**e, "tokens": e["tokens"] + h[..., None] * self.mask_emb[inputs[col]["modality"]]}
-
-        fused = model.encode(corrupted, edit=edit)
-        need_tokens(fused, "masked_patch")
+    def forward(self, model, step: Step, state: dict) -> dict:
+        fused = step.corrupted
+        targets, hidden = step.masked[self.name]["targets"], step.masked[self.name]["hidden"]
         out, losses = {}, []
-        for c in cols:
-            a, b = fused["spans"][c]
+        for c, hide in hidden.items():
+            a, b = fused.spans[c]
             n = b - a                                                       # the encoder may cap tokens
-            pred = self.decoder[inputs[c]["modality"]](fused["tokens"][:, a:b])
-            sel = hidden[c][:, :n]
+            pred = self.decoder[step.inputs[c]["modality"]](fused.tokens[:, a:b])
+            sel = hide[:, :n]
             if not sel.any():
                 continue
             loss = masked_mse(pred, targets[c][:, :n], sel)
             out[f"masked_patch_{c}_loss"] = loss.detach()
             losses.append(loss)
-        total = torch.stack(losses).mean() if losses else zero_loss(fused["pooled"])
+        total = torch.stack(losses).mean() if losses else zero_loss(fused.pooled)
         out.update(loss=total, masked_patch_loss=total)
         return out

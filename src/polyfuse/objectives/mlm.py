@@ -1,13 +1,14 @@
 """Masked language modelling over the fused sequence: text tokens are hidden and predicted with the
-other modalities in view (image and audio tokens are left intact), so text is reconstructed with
-their help. Only the chosen positions are scored."""
+other modalities in view, so text is reconstructed with their help. It shares one corrupted pass
+with masked patch modelling when both run (the other modalities are then partly hidden too, as in
+FLAVA's masked multimodal modelling). Only the chosen positions are scored."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .common import need_tokens, random_selection, zero_loss
+from .common import Needs, Step, random_selection, zero_loss
 
 IGNORE = -100
 
@@ -27,40 +28,44 @@ def mask_tokens(ids: torch.Tensor, real: torch.Tensor, prob: float, mask_id: int
 
 
 class MLM(nn.Module):
-    def __init__(self, d_model: int, vocab_size: int, mask_id: int, first_normal_id: int, prob: float,
-                 tied: bool):
+    name, masks = "mlm", True
+    needs = Needs(modalities=("text",), own_encoder=True, fused_tokens=True)
+
+    def __init__(self, d_model: int, vocab_size: int, mask_id: int, first_normal_id: int, prob: float):
         super().__init__()
         self.vocab_size, self.mask_id, self.first_normal_id, self.prob = vocab_size, mask_id, first_normal_id, prob
         self.transform = nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(), nn.LayerNorm(d_model))
-        # Tied to the text encoder's token embedding when it has one (fewer parameters, better
+        # The decoder is tied to the text encoder's token embedding (fewer parameters, better
         # small-data transfer); the encoder is passed at call time so its weight is not saved twice.
-        self.decoder = None if tied else nn.Linear(d_model, vocab_size, bias=False)
         self.bias = nn.Parameter(torch.zeros(vocab_size))
 
     def logits(self, h: torch.Tensor, model) -> torch.Tensor:
-        h = self.transform(h)
-        weight = self.decoder.weight if self.decoder is not None else model.encoders["text"].tok.weight
-        return F.linear(h, weight, self.bias)                                 # (..., V)
+        return F.linear(self.transform(h), model.encoders["text"].token_embedding.weight, self.bias)   # (..., V)
 
-    def forward(self, model, inputs: dict, state: dict) -> dict:
-        cols = [c for c, p in inputs.items() if p["modality"] == "text"]
-        corrupted, labels = dict(inputs), {}
-        for c in cols:
+    def corrupt(self, inputs: dict) -> tuple[dict, dict]:
+        """({text column: part with BERT-corrupted ids}, {text column: labels (B, T), IGNORE elsewhere})."""
+        parts, labels = {}, {}
+        for c in (c for c, p in inputs.items() if p["modality"] == "text"):
             ids, labels[c] = mask_tokens(inputs[c]["ids"], inputs[c]["mask"], self.prob, self.mask_id,
                                          self.vocab_size, self.first_normal_id)
-            corrupted[c] = {**inputs[c], "ids": ids}
-        fused = model.encode(corrupted)
-        need_tokens(fused, "mlm")
+            parts[c] = {**inputs[c], "ids": ids}
+        return parts, labels
+
+    def edit(self, encoded: dict, labels: dict) -> dict:
+        return encoded          # [MASK] ids are the whole corruption
+
+    def forward(self, model, step: Step, state: dict) -> dict:
+        fused, labels = step.corrupted, step.masked[self.name]
         hs, ys = [], []
-        for c in cols:
-            a, b = fused["spans"][c]
-            pick = labels[c] != IGNORE                                        # (B, T_c)
-            hs.append(fused["tokens"][:, a:b][pick])
-            ys.append(labels[c][pick])
-        h, y = (torch.cat(hs), torch.cat(ys)) if hs else (None, None)
-        if h is None or len(y) == 0:
+        for c, lab in labels.items():
+            a, b = fused.spans[c]
+            pick = lab != IGNORE                                            # (B, T_c)
+            hs.append(fused.tokens[:, a:b][pick])
+            ys.append(lab[pick])
+        if not hs or sum(len(y) for y in ys) == 0:
             loss = zero_loss(self.bias)
             return {"loss": loss, "mlm_loss": loss}
+        h, y = torch.cat(hs), torch.cat(ys)
         logits = self.logits(h, model).float()
         loss = F.cross_entropy(logits, y)
         acc = (logits.argmax(-1) == y).float().mean().detach()

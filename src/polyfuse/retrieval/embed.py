@@ -24,8 +24,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import InputError, PolyfuseError
-from ..training.checkpoint import atomic_write_text
-from ..training.loop import to_device
+from ..runfolder import RunFolder
+from ..util import atomic_write_text, to_device
 from .config import RetrievalConfig
 
 FUSED = "fused"
@@ -33,50 +33,25 @@ FORMAT = "polyfuse-embeddings"
 
 
 def model_identity(run_dir: str | Path) -> str:
-    """sha256 of model.safetensors and config.json: two runs share it only if they embed identically."""
-    h = hashlib.sha256()
-    for name in ("model.safetensors", "config.json"):
-        with open(Path(run_dir) / name, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:32]
+    """Two runs share it only if they embed identically (RunFolder.identity)."""
+    return RunFolder(run_dir).identity()
 
 
 def load_run(run_dir: str | Path, device: str = "cpu"):
     """(predictor, {column: its contrastive objective (column_vector embeds it)} or None) of a run folder.
 
-    The heads are used when config.json says the run was pretrained with the contrastive objective
-    (kind 'pretrained', 'contrastive' in pretrain.objectives); their weights are then required.
-    A fine-tuned run has no heads and embeds with its pooled vectors.
+    A pretraining run with the contrastive objective embeds through its projection heads; a
+    fine-tuned run (or one pretrained without contrastive) embeds with its pooled vectors.
     """
-    from ..inference import Predictor
-    run_dir = Path(run_dir)
-    meta = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
-    if meta.get("kind") != "pretrained":
+    from ..inference import Predictor, load_pretrainer
+    if RunFolder(run_dir).kind != "pretrained":
         return Predictor.load(run_dir, device), None
-    from safetensors.torch import load_file
-
-    from ..config import Config
-    from ..data.processors import Processors
-    from ..model import PolyfuseModel
-    from ..objectives import PretrainConfig, Pretrainer, build_objectives
-    cfg, pcfg = Config.from_dict(meta["config"]), PretrainConfig(**meta["pretrain"])
-    processors = Processors.load(cfg, cfg.schema, run_dir / "processors")
-    model = PolyfuseModel(cfg, cfg.schema, 1, meta["vocab_size"])
-    pre = Pretrainer(model, build_objectives(pcfg, cfg, model, processors), pcfg.weights)
-    # Saved: the model's weights without its (untrained) head, and the objectives' under objectives.
-    state = {(k if k.startswith("objectives.") else f"model.{k}"): v
-             for k, v in load_file(str(run_dir / "model.safetensors")).items()}
-    missing, unexpected = pre.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("model.head.")]
-    if missing or unexpected:
-        raise PolyfuseError(f"{run_dir}: pretrained weights do not match (missing {missing[:5]}, "
-                            f"unexpected {unexpected[:5]})")
+    cfg, processors, pre = load_pretrainer(run_dir, device)
     heads = None
-    if "contrastive" in pcfg.objectives:
+    if "contrastive" in pre.objectives:
         c = pre.objectives["contrastive"]
         heads = {col: c for col in c.index}         # c.column_vector embeds each column
-    return Predictor(cfg, processors, None, model.to(device).eval()), heads
+    return Predictor(cfg, processors, None, pre.model), heads
 
 
 class Embedder:
@@ -136,13 +111,13 @@ class Embedder:
                     vec, present = self.heads[name].column_vector(self.model, name, inputs[name])
                 else:
                     fused = self.model.encode({name: inputs[name]})
-                    vec, present = fused["pooled"], fused["present"][name]
+                    vec, present = fused.pooled, fused.present[name]
             out[name] = (torch.nn.functional.normalize(vec.float(), dim=-1) * present[:, None], present)
         if FUSED in names:
             if self.heads is not None:
                 vec = sum(out[c][0] for c in self.columns)
             else:
-                vec = self.model.encode(inputs)["pooled"]
+                vec = self.model.encode(inputs).pooled
             out[FUSED] = (torch.nn.functional.normalize(vec.float(), dim=-1),
                           torch.ones(B, dtype=torch.bool, device=device))
         return {n: (out[n][0].cpu().numpy().astype(np.float32), out[n][1].cpu().numpy()) for n in names}

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import PolyfuseError
-from ..training.checkpoint import atomic_write_text
+from ..util import atomic_write_text
 from .config import RetrievalConfig
 
 FORMAT = "polyfuse-index"

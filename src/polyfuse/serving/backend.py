@@ -5,7 +5,6 @@ outputs, so decoding, batching and the response format are one code path whichev
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,8 @@ from ..config import Config
 from ..data.labels import LabelCodec
 from ..data.processors import Processors
 from ..errors import PolyfuseError
-from .graph import FlatModel, flatten, input_names, output_names
+from ..runfolder import RunFolder
+from .graph import FlatModel, fields_of, flatten, input_names, output_names
 
 ONNX_FILES = ("model.int8.onnx", "model.onnx")   # what `polyfuse serve DIR` looks for, in this order
 
@@ -27,12 +27,13 @@ class Backend:
     def __init__(self, cfg: Config, processors: Processors, labels: LabelCodec):
         self.cfg, self.processors, self.labels = cfg, processors, labels
         self.streams = cfg.schema.streams()
-        self.inputs, self.outputs = input_names(self.streams), output_names(self.streams)
+        self.fields = fields_of(processors)
+        self.inputs, self.outputs = input_names(self.streams, self.fields), output_names(self.streams)
 
     def collate(self, rows: list[dict]) -> list[torch.Tensor]:
         """rows: [{column: processed item or None}] -> flat tensors; every column, even if absent everywhere."""
         parts = {c: self.processors.by_modality[m].collate([r.get(c) for r in rows]) for c, m in self.streams}
-        return flatten(parts, self.streams)
+        return flatten(parts, self.streams, self.fields)
 
     def run(self, rows: list[dict]) -> dict[str, np.ndarray]:
         out = dict(zip(self.outputs, self.forward(self.collate(rows))))
@@ -55,7 +56,7 @@ class EagerBackend(Backend):
         from ..inference import Predictor
         p = Predictor.load(run_dir, "cpu")
         super().__init__(p.cfg, p.processors, p.labels)
-        self.graph = FlatModel(p.model).eval()
+        self.graph = FlatModel(p.model, self.fields).eval()
 
     @torch.inference_mode()
     def forward(self, flat):
@@ -84,10 +85,9 @@ class OnnxBackend(Backend):
 
 def load_preprocessing(folder: Path) -> tuple[Config, Processors, LabelCodec]:
     """Config, processors and labels of a run folder or an exported folder (no weights needed)."""
-    if not (folder / "config.json").exists():
-        raise PolyfuseError(f"{folder} has no config.json: not a Polyfuse run or export folder")
-    cfg = Config.from_dict(json.loads((folder / "config.json").read_text())["config"])
-    return cfg, Processors.load(cfg, cfg.schema, folder / "processors"), LabelCodec.load(folder / "labels.json")
+    run = RunFolder(folder)
+    cfg = run.require("supervised", "exported", purpose="serving").config
+    return cfg, run.processors(cfg), run.labels()
 
 
 def load_backend(folder: str | Path, onnx_file: str | None = None, threads: int | None = None) -> Backend:

@@ -6,20 +6,18 @@ labels, so `polyfuse serve` reads requests exactly as the run folder would.
 """
 from __future__ import annotations
 
-import json
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..config import is_tower
 from ..errors import PolyfuseError
+from ..runfolder import RunFolder
 from .backend import EagerBackend, OnnxBackend
-from .graph import FlatModel
 
 PARITY_TOLERANCE = 1e-4      # max abs difference of every output, ONNX fp32 vs eager
-PREPROCESSING = ("config.json", "labels.json", "schema.json", "processors")
 
 
 def dynamic_shapes(backend: EagerBackend) -> tuple:
@@ -98,16 +96,16 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path, quantize: str | None =
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     eager = EagerBackend(run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in PREPROCESSING:
-        src = run_dir / name
-        if src.is_dir():
-            shutil.copytree(src, out_dir / name, dirs_exist_ok=True)
-        elif src.exists():
-            shutil.copy2(src, out_dir / name)
+    towers = [m for m in eager.processors.by_modality if is_tower(getattr(eager.cfg, m).encoder)]
+    if towers:
+        raise PolyfuseError(f"{run_dir}: ONNX export covers Polyfuse's own encoders; this run has a pretrained "
+                            f"{', '.join(towers)} tower. Serve the run folder itself (`polyfuse serve {run_dir}`)")
+    dest = RunFolder(out_dir)
+    RunFolder(run_dir).export_to(dest, {"onnx": ["model.onnx"] + (["model.int8.onnx"] if quantize else [])})
     # Every dynamic size >= 2 in the example: torch.export specializes sizes of 0 and 1.
     example = eager.collate(sample_rows(eager, 2, seed=0, min_tokens=2))
     t0 = time.perf_counter()
-    torch.onnx.export(FlatModel(eager.graph.model).eval(), tuple(example), str(out_dir / "model.onnx"),
+    torch.onnx.export(eager.graph, tuple(example), str(out_dir / "model.onnx"),
                       dynamo=True, dynamic_shapes=dynamic_shapes(eager), input_names=eager.inputs,
                       output_names=eager.outputs, optimize=True, verbose=False)
     report = {"export_seconds": round(time.perf_counter() - t0, 1), "files": ["model.onnx"]}
@@ -145,5 +143,5 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path, quantize: str | None =
             "no tolerance; measure accuracy with bench/infer.py)")
     elif quantize is not None:
         raise PolyfuseError(f"unknown --quantize {quantize!r}; supported: int8")
-    (out_dir / "export.json").write_text(json.dumps({**report, "source": str(run_dir)}, indent=2))
+    dest.write_json("export.json", {**report, "source": str(run_dir)})
     return report

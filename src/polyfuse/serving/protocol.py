@@ -161,13 +161,8 @@ def decode_value(value, modality: str, field: str, backend: Backend, limits: Ser
 
 
 def predictions(out: dict, backend: Backend) -> list[dict]:
-    """Graph outputs -> one answer per row, like `polyfuse predict`'s columns."""
-    labels, probs = backend.labels, out["probabilities"]
-    if labels.task == "regression":
-        return [{"prediction": v} for v in labels.decode(probs)]
-    decoded = labels.decode(probs)
-    return [{"prediction": d, "probabilities": {c: float(p) for c, p in zip(labels.classes, row)}}
-            for d, row in zip(decoded, probs)]
+    """Graph outputs -> one answer per row: LabelCodec.predictions, as every other prediction path."""
+    return backend.labels.predictions(out["probabilities"]).records()
 
 
 def embeddings(out: dict, rows: list[dict], backend: Backend) -> list[dict]:

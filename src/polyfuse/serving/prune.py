@@ -2,17 +2,16 @@
 before and after. The result is an ordinary run folder (zeros in the weights), servable and exportable."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-import torch
 from torch import nn
 from torch.nn.utils import prune
 
 from ..errors import ConfigError
-from ..training.loop import epoch_batches, to_device
+from ..training.trainer import Trainer, make_accelerator
 
 FINETUNE_LR_SCALE = 0.1     # fine-tuning a pruned model: a tenth of the run's training learning rate
-MAIN_METRIC = {"classification": "accuracy", "multilabel": "micro_f1", "regression": "r2"}
 
 
 def linear_layers(model: nn.Module) -> list[nn.Linear]:
@@ -40,34 +39,24 @@ def finalize(model: nn.Module):
             prune.remove(m, "weight")
 
 
-def finetune(predictor, data, epochs: int, say=print):
-    """A short fine-tune with the pruning masks in place (pruned weights stay zero)."""
-    cfg, model = predictor.cfg, predictor.model
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
-                            lr=cfg.train.lr * FINETUNE_LR_SCALE, weight_decay=cfg.train.weight_decay)
-    for epoch in range(epochs):
-        model.train()
-        total = 0.0
-        for idx in epoch_batches(len(data), cfg.train.batch_size, cfg.train.seed, epoch, 0, 1):
-            loss = model(to_device(predictor.collate(idx, data), "cpu"))["loss"]
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            total += float(loss.detach()) * len(idx)
-        say(f"fine-tune epoch {epoch + 1}/{epochs}: train loss {total / len(data):.4f}")
-    model.eval()
-
-
-def score(predictor, data) -> float:
-    from ..evaluation.evaluate import task_metrics
-    return task_metrics(predictor, data, predictor.outputs(data))[MAIN_METRIC[predictor.labels.task]]
+def finetune(predictor, data, epochs: int, progress: bool = False) -> list[dict]:
+    """A short fine-tune on the one Trainer, with the pruning masks in place (pruned weights stay zero):
+    the run's training settings at a tenth of its learning rate, no early stopping, no checkpoints."""
+    tc = dataclasses.replace(predictor.cfg.train, epochs=epochs, patience=None, max_minutes=None)
+    trainer = Trainer(tc, make_accelerator(), lr_scale=FINETUNE_LR_SCALE, progress=progress, desc="fine-tune")
+    trainer.fit(predictor.model, len(data), lambda idx: predictor.collate(idx, data),
+                lambda m, b: {"loss": m(b)["loss"]})
+    predictor.model.cpu().eval()
+    return trainer.log
 
 
 def prune_run(run_dir, amount: float, out, data=None, eval_data=None, finetune_epochs: int = 0,
               say=print) -> dict:
+    from ..evaluation.evaluate import headline as score
+    from ..evaluation.metrics import HEADLINE
     from ..inference import Predictor
     p = Predictor.load(run_dir, "cpu")
-    metric = MAIN_METRIC[p.labels.task]
+    metric = HEADLINE[p.labels.task]
     if finetune_epochs and data is None:
         raise ConfigError("--finetune-epochs needs --data (a labelled table to fine-tune on)")
     train = p.encode(p.read(data), with_labels=True) if data is not None else None
@@ -79,7 +68,7 @@ def prune_run(run_dir, amount: float, out, data=None, eval_data=None, finetune_e
     if test is not None:
         report["after_pruning"] = score(p, test)
     if finetune_epochs:
-        finetune(p, train, finetune_epochs, say)
+        finetune(p, train, finetune_epochs)
         report["after_finetune"] = score(p, test)
     finalize(p.model)
     report["sparsity"] = sparsity(p.model)

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import datetime
-import json
 from html import escape
 from pathlib import Path
 
 import numpy as np
 
 from ...data.manifest import is_missing
+from ...runfolder import RunFolder
 from ..metrics import HEADLINE
 from . import plots, sections
 
@@ -91,10 +91,7 @@ def write_report(path: Path, predictor, run_dir: Path, labelled, outputs: np.nda
 
 
 def read_log(run_dir: Path) -> list[dict]:
-    log = run_dir / "log.jsonl"
-    if not log.exists():
-        return []
-    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return RunFolder(run_dir).log()
 
 
 def wrong_examples(predictor, labelled, outputs: np.ndarray, n: int = N_EXAMPLES) -> list[dict]:

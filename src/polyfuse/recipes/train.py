@@ -1,42 +1,39 @@
 """The supervised training recipe, top to bottom: tables -> schema -> labels -> processors ->
-encoded rows -> model -> fit -> saved run folder -> validation metrics.
+encoded rows -> model -> Trainer.fit -> saved run folder -> validation metrics.
 
 The CLI's `train` and the Python API's `fit` both call `train_run`.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..config import Config
-from ..data.dataset import encode_table, make_collate, write_skipped
+from ..data.dataset import EncodedSet, encode_table, make_collate
 from ..data.labels import LabelCodec
 from ..data.manifest import read_table, resolve_schema
-from ..data.pretrained import tower_sources
 from ..data.processors import Processors
 from ..errors import ConfigError, InputError
+from ..evaluation.evaluate import encoded_labels, evaluate, metrics_for
+from ..evaluation.metrics import HEADLINE
 from ..inference import Predictor
-from ..model import PolyfuseModel
-from .checkpoint import atomic_write_text
-from .loop import fit, make_accelerator
+from ..model import build_model
+from ..runfolder import RunFolder
+from ..training.trainer import Trainer, make_accelerator
+from ..util import to_device
 
 
 def train_run(cfg: Config, train, val=None, out: str | Path = "runs/exp", resume: bool = False,
               base_dir=None, progress: bool = True, init_from=None,
               allow_partial: bool = False) -> tuple[Predictor, dict]:
     """init_from: a run folder (say from `polyfuse pretrain`) whose preprocessing, encoders and
-    fusion this run starts from (training/transfer.py); the head is always fresh."""
-    out = Path(out)
-    if resume and (out / "config.json").exists():
-        # The run's own config wins over whatever flags came with --resume, except its budgets.
-        saved = Config.from_dict(json.loads((out / "config.json").read_text())["config"])
-        cfg = saved.merged({"train": {"epochs": cfg.train.epochs, "max_minutes": cfg.train.max_minutes}})
-    elif not resume and ((out / "config.json").exists() or (out / "checkpoint").exists()):
-        raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    acc = make_accelerator(cfg)
+    fusion this run starts from (recipes/transfer.py); the head is always fresh."""
+    folder = RunFolder(out)
+    cfg = folder.start(cfg, resume)
+    acc = make_accelerator(cfg.train.bf16)
     say = acc.print
 
     # 1. Tables and schema: which column is which modality, and the task.
@@ -56,21 +53,16 @@ def train_run(cfg: Config, train, val=None, out: str | Path = "runs/exp", resume
         raise InputError(f"cannot build the label map: {e}", table=train_t.name, column=schema.label) from None
 
     # 3. Processors: fitted once on the main process, read back by the others.
-    out.mkdir(parents=True, exist_ok=True)
     with acc.main_process_first():
-        if acc.is_main_process:
-            processors = Processors.build(cfg, schema)
-            if resume and (out / "processors").exists():
-                processors = Processors.load(cfg, schema, out / "processors")
+        if acc.is_main_process and not (resume and folder.has_processors()):
+            if init_from:   # the earlier run's tokenizer and statistics, so token ids match
+                from .transfer import processors_from
+                processors = processors_from(cfg, schema, init_from, train_t, say)
             else:
-                if init_from:   # the earlier run's tokenizer and statistics, so token ids match
-                    from .transfer import processors_from
-                    processors = processors_from(cfg, schema, init_from, train_t, say)
-                else:
-                    processors.fit(train_t)
-                processors.save(out / "processors")
+                processors = Processors.build(cfg, schema).fit(train_t)
+            folder.write_preprocessing(processors, labels)
         else:
-            processors = Processors.load(cfg, schema, out / "processors")
+            processors = folder.processors(cfg)
 
     # 4. Every row decoded and checked before the first step.
     on_bad = cfg.train.on_bad_row
@@ -82,47 +74,72 @@ def train_run(cfg: Config, train, val=None, out: str | Path = "runs/exp", resume
     if val_set is not None:
         skipped += [dict(s, table=val_t.name) for s in val_set.skipped]
     if acc.is_main_process and on_bad == "skip":
-        write_skipped(out / "skipped.csv", skipped)
+        folder.write_skipped(skipped)
         if skipped:
-            say(f"skipped {len(skipped)} bad row(s); reasons in {out / 'skipped.csv'}")
+            say(f"skipped {len(skipped)} bad row(s); reasons in {folder.file(folder.SKIPPED)}")
 
     # 5. Model and training. The best weights are saved (config.json last) whenever validation improves.
     torch.manual_seed(cfg.train.seed)
-    model = PolyfuseModel(cfg, schema, labels.n_outputs, processors.text.vocab_size if processors.text else None,
-                          towers=tower_sources(processors, pretrained_weights=True))
+    model = build_model(cfg, processors, labels.n_outputs, pretrained_weights=True)
     if init_from:
         from .transfer import load_encoders
         load_encoders(model, init_from, allow_partial, say)
     predictor = Predictor(cfg, processors, labels, model)
-    if acc.is_main_process:
-        predictor.save_preprocessing(out)
     n_params = sum(p.numel() for p in model.parameters())
     say(f"model: {cfg.model.fusion} fusion, d={cfg.model.d_model}, {cfg.model.n_layers} layers, "
         f"{n_params / 1e6:.2f}M parameters; {len(train_set)} training rows"
         + (f", {len(val_set)} validation rows" if val_set else ""))
 
-    def on_best(raw_model, record):
-        predictor.save_weights(out, {"trained": {"epoch": record["epoch"], "n_parameters": n_params,
-                                                 "train_rows": len(train_set)}})
-
-    train_collate = None
+    collate = make_collate(processors)
+    train_collate = collate
     if cfg.augment.enabled:
         from ..data.augment import Augmenter, augmenting
-        train_collate = augmenting(make_collate(processors), Augmenter(cfg.augment, processors))
-    summary = fit(model, train_set, val_set, make_collate(processors), cfg, out, acc, resume, on_best,
-                  train_collate)
-    predictor.model = acc.unwrap_model(model).cpu().eval()
+        train_collate = augmenting(collate, Augmenter(cfg.augment, processors))
+    dropout = cfg.model.modality_dropout
+
+    def step(m, batch):
+        return {"loss": m(batch, modality_dropout=dropout)["loss"]}
+
+    def validate(raw):
+        return validation(raw, val_set, collate, labels, cfg.train.batch_size * 2, acc.device)
+
+    def on_epoch(raw, record, improved):
+        if improved:
+            predictor.save_weights(folder.path, {"epoch": record["epoch"], "n_parameters": n_params,
+                                                 "train_rows": len(train_set)})
+
+    trainer = Trainer(cfg.train, acc, folder, progress=progress)
+    summary = trainer.fit(model, len(train_set), lambda idx: train_collate(idx, train_set), step,
+                          validate if val_set is not None else None, on_epoch, resume)
+    predictor.model = model.cpu().eval()
     summary.update(n_parameters=n_params, is_main_process=acc.is_main_process)
 
     # 6. Validation metrics of the best weights.
     if val_set is not None and acc.is_main_process:
-        from ..evaluation.evaluate import evaluate
         metrics = evaluate(predictor, val_set)
         metrics["split"] = "validation"
-        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+        folder.write_metrics(metrics)
         summary["val_metrics"] = metrics
     acc.wait_for_everyone()
     return predictor, summary
+
+
+@torch.no_grad()
+def validation(model, data: EncodedSet, collate, labels: LabelCodec, batch_size: int, device) -> dict:
+    """{"val_loss", "val_<headline metric>", "score"} on held-out rows: the loss the model trains on,
+    and the headline metric from evaluation/metrics on the predictions in label units."""
+    model.eval()
+    total, outs = 0.0, []
+    for i in range(0, len(data), batch_size):
+        batch = to_device(collate(list(range(i, min(i + batch_size, len(data)))), data), device)
+        out = model(batch)
+        total += float(out["loss"]) * len(batch["label"])
+        outs.append(model.head.probabilities(out["logits"]).cpu().numpy())
+    name = HEADLINE[labels.task]
+    value = metrics_for(labels, encoded_labels(labels, data), labels.predictions(np.concatenate(outs)).outputs)[name]
+    loss = total / len(data)
+    # R^2 is undefined on one row; the loss then ranks epochs the same way.
+    return {"val_loss": loss, f"val_{name}": value, "score": -loss if value is None else value}
 
 
 def read_table_with(table, schema):

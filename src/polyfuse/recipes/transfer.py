@@ -8,38 +8,33 @@ every mismatched weight, unless allow_partial, which loads what matches and prin
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
-
-from safetensors.torch import load_file
 
 from ..config import Config, SchemaConfig
 from ..data.audio import AudioProcessor
 from ..data.processors import Processors
 from ..data.text import TextProcessor
 from ..errors import PolyfuseError
+from ..runfolder import RunFolder
 
 TRANSFERRED = ("encoders.", "fusion.")     # the head (and pretraining objectives) never transfer
 
 
-def run_meta(run_dir: str | Path) -> dict:
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").exists() or not (run_dir / "model.safetensors").exists():
-        raise PolyfuseError(f"--init-from {run_dir}: not a finished Polyfuse run folder "
-                            "(no config.json / model.safetensors)")
-    return json.loads((run_dir / "config.json").read_text())
+def source_run(run_dir: str | Path) -> RunFolder:
+    folder = RunFolder(run_dir)
+    folder.require("supervised", "pretrained", purpose="--init-from")
+    return folder
 
 
 def base_config(run_dir: str | Path) -> Config:
     """The run's text/image/audio/model sections; schema and training settings start from defaults."""
-    saved = run_meta(run_dir)["config"]
-    keep = {k: saved[k] for k in ("text", "image", "audio", "model") if k in saved}
-    return Config.from_dict(keep)
+    saved = source_run(run_dir).config
+    return Config(text=saved.text, image=saved.image, audio=saved.audio, model=saved.model)
 
 
 def processors_from(cfg: Config, schema: SchemaConfig, run_dir: str | Path, table, say=print) -> Processors:
     """The run's processors for the modalities it has; others are fitted on `table` as usual."""
-    folder = Path(run_dir) / "processors"
+    folder = source_run(run_dir).file(RunFolder.PROCESSORS)
     procs = Processors.build(cfg, schema)
     fresh = {}
     for m in procs.by_modality:
@@ -57,8 +52,7 @@ def processors_from(cfg: Config, schema: SchemaConfig, run_dir: str | Path, tabl
 
 def load_encoders(model, run_dir: str | Path, allow_partial: bool = False, say=print) -> dict:
     """Copy encoder and fusion weights from run_dir into model. Returns {"loaded": n, "skipped": [...]}."""
-    path = Path(run_dir) / "model.safetensors"
-    saved = {k: v for k, v in load_file(str(path)).items() if k.startswith(TRANSFERRED)}
+    saved = {k: v for k, v in source_run(run_dir).weights().items() if k.startswith(TRANSFERRED)}
     own = {k: v for k, v in model.state_dict().items() if k.startswith(TRANSFERRED)}
     missing = sorted(k for k in own if k not in saved)
     unexpected = sorted(k for k in saved if k not in own)

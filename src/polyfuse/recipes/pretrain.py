@@ -1,0 +1,152 @@
+"""The self-supervised pretraining recipe: an unlabeled table -> processors -> encoded rows -> model +
+objectives -> Trainer.fit -> a run folder (kind `pretrained`) whose encoders and fusion
+`polyfuse train --init-from` starts from, and that `polyfuse embed` / `search` read.
+
+Same run folder as training: processors/ and schema.json first, then per epoch model.safetensors
+(encoders, fusion and the objectives' heads under `objectives.`) and config.json renamed into place
+last, and one log.jsonl line per epoch with every objective's loss (and, with a validation table,
+each one's loss on it). checkpoint/ holds the optimizer, schedule position and RNG after every
+epoch, so `resume=True` continues an interrupted run exactly as an unbroken one.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..config import Config
+from ..data.dataset import EncodedSet, encode_table, make_collate
+from ..data.manifest import read_table, resolve_schema
+from ..data.processors import Processors
+from ..errors import InputError
+from ..model import build_model
+from ..objectives import Pretrainer, build_objectives, resolve_objectives
+from ..runfolder import RunFolder, RunMeta
+from ..training.trainer import Trainer, make_accelerator
+from ..util import to_device
+
+# Share of ITM's negatives rated as similar as a true pair above which the run warns that the
+# pairing looks many-to-many (on one-to-one data it falls well below this as embeddings learn).
+SUSPECT_WARNING = 0.3
+
+
+def pretrain_run(cfg: Config, data, out: str | Path = "runs/pre", base_dir=None, progress: bool = True,
+                 val=None, resume: bool = False) -> dict:
+    """cfg.pretrain says which objectives run (None: every one the columns allow). val: an optional
+    held-out table, scored with every objective after each epoch (logged as val_<name>_loss; masks and
+    negatives drawn from a fixed seed, so epochs compare)."""
+    folder = RunFolder(out)
+    cfg = folder.start(cfg, resume)
+    acc = make_accelerator(cfg.train.bf16)
+    say = acc.print
+
+    # 1. Table and schema: columns only, labels (if any) are ignored; objectives checked before anything runs.
+    table = read_table(data, base_dir)
+    schema = resolve_schema(table, dataclasses.replace(cfg.schema, label=None, task=None))
+    cfg = resolve_objectives(dataclasses.replace(cfg, schema=schema).validate())
+    pcfg = cfg.pretrain
+    val_t = read_table(val, base_dir) if val is not None else None
+    for t in [table] + ([val_t] if val_t is not None else []):
+        if pcfg.match_column is not None and pcfg.match_column not in t.df.columns:
+            raise InputError(f"pretrain.match_column '{pcfg.match_column}' is not in the table",
+                             table=t.name, column=pcfg.match_column)
+    say(f"schema: text={schema.text} image={schema.image} audio={schema.audio}; "
+        f"objectives: {', '.join(pcfg.objectives)}"
+        + (f"; rows with equal {pcfg.match_column!r} are not each other's negatives" if pcfg.match_column else ""))
+
+    # 2. Processors, fitted on the main process, read back by the others; then every row decoded.
+    with acc.main_process_first():
+        if acc.is_main_process and not (resume and folder.has_processors()):
+            processors = Processors.build(cfg, schema).fit(table)
+            folder.write_preprocessing(processors)
+        else:
+            processors = folder.processors(cfg)
+    rows = encode_table(table, processors, None, cfg.train.on_bad_row, progress and acc.is_main_process)
+    groups = match_groups(table, rows, pcfg.match_column)
+    val_rows = val_groups = None
+    if val_t is not None:
+        val_rows = encode_table(val_t, processors, None, cfg.train.on_bad_row, False)
+        val_groups = match_groups(val_t, val_rows, pcfg.match_column)
+
+    # 3. Model (its head is never trained here and never saved) and objectives.
+    torch.manual_seed(cfg.train.seed)
+    # Pretrained towers (--text-encoder ...) start from their checkpoints here as in training.
+    model = build_model(cfg, processors, 1, pretrained_weights=True)
+    pre = Pretrainer(model, build_objectives(cfg, model, processors), pcfg.weights)
+    n_params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("head."))
+    say(f"model: {cfg.model.fusion} fusion, d={cfg.model.d_model}, {cfg.model.n_layers} layers, "
+        f"{n_params / 1e6:.2f}M parameters; {len(rows)} unlabeled rows")
+    collate = with_groups(make_collate(processors), groups)
+    train_collate = collate
+    if cfg.augment.enabled:
+        from ..data.augment import Augmenter, augmenting
+        train_collate = with_groups(augmenting(make_collate(processors), Augmenter(cfg.augment, processors)), groups)
+
+    # 4. Trainer.fit with the objectives' summed loss as the step.
+    def validate(raw):
+        return validation_losses(raw, val_rows, with_groups(make_collate(processors), val_groups),
+                                 cfg.train.batch_size, acc.device, cfg.train.seed)
+
+    text = processors.text
+    warned = []
+
+    def on_epoch(raw, record, improved):
+        meta = RunMeta("pretrained", cfg, text.vocab_size if text is not None else None, None,
+                       {"epoch": record["epoch"], "rows": len(rows), "n_parameters": n_params})
+        folder.write_model(raw.encoder_state(), meta)
+        suspect = record.get("itm_suspect_negatives")
+        if suspect is not None and suspect > SUSPECT_WARNING and pcfg.match_column is None and not warned:
+            warned.append(record["epoch"])
+            say(f"warning: {suspect:.0%} of ITM's negatives look as similar as a true pair; if several rows "
+                "match each other (a many-to-many pairing), ITM cannot learn: name the column that says which "
+                "rows match with pretrain.match_column (--match-column), or turn off pretrain.hard_negatives")
+
+    trainer = Trainer(cfg.train, acc, folder, progress=progress, desc="pretrain")
+    state = trainer.fit(pre, len(rows), lambda idx: train_collate(idx, rows), lambda m, b: m(b),
+                        validate if val_rows is not None else None, on_epoch, resume)
+    return {"epoch": state["epoch"], "step": state["step"], "stopped": state["stopped"], "rows": len(rows),
+            "n_parameters": n_params, "world_size": state["world_size"], "elapsed_s": state["elapsed_s"],
+            "log": trainer.log}
+
+
+def match_groups(table, rows: EncodedSet, column: str | None) -> torch.Tensor | None:
+    """(N,) an id per encoded row, equal where the match column's values are (None: no column)."""
+    if column is None:
+        return None
+    codes = pd.factorize(table.df[column].iloc[rows.rows].astype("string"))[0]      # missing -> -1
+    missing = codes < 0
+    # A row with no value matches nothing but itself: each gets an id of its own.
+    codes[missing] = codes.max() + 1 + np.arange(int(missing.sum()))
+    return torch.as_tensor(codes, dtype=torch.long)
+
+
+def with_groups(collate, groups: torch.Tensor | None):
+    """The collate function, adding batch["group"] (B,) when a match column is in use."""
+    if groups is None:
+        return collate
+
+    def fn(idx, data):
+        return {**collate(idx, data), "group": groups[idx]}
+    return fn
+
+
+@torch.no_grad()
+def validation_losses(pre: Pretrainer, rows, collate, batch_size: int, device, seed: int) -> dict:
+    """{val_loss, val_<objective>_loss, ...} over held-out rows, eval mode. Masks and negatives come from
+    a generator seeded the same every epoch (the training RNG is left untouched, so resuming stays exact)."""
+    was_training = pre.training
+    pre.eval()
+    sums, seen = {}, 0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for a in range(0, len(rows), batch_size):
+            idx = list(range(a, min(a + batch_size, len(rows))))
+            for k, v in pre(to_device(collate(idx, rows), device)).items():
+                if k.endswith("loss"):
+                    sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
+            seen += len(idx)
+    pre.train(was_training)
+    return {f"val_{k}": v / max(1, seen) for k, v in sums.items()}

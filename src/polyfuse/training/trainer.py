@@ -1,0 +1,207 @@
+"""The one training loop, on accelerate: the same code on 1 process or N (torchrun -> DDP).
+
+Supervised training, pretraining and pruning's fine-tune are recipes (polyfuse/recipes/) that hand
+`Trainer.fit` their rows, a collate function and a step function:
+
+    step(module, batch) -> {"loss": scalar, "<name>": scalar, ...}     every value is logged per epoch
+    validate(raw_module) -> {"val_loss": ..., "score": ..., ...}       optional, after each epoch
+    on_epoch(raw_module, record, improved)                             main process: save the model
+
+Budgets: train.epochs, train.max_minutes (every rank stops at the same step) and early stopping on
+the validation score (train.patience). Reproducibility: each epoch's order comes from a generator
+seeded with (seed, epoch), and the global RNG (dropout, masks) is saved in every checkpoint, so a
+resumed run takes exactly the steps an unbroken one would.
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs
+from tqdm.auto import tqdm
+
+from ..config import OBJECTIVES, TrainConfig
+from ..runfolder import RunFolder
+from ..util import state_dict_cpu, to_device
+from .schedule import warmup_cosine
+
+Step = Callable[[torch.nn.Module, dict], dict]
+
+
+def make_accelerator(bf16: bool = False) -> Accelerator:
+    # find_unused_parameters: a batch may lack a modality (absent cells, modality dropout), so
+    # its encoder gets no gradient in that step; DDP must not wait for one.
+    # cpu=True where there is no GPU: without it accelerate ignores torchrun's environment on a CPU
+    # machine and every process trains alone, all writing the same run folder.
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if bf16 else "no",
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, world: int) -> list[list[int]]:
+    """This process's batches for one epoch: a seeded permutation, padded so every rank gets as many."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    perm = torch.randperm(n, generator=g).tolist()
+    per_rank = math.ceil(n / world)
+    perm += perm[: per_rank * world - n]
+    mine = perm[rank::world]
+    return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases, norms, embeddings and position/modality vectors."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim >= 2 and "pos" not in name and ".tok." not in name else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint's trainer.json holds: where the run is, and its best epoch so far."""
+    epoch: int = 0
+    step: int = 0
+    best_score: float | None = None
+    best_val_loss: float | None = None
+    best_epoch: int | None = None
+    bad_epochs: int = 0
+    elapsed_s: float = 0.0
+    stopped: str | None = None       # "max_minutes", "early_stopping", or None (ran every epoch)
+
+    def better(self, record: dict) -> bool:
+        """A higher validation score, or the same score at a lower validation loss: on a small
+        validation set accuracy ties are common, and the lower loss is the better-calibrated model."""
+        if "score" not in record or self.best_score is None or record["score"] > self.best_score + 1e-9:
+            return True
+        return abs(record["score"] - self.best_score) <= 1e-9 and record["val_loss"] < self.best_val_loss
+
+
+@dataclass
+class Trainer:
+    """AdamW (no decay on norms and embeddings), linear warm-up then cosine, clipping, budgets,
+    checkpoints in `folder` (None: no checkpoints, e.g. a fine-tune in memory)."""
+    cfg: TrainConfig
+    accelerator: Accelerator
+    folder: RunFolder | None = None
+    lr_scale: float = 1.0
+    progress: bool = True
+    desc: str = "epoch"
+    log: list[dict] = field(default_factory=list)
+
+    def fit(self, module: torch.nn.Module, n_rows: int, batch: Callable[[list[int]], dict], step: Step,
+            validate: Callable[[torch.nn.Module], dict] | None = None,
+            on_epoch: Callable[[torch.nn.Module, dict, bool], None] | None = None, resume: bool = False) -> dict:
+        """Train `module` on rows 0..n_rows-1; batch(indices) collates them. Returns the final TrainState
+        (as a dict) plus steps_per_epoch and world_size. The best weights (by validation) are loaded
+        back into the module at the end."""
+        tc, acc = self.cfg, self.accelerator
+        rank, world = acc.process_index, acc.num_processes
+        steps_per_epoch = len(epoch_batches(n_rows, tc.batch_size, tc.seed, 0, rank, world))
+        total = steps_per_epoch * tc.epochs
+        opt = torch.optim.AdamW(param_groups(module, tc.weight_decay), lr=tc.lr * self.lr_scale, betas=(0.9, 0.98))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, int(tc.warmup_ratio * total)))
+        state, best = TrainState(), None
+        saved = self.folder.load_checkpoint() if resume and self.folder is not None else None
+        if saved is not None:
+            best, state = saved["best"], self._restore(saved, module, opt, sched)
+        wrapped, opt = acc.prepare(module, opt)
+        raw = acc.unwrap_model(wrapped)
+
+        t_start = time.perf_counter() - state.elapsed_s
+        while state.epoch < tc.epochs and state.stopped is None:
+            wrapped.train()
+            batches = epoch_batches(n_rows, tc.batch_size, tc.seed, state.epoch, rank, world)
+            bar = tqdm(batches, desc=f"{self.desc} {state.epoch + 1}/{tc.epochs}", leave=False, mininterval=0.5,
+                       disable=None if self.progress and acc.is_main_process else True)
+            t_epoch, seen, sums = time.perf_counter(), 0, {}
+            for idx in bar:
+                b = to_device(batch(idx), acc.device)
+                with acc.autocast():
+                    out = step(wrapped, b)
+                self._optimizer_step(wrapped, opt, sched, out["loss"])
+                state.step += 1
+                seen += len(idx)
+                for k, v in out.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
+                bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}")
+                if tc.max_minutes is not None and self._over_budget(t_start):
+                    state.stopped = "max_minutes"
+                    break
+            state.epoch += 1
+            record = {"epoch": state.epoch, "step": state.step, "train_loss": sums.get("loss", 0.0) / max(1, seen)}
+            record.update({k: v / max(1, seen) for k, v in sums.items() if k != "loss"})
+            record.update(lr=sched.get_last_lr()[0], world_size=world,
+                          samples_per_s=seen * world / max(1e-9, time.perf_counter() - t_epoch))
+            if validate is not None:
+                record.update(validate(raw))
+            improved = state.better(record)
+            if improved:
+                state.best_score, state.best_val_loss = record.get("score"), record.get("val_loss")
+                state.best_epoch, state.bad_epochs = state.epoch, 0
+                best = state_dict_cpu(raw) if validate is not None else None
+            else:
+                state.bad_epochs += 1
+                if tc.patience is not None and state.bad_epochs >= tc.patience:
+                    state.stopped = "early_stopping"
+            state.elapsed_s = time.perf_counter() - t_start
+            record["elapsed_s"] = round(state.elapsed_s, 2)
+            self.log.append(record)
+            if acc.is_main_process:
+                if on_epoch is not None:
+                    on_epoch(raw, record, improved)
+                if self.folder is not None:
+                    self.folder.save_checkpoint(state_dict_cpu(raw), best, opt, vars(state))
+                    self.folder.append_log(record)
+                acc.print(epoch_line(record))
+            acc.wait_for_everyone()
+            after_epoch(vars(state))
+        if best is not None:
+            raw.load_state_dict(best)
+        return {**vars(state), "steps_per_epoch": steps_per_epoch, "world_size": world}
+
+    def _restore(self, saved: dict, module, opt, sched) -> TrainState:
+        """Put a checkpoint back: weights, optimizer, RNG, and the schedule moved on to its step."""
+        module.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        torch.set_rng_state(saved["rng"])
+        state = TrainState(**saved["trainer"])
+        with warnings.catch_warnings():     # fast-forwarding the schedule, not training
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(state.step):
+                sched.step()
+        self.accelerator.print(f"resuming after epoch {state.epoch} (step {state.step})")
+        return state
+
+    def _optimizer_step(self, module, opt, sched, loss: torch.Tensor):
+        acc = self.accelerator
+        acc.backward(loss)
+        if self.cfg.grad_clip:
+            acc.clip_grad_norm_(module.parameters(), self.cfg.grad_clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+
+    def _over_budget(self, t_start: float) -> bool:
+        acc = self.accelerator
+        over = torch.tensor(float(time.perf_counter() - t_start > self.cfg.max_minutes * 60), device=acc.device)
+        if acc.num_processes > 1:    # every rank must stop at the same step, or DDP hangs
+            over = acc.reduce(over, reduction="sum")
+        return bool(over > 0)
+
+
+def epoch_line(r: dict) -> str:
+    """One line per epoch: train loss, each pretraining objective's loss, validation values, speed."""
+    shown = ["train_loss"] + [f"{o}_loss" for o in OBJECTIVES] + [k for k in r if k.startswith("val_")]
+    parts = [f"epoch {r['epoch']}"] + [f"{k} {r[k]:.4f}" for k in shown if k in r]
+    parts.append(f"{r['samples_per_s']:.0f} samples/s")
+    return "  ".join(parts)
+
+
+def after_epoch(state: dict):
+    """Hook for tests (interrupt a run after an epoch to check that --resume continues it exactly)."""
