@@ -135,3 +135,42 @@ def test_masked_patch_hides_content_and_scores_only_hidden(tiny):
     _, _, hidden_a = obj.corrupt_part(audio)
     assert not (hidden_a & ~audio["mask"][:, :: cfg.audio.frames_per_token]).any()   # never padding
     assert not hidden_a[~audio["mask"].any(1)].any()                                  # nor absent rows
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model": {"fusion": "concat"}, "pretrain": {"objectives": ["mlm"]}}, "fused token sequence"),
+    ({"schema": {"text": ["caption"], "image": [], "audio": []}, "pretrain": {"objectives": ["contrastive"]}},
+     "needs 2 input columns"),
+    ({"schema": {"text": [], "image": ["image"], "audio": []}, "pretrain": {"objectives": ["mlm"]}},
+     "needs a text column"),
+    ({"pretrain": {"objectives": ["mlm"], "weights": {"itm": 1.0}}}, "not run"),
+    ({"pretrain": {"objectives": ["mlm"], "match_column": "label"}}, "match_column"),
+])
+def test_objectives_are_checked_against_the_config_before_training(change, message):
+    from polyfuse.errors import ConfigError
+    from tests.conftest import tiny_config
+    with pytest.raises(ConfigError, match=message):
+        resolve_objectives(tiny_config(**change))
+
+
+def test_a_text_tower_cannot_train_mlm(tmp_path):
+    from polyfuse.objectives import why_not
+    from tests.conftest import tiny_config
+    cfg = tiny_config(text={"encoder": str(tmp_path / "bert")})
+    assert "Polyfuse's own encoder" in why_not("mlm", cfg)
+    assert why_not("contrastive", cfg) is None
+    # Left to the columns, the objectives are the ones that fit.
+    assert resolve_objectives(cfg).pretrain.objectives == ["contrastive", "itm", "masked_patch"]
+
+
+def test_pretraining_one_step_runs_each_encoder_once_on_clean_and_once_on_corrupted_input(tiny):
+    """Contrastive and ITM reuse the clean encoder outputs; MLM and masked_patch share one corrupted pass."""
+    cfg, processors, batch = tiny
+    model = make_model(cfg, processors)
+    cfg = with_pretrain(cfg)
+    pre = Pretrainer(model, build_objectives(cfg, model, processors))
+    calls = {m: 0 for m in model.encoders}
+    for m, enc in model.encoders.items():
+        enc.register_forward_hook(lambda mod, args, out, m=m: calls.__setitem__(m, calls[m] + 1))
+    pre(batch)
+    assert calls == {"text": 2, "image": 2, "audio": 2}

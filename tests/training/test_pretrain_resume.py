@@ -65,3 +65,16 @@ def test_validation_losses_do_not_move_training(synth, tmp_path):
     with_val, without = _log(tmp_path / "with"), _log(tmp_path / "without")
     assert [r["train_loss"] for r in with_val] == [r["train_loss"] for r in without]
     assert with_val[0]["val_loss"] > 0 and "val_loss" not in without[0]
+
+
+def test_match_column_runs_and_is_checked(synth, tmp_path):
+    """pretrain.match_column (rows with equal values are not each other's negatives) trains, logs ITM's
+    suspect-negative share, and names the table and column when the column is missing."""
+    from polyfuse.errors import InputError
+    torch.set_num_threads(1)
+    cfg = tiny_config(train={"epochs": 1}, pretrain={"objectives": ["contrastive", "itm"], "match_column": "label"})
+    summary = pretrain_run(cfg, synth["train"], tmp_path / "m", progress=False)
+    assert 0.0 <= summary["log"][-1]["itm_suspect_negatives"] <= 1.0
+    bad = cfg.merged({"pretrain": {"match_column": "digit"}})
+    with pytest.raises(InputError, match="digit"):
+        pretrain_run(bad, synth["train"], tmp_path / "n", progress=False)
