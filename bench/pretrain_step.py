@@ -2,12 +2,14 @@
 
 Each source tree (`--src NAME=PATH/src`, a checkout of the commit to compare) runs `polyfuse pretrain`
 as a subprocess with PYTHONPATH=that tree, on the same rows, config, seed and threads, in turn,
-`--repeats` times; the log's samples_per_s and losses are compared. Run on avdigits (image + audio,
-conv stems, contrastive + ITM + masked patch).
+`--repeats` times; the log's samples_per_s and losses are compared. Datasets: avdigits (image +
+audio, conv stems, contrastive + ITM + masked patch) and emoji (image + text, all four objectives).
 
     git worktree add ../pf_before 209494b
     OMP_NUM_THREADS=1 .venv/bin/python bench/pretrain_step.py --src before=../pf_before/src --src after=src \
         --rows 1024 --epochs 1 --repeats 2
+    OMP_NUM_THREADS=1 .venv/bin/python bench/pretrain_step.py --src before=../pf_before/src --src after=src \
+        --dataset emoji --rows 1024 --epochs 1 --repeats 2
 """
 from __future__ import annotations
 
@@ -25,6 +27,29 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pretrain_avdigits import ARCH, DATA, SCHEMA  # noqa: E402
+
+EMOJI = DATA.parent / "emoji"
+# Emoji: 72 px RGBA drawings at 32 px, 8 px patches; descriptions through the scratch text encoder.
+EMOJI_ARCH = {"image": {"size": 32, "patch": 8}, "text": {"max_length": 32},
+              "model": {"d_model": 64, "n_layers": 2, "n_heads": 4}}
+
+
+def dataset(name: str, rows: int, tmp: Path) -> tuple[Path, dict, str]:
+    """(table of `rows` rows with absolute paths, config, default objectives)."""
+    if name == "emoji":
+        df = pd.read_csv(EMOJI / "emoji.csv", dtype=str, keep_default_na=False)
+        df = df[df.split == "train"].sample(n=min(rows, (df.split == "train").sum()), random_state=0)
+        df["image"] = [str((EMOJI / v).resolve()) for v in df["image"]]
+        df = df[["image", "text"]]
+        cfg, objectives = {**EMOJI_ARCH, "schema": {"image": ["image"], "text": ["text"]}}, "contrastive,itm,mlm,masked_patch"
+    else:
+        df = pd.read_csv(DATA / "train.csv").sample(n=rows, random_state=0)
+        for c in ("image", "audio"):
+            df[c] = [str((DATA / v).resolve()) for v in df[c]]
+        df = df[["image", "audio"]]
+        cfg, objectives = {**ARCH, "schema": SCHEMA}, "contrastive,itm,masked_patch"
+    df.to_csv(tmp / "rows.csv", index=False)
+    return tmp / "rows.csv", cfg, objectives
 
 
 def run(src: str, table: Path, cfg: Path, out: Path, objectives: str) -> dict:
@@ -46,22 +71,18 @@ def main():
     ap.add_argument("--rows", type=int, default=1024)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--objectives", default="contrastive,itm,masked_patch")
+    ap.add_argument("--dataset", choices=["avdigits", "emoji"], default="avdigits")
+    ap.add_argument("--objectives", help="default: every objective the dataset's columns allow")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="pf-bench-"))
-    df = pd.read_csv(DATA / "train.csv").sample(n=args.rows, random_state=0)
-    for c in ("image", "audio"):
-        df[c] = [str((DATA / v).resolve()) for v in df[c]]
-    table = tmp / "rows.csv"
-    df[["image", "audio"]].to_csv(table, index=False)
+    table, arch, objectives = dataset(args.dataset, args.rows, tmp)
     cfg = tmp / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump({**ARCH, "schema": SCHEMA,
-                                   "train": {"epochs": args.epochs, "batch_size": 128, "lr": 2e-3, "seed": 0}}))
+    cfg.write_text(yaml.safe_dump({**arch, "train": {"epochs": args.epochs, "batch_size": 128, "lr": 2e-3, "seed": 0}}))
     results = {}
     for r in range(args.repeats):
         for spec in args.src:          # interleaved, so machine load hits every tree alike
             name, src = spec.split("=", 1)
-            results.setdefault(name, []).append(run(src, table, cfg, tmp / f"{name}{r}", args.objectives))
+            results.setdefault(name, []).append(run(src, table, cfg, tmp / f"{name}{r}", args.objectives or objectives))
     names = [s.split("=", 1)[0] for s in args.src]
     summary = {n: {k: sum(x[k] for x in v) / len(v) for k in v[0]} for n, v in results.items()}
     for n in names:

@@ -49,7 +49,7 @@ def run(args):
         # Each worker process loads the model and builds its own app from these arguments (serving/worker.py).
         from ..serving.worker import serve_workers
         print(banner(args, settings, f"{settings.workers} worker processes"), flush=True)
-        return serve_workers(args, settings)
+        return serve_workers(args, settings, make_app)
     import uvicorn
     app, what, settings = make_app(args)
     print(banner(args, settings, what), flush=True)

@@ -13,6 +13,7 @@ import torch
 from torch.nn import functional as F
 
 from ..config import AugmentConfig
+from .audio import AudioProcessor
 
 
 class Augmenter:
@@ -21,9 +22,9 @@ class Augmenter:
         image, audio, text = (processors.by_modality.get(m) for m in ("image", "audio", "text"))
         self.img_mean = image.mean if image is not None else None          # (3, 1, 1)
         self.img_std = image.std if image is not None else None
-        self.audio_std = getattr(audio, "std", 1.0)
-        self.mask_id = getattr(text, "mask_id", None)
-        self.pad_id = getattr(text, "pad_id", 0)
+        self.audio_std = audio.std if isinstance(audio, AudioProcessor) else 1.0   # a tower's values: unit scale
+        self.mask_id = text.mask_id if text is not None else None
+        self.pad_id = text.pad_id if text is not None else 0
         # A pretrained text tower's ids are left alone: dropping tokens could delete its [CLS]/[SEP],
         # and every edited text would miss the feature cache, re-running the frozen tower and
         # growing the cache on disk each epoch. Augment such a model's other modalities only.

@@ -28,8 +28,8 @@ from ..runfolder import RunFolder, RunMeta
 from ..training.trainer import Trainer, make_accelerator
 from ..util import to_device
 
-# Share of ITM's negatives rated as similar as a true pair above which the run warns that the
-# pairing looks many-to-many (on one-to-one data it falls well below this as embeddings learn).
+# Share of ITM's negatives rated as similar as a true pair above which the run warns (from epoch 2)
+# that the pairing looks many-to-many; where each row has one partner it falls as embeddings learn.
 SUSPECT_WARNING = 0.3
 
 
@@ -98,7 +98,9 @@ def pretrain_run(cfg: Config, data, out: str | Path = "runs/pre", base_dir=None,
                        {"epoch": record["epoch"], "rows": len(rows), "n_parameters": n_params})
         folder.write_model(raw.encoder_state(), meta)
         suspect = record.get("itm_suspect_negatives")
-        if suspect is not None and suspect > SUSPECT_WARNING and pcfg.match_column is None and not warned:
+        # From the second epoch: at random initialisation hard negatives are close on any data.
+        if (suspect is not None and suspect > SUSPECT_WARNING and record["epoch"] >= 2
+                and pcfg.match_column is None and not warned):
             warned.append(record["epoch"])
             say(f"warning: {suspect:.0%} of ITM's negatives look as similar as a true pair; if several rows "
                 "match each other (a many-to-many pairing), ITM cannot learn: name the column that says which "

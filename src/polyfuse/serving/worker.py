@@ -19,8 +19,10 @@ import sys
 from ..errors import ConfigError, PolyfuseError
 
 
-def serve_workers(args: argparse.Namespace, settings) -> int:
-    """Start settings.workers processes and wait for them; the exit status is the first failure's, else 0."""
+def serve_workers(args: argparse.Namespace, settings, make_app) -> int:
+    """Start settings.workers processes and wait for them; the exit status is the first failure's, else 0.
+    make_app(args) -> (app, what, settings) is a module-level function (each spawned worker gets it by
+    name), so this module does not import the CLI that calls it."""
     if not sys.platform.startswith("linux"):
         raise ConfigError("--workers > 1 needs Linux (SO_REUSEPORT balancing); run one process per port elsewhere")
     ctx = multiprocessing.get_context("spawn")       # fresh interpreters: no forked torch or event-loop state
@@ -28,7 +30,7 @@ def serve_workers(args: argparse.Namespace, settings) -> int:
     # Workers bind only once all have loaded their model: a worker bound early would take every
     # keep-alive connection opened meanwhile, and keep it.
     loaded = ctx.Barrier(settings.workers)
-    procs = [ctx.Process(target=worker_main, args=(argd, loaded, os.getpid()), name=f"polyfuse-serve-{i}",
+    procs = [ctx.Process(target=worker_main, args=(make_app, argd, loaded, os.getpid()), name=f"polyfuse-serve-{i}",
                          daemon=False)
              for i in range(settings.workers)]
     stopping = []
@@ -61,10 +63,9 @@ def serve_workers(args: argparse.Namespace, settings) -> int:
     return failed[0] if failed and failed[0] > 0 else (1 if failed else 0)
 
 
-def worker_main(argd: dict, loaded, parent: int):
+def worker_main(make_app, argd: dict, loaded, parent: int):
     import uvicorn
 
-    from ..cli.serve import make_app
     die_with(parent)
     try:
         app, _, settings = make_app(argparse.Namespace(**argd))
