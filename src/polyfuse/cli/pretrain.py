@@ -14,8 +14,8 @@ def add_parser(sub):
     p.add_argument("--objectives", help="comma-separated: contrastive,itm,mlm,masked_patch "
                    "(default: every one the columns allow)")
     p.add_argument("--weights", help="loss weights, e.g. mlm=1,itm=0.5 (others weigh 1)")
-    p.add_argument("--mlm-prob", type=float, help="share of text tokens hidden (0.15)")
-    p.add_argument("--mask-ratio", type=float, help="share of image patches / audio tokens hidden (0.5)")
+    p.add_argument("--mlm-prob", type=float, help="share of text tokens hidden (default: pretrain.mlm_prob)")
+    p.add_argument("--mask-ratio", type=float, help="share of image patches / audio tokens hidden (default: pretrain.mask_ratio)")
     p.add_argument("--lock-towers", action="store_true", default=None,
                    help="contrastive: a column read by a frozen pretrained tower is embedded by the tower "
                         "itself (mean of its outputs, no trained projection); the others learn to match it (LiT)")
