@@ -144,7 +144,9 @@ class Trainer:
             if improved:
                 state.best_score, state.best_val_loss = record.get("score"), record.get("val_loss")
                 state.best_epoch, state.bad_epochs = state.epoch, 0
-                best = state_dict_cpu(raw) if validate is not None else None
+                # Only a validation score ranks epochs; without one the last epoch is the result,
+                # so there is no best copy to keep (pretraining's validation losses only report).
+                best = state_dict_cpu(raw) if "score" in record else None
             else:
                 state.bad_epochs += 1
                 if tc.patience is not None and state.bad_epochs >= tc.patience:
