@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import Config
+from .config import Config, read_config_file, set_keys
 from .data.labels import Predictions
 from .inference import Predictor
 
@@ -21,38 +21,52 @@ from .inference import Predictor
 class Polyfuse:
     def __init__(self, label=None, text=None, image=None, audio=None, task=None, size=None, fusion=None,
                  epochs=None, batch_size=None, lr=None, seed=None, config=None, out=None, base_dir=None,
-                 progress=False, init_from=None, allow_partial=False):
+                 progress=False, init_from=None, allow_partial=False, max_minutes=None, preset=None,
+                 group_by=None):
         self.label, self.text, self.image, self.audio, self.task = label, text, image, audio, task
         self.size, self.fusion, self.epochs, self.batch_size, self.lr, self.seed = size, fusion, epochs, batch_size, lr, seed
         self.config, self.out, self.base_dir, self.progress = config, out, base_dir, progress
         # init_from: a run folder whose encoders, fusion and preprocessing start the model (its
         # architecture too, unless `config` is given), as `polyfuse train --init-from`.
         self.init_from, self.allow_partial = init_from, allow_partial
+        # Settings not given are chosen from the training table (planning/), as `polyfuse train`
+        # does; a Config object is taken as complete and nothing is planned.
+        self.max_minutes, self.preset, self.group_by = max_minutes, preset, group_by
 
     # -- the config a user asked for: only values they set override the defaults ----------
     def build_config(self) -> Config:
+        return self._config()[0]
+
+    def _config(self) -> tuple[Config, set[str] | None]:
+        """The config, and the keys the user set (None: a Config object, complete as given)."""
+        written = {}
         if isinstance(self.config, Config):
             base = self.config
         elif self.config:
-            base = Config.load(self.config)
+            written = read_config_file(self.config)
+            base = Config.from_dict(written)
         elif self.init_from:
             from .recipes.transfer import base_config
             base = base_config(self.init_from)
         else:
             base = Config()
-        return base.merged({
+        overrides = {
             "schema": {"label": self.label, "text": _cols(self.text), "image": _cols(self.image),
                        "audio": _cols(self.audio), "task": self.task},
             "model": {"size": self.size, "fusion": self.fusion},
-            "train": {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed},
-        })
+            "train": {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed,
+                      "max_minutes": self.max_minutes, "group_by": self.group_by},
+        }
+        fixed = None if isinstance(self.config, Config) else set_keys(written, overrides)
+        return base.merged(overrides), fixed
 
     def fit(self, train, val=None) -> "Polyfuse":
         from .recipes.train import train_run
         out = self.out or tempfile.mkdtemp(prefix="polyfuse-")
-        self.predictor_, self.summary_ = train_run(self.build_config(), train, val, out,
-                                                   base_dir=self.base_dir, progress=self.progress,
-                                                   init_from=self.init_from, allow_partial=self.allow_partial)
+        cfg, fixed = self._config()
+        self.predictor_, self.summary_ = train_run(cfg, train, val, out, base_dir=self.base_dir,
+                                                   progress=self.progress, init_from=self.init_from,
+                                                   allow_partial=self.allow_partial, fixed=fixed, preset=self.preset)
         self.run_dir_ = Path(out)
         self.classes_ = np.array(self.predictor_.labels.classes)
         return self

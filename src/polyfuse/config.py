@@ -89,10 +89,15 @@ class ImageConfig:
     #                                  absent images are left out of its batch statistics)
     stem_downsample: str = "conv"    # cnn: conv (stride-2 3x3) | max (2x2 max-pool, then a 3x3 conv)
     max_pixels: int = 40_000_000     # decompression-bomb guard, checked before decoding
+    # How an image becomes size x size: squash (resize, ignoring the aspect ratio), crop (resize
+    # the short side to size, keep the centre) or pad (resize the long side, pad with the mean).
+    resize: str = "squash"
     encoder: str = "scratch"         # scratch | a Hugging Face model folder or hub id
 
     def validate(self):
         _positive(self, "size", "patch", "max_pixels")
+        if self.resize not in ("squash", "crop", "pad"):
+            raise ConfigError(f"image.resize must be 'squash', 'crop' or 'pad', got {self.resize!r}")
         _check_encoder("image", self.encoder, ("scratch",))
         if self.size % self.patch:
             raise ConfigError(f"image.size ({self.size}) must be a multiple of image.patch ({self.patch})")
@@ -149,6 +154,12 @@ class ModelConfig:
     dropout: float = 0.1
     fusion: str = "attention"        # attention | concat | late
     modality_dropout: float = 0.0    # chance of dropping each modality of a training row
+    # Modality balance (model.py): each modality's encoder output, mean-pooled, gets its own head
+    # trained on the task (loss weight aux_weight, 0 = none), so every encoder learns to predict
+    # alone; ogm_alpha > 0 also slows the fused loss's gradient into whichever modality's head is
+    # ahead (on-the-fly gradient modulation, Peng et al. CVPR 2022). Both are off without two modalities.
+    aux_weight: float = 0.0
+    ogm_alpha: float = 0.0
     # Pretrained towers (text/image/audio.encoder set to a model folder or hub id):
     freeze_encoders: bool = False    # towers' weights stay fixed; their projections to d_model still train
     unfreeze_top_k: int = 0          # with freeze_encoders: train the top k layers of each tower again
@@ -174,6 +185,11 @@ class ModelConfig:
         for name in ("dropout", "modality_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.aux_weight < 0 or self.ogm_alpha < 0:
+            raise ConfigError("model.aux_weight and model.ogm_alpha must be >= 0")
+        if self.ogm_alpha > 0 and self.aux_weight == 0:
+            raise ConfigError("model.ogm_alpha needs model.aux_weight > 0: the auxiliary heads tell which "
+                              "modality is ahead")
 
 
 @dataclass
@@ -188,11 +204,22 @@ class TrainConfig:
     bf16: bool = False
     patience: int | None = 5         # epochs without validation improvement before stopping
     max_minutes: float | None = None
+    # With max_minutes: time the first steps and choose the number of epochs (and the schedule's
+    # length) that fills the budget; `epochs` is then unused. Early stopping still applies.
+    fill_budget: bool = False
     on_bad_row: str = "error"        # error | skip
     label_smoothing: float = 0.0
+    # Without a validation table, this share of the training rows is held out (stratified by the
+    # label; whole groups when group_by names a column, say a speaker). 0 = train on every row.
+    val_fraction: float = 0.1
+    group_by: str | None = None
 
     def validate(self):
         _positive(self, "epochs", "batch_size", "lr")
+        if self.fill_budget and self.max_minutes is None:
+            raise ConfigError("train.fill_budget needs train.max_minutes (--max-minutes)")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"train.val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.on_bad_row not in ("error", "skip"):
             raise ConfigError(f"train.on_bad_row must be 'error' or 'skip', got {self.on_bad_row!r}")
         if not 0.0 <= self.warmup_ratio < 1.0:
@@ -303,13 +330,7 @@ class Config:
 
     @classmethod
     def load(cls, path: str | Path) -> "Config":
-        path = Path(path)
-        try:
-            text = path.read_text()
-            data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
-        except (OSError, ValueError, yaml.YAMLError) as e:
-            raise ConfigError(f"cannot read config {path}: {e}") from e
-        return cls.from_dict(data)
+        return cls.from_dict(read_config_file(path))
 
     def merged(self, overrides: dict) -> "Config":
         """A copy with nested overrides applied ({"model": {"d_model": 128}}); None values are skipped."""
@@ -324,6 +345,24 @@ class Config:
                     base["model"].pop(key, None)
             base[section].update(values)
         return Config.from_dict(base)
+
+
+def read_config_file(path: str | Path) -> dict:
+    """A YAML or JSON config file as written (only the keys it sets)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read config {path}: {e}") from e
+    return data or {}
+
+
+def set_keys(*overrides: dict) -> set[str]:
+    """"section.key" for every value given (not None) in nested override dicts: what a user set,
+    which the plan (planning/) leaves alone."""
+    return {f"{section}.{key}" for d in overrides for section, values in (d or {}).items()
+            if isinstance(values, dict) for key, v in values.items() if v is not None}
 
 
 def available_sizes() -> list[str]:

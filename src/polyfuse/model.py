@@ -1,7 +1,16 @@
 """The whole model: per-modality encoders -> fusion -> task head, reading a batch dict.
 
     batch = {"inputs": {column: {..., "modality": m}}, "label": (B,) or (B, K)}
-    forward(batch) -> {"logits": (B, K), "pooled": (B, D), "per_column": {column: (B, D)}, "loss" with labels}
+    forward(batch) -> {"logits": (B, K), "pooled": (B, D), "per_column": {column: (B, D)}, "balance": {...},
+                       "loss" with labels}
+
+Modality balance (model.aux_weight, model.ogm_alpha): trained jointly, a multimodal network leans on
+whichever modality fits the training rows fastest and leaves the others half-learned (Wang et al.,
+CVPR 2020). Two remedies act in training only: each modality's encoder output, mean-pooled, has an
+auxiliary head trained on the task, so every encoder learns to predict alone; and on-the-fly
+gradient modulation (OGM, Peng et al., CVPR 2022) scales the fused loss's gradient into each
+encoder down by 1 - tanh(alpha * (r - 1)) when its auxiliary head is r > 1 times as confident as the
+others' on the batch (confidence: exp(-loss), the geometric mean of the true labels' probability).
 """
 from __future__ import annotations
 
@@ -13,7 +22,7 @@ from .data.pretrained import tower_sources
 from .encoders import Encoder, build_encoder
 from .fusion import FUSIONS, Fused
 from .errors import PolyfuseError
-from .fusion.transformer import init_weights
+from .fusion.transformer import init_weights, masked_mean
 from .heads import TaskHead
 
 
@@ -28,6 +37,9 @@ class PolyfuseModel(nn.Module):
         self.fusion = FUSIONS[cfg.model.fusion](cfg, schema.streams())
         self.head = TaskHead(cfg.model.d_model, n_outputs, schema.task or "classification",
                              cfg.train.label_smoothing)
+        mods = schema.modalities()
+        self.aux = nn.ModuleDict({m: nn.Linear(cfg.model.d_model, n_outputs) for m in mods}) \
+            if cfg.model.aux_weight > 0 and len(mods) >= 2 else None
         # Same order (so the same random draws) as init_weights(self), except that an encoder keeps
         # what it already holds where it has pretrained values (tower, word2vec embeddings).
         for name, module in self.named_children():
@@ -60,13 +72,49 @@ class PolyfuseModel(nn.Module):
         return self.fuse(self.encode_columns(inputs, drop, modality_dropout))
 
     def forward(self, batch: dict, drop: tuple[str, ...] = (), modality_dropout: float = 0.0) -> dict:
-        """{"logits": (B, K), "pooled": (B, D), "per_column": {column: (B, D)}, "loss" when labels are given}."""
-        fused = self.encode(batch["inputs"], drop, modality_dropout)
+        """{"logits": (B, K), "pooled": (B, D), "per_column": {column: (B, D)}, "balance": {name: scalar},
+        "loss" when labels are given}. balance: the auxiliary losses and OGM factors (training only)."""
+        encoded = self.encode_columns(batch["inputs"], drop)
+        balance, aux_loss = {}, None
+        if self.aux is not None and self.training and "label" in batch:
+            # Before modality dropout: each head sees its modality wherever a row has it.
+            encoded, aux_loss, balance = self._balance(encoded, batch["label"])
+        if modality_dropout > 0:
+            encoded = _drop_per_row(encoded, modality_dropout)
+        fused = self.fuse(encoded)
         logits = self.head(fused)
-        out = {"logits": logits, "pooled": fused.pooled, "per_column": fused.per_column}
+        out = {"logits": logits, "pooled": fused.pooled, "per_column": fused.per_column, "balance": balance}
         if "label" in batch:
             out["loss"] = self.head.loss(logits, batch["label"])
+            if aux_loss is not None:
+                out["loss"] = out["loss"] + self.cfg.model.aux_weight * aux_loss
         return out
+
+    def _balance(self, encoded: dict, y: torch.Tensor) -> tuple[dict, torch.Tensor, dict]:
+        """Auxiliary heads' mean loss, and the encoded columns with OGM's gradient factors applied."""
+        losses, confidence = {}, {}
+        for m, head in self.aux.items():
+            cols = [e for e in encoded.values() if e["modality"] == m]
+            pooled = torch.stack([masked_mean(e["tokens"], e["mask"]) for e in cols]).sum(0)       # (B, D)
+            n = torch.stack([e["mask"].any(1) for e in cols]).sum(0)                                # (B,)
+            has = n > 0
+            if not bool(has.any()):
+                continue
+            logits = head(pooled[has] / n[has, None])                                              # (B', K)
+            losses[m] = self.head.loss(logits, y[has])
+            confidence[m] = torch.exp(-losses[m].detach().float())
+        balance = {f"aux_{m}_loss": v.detach() for m, v in losses.items()}
+        alpha = self.cfg.model.ogm_alpha
+        if alpha > 0 and len(confidence) >= 2:
+            factors = {}
+            for m, c in confidence.items():
+                others = torch.stack([v for o, v in confidence.items() if o != m]).mean()
+                factors[m] = 1 - torch.tanh(alpha * torch.relu(c / others.clamp_min(1e-6) - 1))
+                balance[f"ogm_{m}"] = factors[m]
+            encoded = {col: {**e, "tokens": scale_grad(e["tokens"], factors[e["modality"]])}
+                       if e["modality"] in factors else e for col, e in encoded.items()}
+        aux = torch.stack(list(losses.values())).mean() if losses else None
+        return encoded, aux, balance
 
 
 def build_model(cfg: Config, processors, n_outputs: int, pretrained_weights: bool = False) -> PolyfuseModel:
@@ -78,6 +126,24 @@ def build_model(cfg: Config, processors, n_outputs: int, pretrained_weights: boo
     text = processors.text
     return PolyfuseModel(cfg, cfg.schema, n_outputs, text.vocab_size if text is not None else None,
                          towers=tower_sources(processors, pretrained_weights))
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; the gradient times `factor` backward."""
+
+    @staticmethod
+    def forward(ctx, x, factor):
+        ctx.save_for_backward(factor)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (factor,) = ctx.saved_tensors
+        return grad * factor.to(grad.dtype), None
+
+
+def scale_grad(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return _ScaleGrad.apply(x, factor.detach())
 
 
 def _drop_per_row(encoded: dict, p: float) -> dict:

@@ -7,6 +7,7 @@
       processors/         tokenizer.json, audio normalisation, pretrained towers' own configs
       labels.json         label map (supervised runs)      schema.json   which column is which modality
       log.jsonl           one line per epoch               metrics.json  last evaluation
+      plan.json           settings chosen from the data (planning/), each with its reason, and the budget used
       skipped.csv         rows skipped with --on-bad-row   checkpoint/   optimizer, RNG, trainer state
 
 Kinds: `supervised` (a task head: predict, evaluate, serve), `pretrained` (encoders, fusion and the
@@ -70,6 +71,7 @@ class RunMeta:
 class RunFolder:
     CONFIG, WEIGHTS, LABELS, SCHEMA = "config.json", "model.safetensors", "labels.json", "schema.json"
     LOG, METRICS, SKIPPED, PROCESSORS, CHECKPOINT = "log.jsonl", "metrics.json", "skipped.csv", "processors", "checkpoint"
+    PLAN = "plan.json"
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -208,6 +210,15 @@ class RunFolder:
             w = csv.DictWriter(f, fieldnames=["table", "row", "column", "file", "reason"], extrasaction="ignore")
             w.writeheader()
             w.writerows(skipped)
+
+    def write_plan(self, plan: dict):
+        """The settings chosen from the data, with their reasons and how validation was held out."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.file(self.PLAN), plan)
+
+    def plan(self) -> dict | None:
+        path = self.file(self.PLAN)
+        return json.loads(path.read_text()) if path.exists() else None
 
     def write_json(self, name: str, obj):
         atomic_write_json(self.file(name), obj)

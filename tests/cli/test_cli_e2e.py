@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 import yaml
 
 import polyfuse
@@ -26,6 +27,9 @@ def test_train_evaluate_predict_info_load(synth, tmp_path, capsys):
     for key in ("accuracy", "macro_f1", "macro_precision", "macro_recall", "roc_auc", "confusion_matrix"):
         assert key in metrics
     assert set(metrics["modality_ablation"]) >= {"without_text", "without_image", "without_audio"}
+    for m, added in metrics["modality_contribution"].items():   # full accuracy less accuracy without m
+        assert added == pytest.approx(metrics["accuracy"] - metrics["modality_ablation"][f"without_{m}"]["accuracy"],
+                                      abs=1e-6)
     assert np.array(metrics["confusion_matrix"]).sum() == metrics["n"]
 
     preds_path = tmp_path / "preds.csv"

@@ -100,10 +100,11 @@ def test_cli_flags(towers):
     args = build_parser().parse_args(["train", "--train", "x.csv", "--out", "r", "--text-encoder", str(towers["text"]),
                                       "--image-encoder", str(towers["image"]), "--unfreeze-top", "1",
                                       "--feature-cache-dir", "/tmp/fc"])
-    cfg = config_from_args(args)
+    cfg, fixed = config_from_args(args)
     assert cfg.text.encoder == str(towers["text"]) and cfg.image.encoder == str(towers["image"])
     assert cfg.model.freeze_encoders and cfg.model.unfreeze_top_k == 1 and cfg.model.feature_cache_dir == "/tmp/fc"
     assert cfg.audio.encoder == "scratch" and not cfg.model.lora
+    assert {"text.encoder", "image.encoder", "model.unfreeze_top_k", "model.freeze_encoders"} <= fixed
 
 
 def _train(cfg, synth, tmp_path):

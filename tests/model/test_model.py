@@ -25,7 +25,8 @@ def encoded(synth):
 def build(encoded):
     def make(fusion="attention", **sections):
         schema, procs, data = encoded
-        cfg = tiny_config(model={"fusion": fusion, "dropout": 0.0}, **sections)
+        model = {"fusion": fusion, "dropout": 0.0, **sections.pop("model", {})}
+        cfg = tiny_config(model=model, **sections)
         torch.manual_seed(0)
         model = PolyfuseModel(cfg, schema, 4, procs.text.vocab_size).eval()
         return model, data, make_collate(procs)

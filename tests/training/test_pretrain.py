@@ -58,7 +58,10 @@ def test_train_init_from_loads_encoders_and_tokenizer(pretrained, tmp_path, caps
     assert (out / "processors" / "tokenizer.json").read_text() == (pre / "processors" / "tokenizer.json").read_text()
     before, after = load_file(str(pre / "model.safetensors")), load_file(str(out / "model.safetensors"))
     # lr 1e-9: the fine-tuned encoders are (almost exactly) the pretrained ones; the head is new.
-    for k in ("encoders.image.patch.weight", "fusion.stack.blocks.0.qkv.weight", "encoders.text.tok.weight"):
+    shared = [k for k in before if k.startswith(("encoders.", "fusion."))]
+    assert {"fusion.stack.blocks.0.qkv.weight", "encoders.text.tok.weight"} <= set(shared)
+    assert any(k.startswith("encoders.image.patch") for k in shared)
+    for k in shared:
         assert torch.allclose(before[k], after[k], atol=1e-6), k
     assert "head.fc.weight" in after
 
@@ -86,7 +89,7 @@ def test_python_api_init_from_equals_the_cli(pretrained, tmp_path):
     assert (tmp_path / "api" / "processors" / "tokenizer.json").read_text() == \
         (pre / "processors" / "tokenizer.json").read_text()
     before, after = load_file(str(pre / "model.safetensors")), load_file(str(tmp_path / "api" / "model.safetensors"))
-    for k in ("encoders.image.patch.weight", "fusion.stack.blocks.0.qkv.weight"):
+    for k in [k for k in before if k.startswith(("encoders.", "fusion."))]:
         assert torch.allclose(before[k], after[k], atol=1e-6), k
     assert est.build_config().model.d_model == 32            # the pretrained architecture, not the default
     assert est.score(paths["test"]) >= 0

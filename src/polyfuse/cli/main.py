@@ -5,13 +5,13 @@ import argparse
 import sys
 
 from ..errors import PolyfuseError
-from . import demo, evaluate, info, predict, train
+from . import demo, evaluate, info, plan, predict, train
 from . import pretrain
 from . import export, prune, serve
 from . import embed, evaluate_retrieval, index, search
 from . import compare, explain
 
-COMMANDS = {"train": train, "evaluate": evaluate, "predict": predict, "info": info, "demo": demo}
+COMMANDS = {"plan": plan, "train": train, "evaluate": evaluate, "predict": predict, "info": info, "demo": demo}
 COMMANDS.update({"pretrain": pretrain})
 COMMANDS.update({"serve": serve, "export": export, "prune": prune})
 COMMANDS.update({"embed": embed, "index": index, "search": search, "evaluate-retrieval": evaluate_retrieval})

@@ -5,6 +5,7 @@ import argparse
 
 
 def add_parser(sub):
+    from ..planning import PRESETS
     from .train import add_schema_args, add_training_args
     p = sub.add_parser("pretrain", help="self-supervised pretraining on unlabeled rows")
     p.add_argument("--data", required=True, help="table of unlabeled rows (.csv/.tsv/.jsonl/.parquet)")
@@ -25,6 +26,7 @@ def add_parser(sub):
     p.add_argument("--no-hard-negatives", action="store_true",
                    help="ITM negatives drawn uniformly instead of by contrastive similarity")
     add_training_args(p)
+    p.add_argument("--preset", choices=list(PRESETS), help="budget, model size and augmentation together")
     p.add_argument("--augment", action="store_true", default=None, help="augment rows (config section augment)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -53,7 +55,9 @@ def pretrain_overrides(args) -> dict:
 def run(args):
     from ..recipes.pretrain import pretrain_run
     from .train import config_from_args
-    cfg = config_from_args(train_style_args(args)).merged({"pretrain": pretrain_overrides(args)})
-    summary = pretrain_run(cfg, args.data, args.out, progress=not args.quiet, val=args.val, resume=args.resume)
+    cfg, fixed = config_from_args(train_style_args(args))
+    cfg = cfg.merged({"pretrain": pretrain_overrides(args)})
+    summary = pretrain_run(cfg, args.data, args.out, progress=not args.quiet, val=args.val, resume=args.resume,
+                           fixed=fixed, preset=args.preset)
     stop = summary.get("stopped") or "all epochs"
     print(f"pretrained {summary['epoch']} epoch(s) ({stop}) on {summary['rows']} rows; run folder {args.out}")

@@ -1,20 +1,23 @@
 """polyfuse train: fit a model on a labelled table and write a run folder."""
 from __future__ import annotations
 
+import argparse
+
 import yaml
 
-from ..config import Config
+from ..config import Config, read_config_file, set_keys
 from ..errors import ConfigError
+from ..planning import PRESETS
 
 
-def add_parser(sub):
-    p = sub.add_parser("train", help="train a model on a labelled table")
+def add_parser(sub, name: str = "train", help: str = "train a model on a labelled table", out_required: bool = True):
+    p = sub.add_parser(name, help=help)
     p.add_argument("--train", required=True, help="training table (.csv/.tsv/.jsonl/.parquet)")
     p.add_argument("--val", help="validation table (early stopping, metrics.json)")
     p.add_argument("--label", help="label column")
     add_schema_args(p)
     p.add_argument("--task", choices=["classification", "multilabel", "regression"])
-    add_training_args(p)
+    add_training_args(p, out_required)
     p.add_argument("--patience", type=int)
     p.add_argument("--modality-dropout", type=float)
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
@@ -23,8 +26,20 @@ def add_parser(sub):
                    "fusion (say from polyfuse pretrain), with a fresh head")
     p.add_argument("--allow-partial", action="store_true", help="with --init-from: load only the weights "
                    "that match and print those skipped")
-    p.add_argument("--augment", action="store_true", default=None, help="training-time augmentation "
-                   "(config section augment)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="training-time augmentation (config section augment; the plan turns it on "
+                        "except with --preset fast)")
+    add_plan_args(p)
+
+
+def add_plan_args(p):
+    """What the plan takes besides the table: a preset, and how validation rows are held out."""
+    p.add_argument("--preset", choices=list(PRESETS), help="budget, model size and augmentation together: "
+                   + "; ".join(f"{k}: {v['minutes']} min" for k, v in PRESETS.items())
+                   + " (--max-minutes overrides the preset's)")
+    p.add_argument("--group-by", metavar="COLUMN", help="without --val: hold out whole groups of this column "
+                   "(speaker, patient, source) for validation")
+    p.add_argument("--val-fraction", type=float, help="without --val: share of rows held out (train.val_fraction)")
 
 
 def add_tower_args(p):
@@ -39,7 +54,7 @@ def add_tower_args(p):
     g.add_argument("--feature-cache-dir", help="where frozen towers' outputs are cached")
 
 
-def add_training_args(p):
+def add_training_args(p, out_required: bool = True):
     """The flags `train` and `pretrain` share: config, size, budget, run folder."""
     p.add_argument("--config", help="YAML/JSON config file; flags override it")
     p.add_argument("--size", help="named model size (tiny, small, base)")
@@ -54,7 +69,7 @@ def add_training_args(p):
     add_tower_args(p)
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="any config value, e.g. --set image.stem=conv (repeatable)")
-    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--out", required=out_required, help="run folder")
 
 
 def add_schema_args(p):
@@ -63,8 +78,11 @@ def add_schema_args(p):
     p.add_argument("--audio", action="append", help="audio path column (repeatable)")
 
 
-def config_from_args(args) -> Config:
-    cfg = Config.load(args.config) if args.config else Config()
+def config_from_args(args) -> tuple[Config, set[str]]:
+    """The config the flags ask for, and the keys the user set (config file, flags, --set): the
+    plan chooses every other one from the data."""
+    written = read_config_file(args.config) if args.config else {}
+    cfg = Config.from_dict(written) if args.config else Config()
     if args.init_from and not args.config:   # the earlier run's architecture
         from ..recipes.transfer import base_config
         cfg = base_config(args.init_from)
@@ -80,7 +98,7 @@ def config_from_args(args) -> Config:
         "augment": {"enabled": args.augment},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                   "patience": args.patience, "max_minutes": args.max_minutes, "bf16": args.bf16,
-                  "on_bad_row": args.on_bad_row},
+                  "on_bad_row": args.on_bad_row, "group_by": args.group_by, "val_fraction": args.val_fraction},
     }
     for item in args.set:
         key, sep, value = item.partition("=")
@@ -88,13 +106,15 @@ def config_from_args(args) -> Config:
         if not sep or not dot:
             raise ConfigError(f"--set expects SECTION.KEY=VALUE, got {item!r}")
         overrides.setdefault(section, {})[name] = yaml.safe_load(value)
-    return cfg.merged(overrides)
+    return cfg.merged(overrides), set_keys(written, overrides)
 
 
 def run(args):
     from ..recipes.train import train_run
-    _, summary = train_run(config_from_args(args), args.train, args.val, args.out, resume=args.resume,
-                           progress=not args.quiet, init_from=args.init_from, allow_partial=args.allow_partial)
+    cfg, fixed = config_from_args(args)
+    _, summary = train_run(cfg, args.train, args.val, args.out, resume=args.resume, progress=not args.quiet,
+                           init_from=args.init_from, allow_partial=args.allow_partial, fixed=fixed,
+                           preset=args.preset)
     if not summary["is_main_process"]:      # under torchrun, one report is enough
         return
     stop = summary.get("stopped") or "all epochs"

@@ -63,7 +63,7 @@ class ImageProcessor:
             img = img.convert("RGBA")
             bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
             img = Image.alpha_composite(bg, img)
-        img = img.convert("RGB").resize((self.cfg.size, self.cfg.size), Image.BILINEAR)
+        img = fit_square(img.convert("RGB"), self.cfg.size, self.cfg.resize, tuple(self.cfg.mean))
         x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, H, W)
         return (x - self.mean) / self.std
 
@@ -75,3 +75,21 @@ class ImageProcessor:
             if x is not None:
                 pixels[i], present[i] = x["pixels"], True
         return {"pixels": pixels, "present": present}
+
+
+def fit_square(img: Image.Image, size: int, how: str, fill: tuple[float, float, float]) -> Image.Image:
+    """An RGB image to size x size. squash: resize both sides; crop: the short side to `size`, then
+    the centre (the aspect ratio kept, the edges of long images lost); pad: the long side to `size`,
+    the rest filled with `fill` (the normalisation mean, so padding is 0 after normalising)."""
+    w, h = img.size
+    if how == "squash" or w == h:
+        return img.resize((size, size), Image.BILINEAR)
+    scale = size / (min(w, h) if how == "crop" else max(w, h))
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    img = img.resize((nw, nh), Image.BILINEAR)
+    if how == "crop":
+        left, top = (nw - size) // 2, (nh - size) // 2
+        return img.crop((left, top, left + size, top + size))
+    canvas = Image.new("RGB", (size, size), tuple(round(255 * c) for c in fill))
+    canvas.paste(img, ((size - nw) // 2, (size - nh) // 2))
+    return canvas

@@ -55,6 +55,12 @@ def evaluate(predictor: Predictor, data: EncodedSet, ablation: bool = True, batc
             for m in mods:
                 abl[f"only_{m}"] = without(tuple(o for o in mods if o != m))
         result["modality_ablation"] = abl
+        # What each modality adds: the headline metric with every modality, less the metric without it.
+        name = HEADLINE[predictor.labels.task]
+        if result.get(name) is not None:
+            result["modality_contribution"] = {
+                m: None if abl[f"without_{m}"].get(name) is None else round(result[name] - abl[f"without_{m}"][name], 6)
+                for m in mods}
     return result
 
 

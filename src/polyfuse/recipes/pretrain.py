@@ -24,6 +24,7 @@ from ..data.processors import Processors
 from ..errors import InputError
 from ..model import build_model
 from ..objectives import Pretrainer, build_objectives, resolve_objectives
+from ..planning.run import plan_config
 from ..runfolder import RunFolder, RunMeta
 from ..training.trainer import Trainer, make_accelerator
 from ..util import to_device
@@ -34,10 +35,11 @@ SUSPECT_WARNING = 0.3
 
 
 def pretrain_run(cfg: Config, data, out: str | Path = "runs/pre", base_dir=None, progress: bool = True,
-                 val=None, resume: bool = False) -> dict:
+                 val=None, resume: bool = False, fixed: set[str] | None = None, preset: str | None = None) -> dict:
     """cfg.pretrain says which objectives run (None: every one the columns allow). val: an optional
     held-out table, scored with every objective after each epoch (logged as val_<name>_loss; masks and
-    negatives drawn from a fixed seed, so epochs compare)."""
+    negatives drawn from a fixed seed, so epochs compare). fixed, preset: as in recipes.train.train_run
+    (the keys the user set; the plan chooses the rest from the table)."""
     folder = RunFolder(out)
     cfg = folder.start(cfg, resume)
     acc = make_accelerator(cfg.train.bf16)
@@ -56,6 +58,9 @@ def pretrain_run(cfg: Config, data, out: str | Path = "runs/pre", base_dir=None,
     say(f"schema: text={schema.text} image={schema.image} audio={schema.audio}; "
         f"objectives: {', '.join(pcfg.objectives)}"
         + (f"; rows with equal {pcfg.match_column!r} are not each other's negatives" if pcfg.match_column else ""))
+    if fixed is not None:
+        cfg = plan_config(cfg, table, folder, fixed, preset, resume, None, None, say, acc.is_main_process,
+                          supervised=False)
 
     # 2. Processors, fitted on the main process, read back by the others; then every row decoded.
     with acc.main_process_first():

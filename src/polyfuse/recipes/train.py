@@ -1,11 +1,12 @@
-"""The supervised training recipe, top to bottom: tables -> schema -> labels -> processors ->
-encoded rows -> model -> Trainer.fit -> saved run folder -> validation metrics.
+"""The supervised training recipe, top to bottom: tables -> schema -> validation split -> plan ->
+labels -> processors -> encoded rows -> model -> Trainer.fit -> saved run folder -> validation metrics.
 
 The CLI's `train` and the Python API's `fit` both call `train_run`.
 """
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,16 +22,23 @@ from ..evaluation.evaluate import encoded_labels, evaluate, metrics_for
 from ..evaluation.metrics import HEADLINE
 from ..inference import Predictor
 from ..model import build_model
+from ..planning import holdout
+from ..planning.run import budget_outcome, plan_config
 from ..runfolder import RunFolder
 from ..training.trainer import Trainer, make_accelerator
 from ..util import to_device
 
 
 def train_run(cfg: Config, train, val=None, out: str | Path = "runs/exp", resume: bool = False,
-              base_dir=None, progress: bool = True, init_from=None,
-              allow_partial: bool = False) -> tuple[Predictor, dict]:
+              base_dir=None, progress: bool = True, init_from=None, allow_partial: bool = False,
+              fixed: set[str] | None = None, preset: str | None = None) -> tuple[Predictor, dict]:
     """init_from: a run folder (say from `polyfuse pretrain`) whose preprocessing, encoders and
-    fusion this run starts from (recipes/transfer.py); the head is always fresh."""
+    fusion this run starts from (recipes/transfer.py); the head is always fresh.
+
+    fixed: the config keys ("section.key") the user set; every other key the plan may choose from
+    the data (planning/). None: `cfg` is complete as given and nothing is planned. preset: fast,
+    medium or best (planning.PRESETS)."""
+    t0 = time.perf_counter()     # a time budget counts reading the tables too
     folder = RunFolder(out)
     cfg = folder.start(cfg, resume)
     acc = make_accelerator(cfg.train.bf16)
@@ -45,6 +53,16 @@ def train_run(cfg: Config, train, val=None, out: str | Path = "runs/exp", resume
     cfg = dataclasses.replace(cfg, schema=schema).validate()
     say(f"schema: text={schema.text} image={schema.image} audio={schema.audio} "
         f"label={schema.label!r} task={schema.task}")
+    split_note = None
+    if val_t is None:
+        train_t, val_t, split_note = holdout(train_t, schema, cfg.train.val_fraction, cfg.train.group_by,
+                                             cfg.train.seed)
+        say(split_note)
+    elif cfg.train.group_by is not None:
+        say(f"a validation table was given: train.group_by '{cfg.train.group_by}' is not used")
+    if fixed is not None:
+        cfg = plan_config(cfg, train_t, folder, fixed, preset, resume, init_from, split_note, say,
+                          acc.is_main_process)
 
     # 2. Label map from the training labels.
     try:
@@ -98,7 +116,8 @@ def train_run(cfg: Config, train, val=None, out: str | Path = "runs/exp", resume
     dropout = cfg.model.modality_dropout
 
     def step(m, batch):
-        return {"loss": m(batch, modality_dropout=dropout)["loss"]}
+        out = m(batch, modality_dropout=dropout)
+        return {"loss": out["loss"], **out["balance"]}      # the balancing terms are logged per epoch
 
     def validate(raw):
         return validation(raw, val_set, collate, labels, cfg.train.batch_size * 2, acc.device)
@@ -108,11 +127,15 @@ def train_run(cfg: Config, train, val=None, out: str | Path = "runs/exp", resume
             predictor.save_weights(folder.path, {"epoch": record["epoch"], "n_parameters": n_params,
                                                  "train_rows": len(train_set)})
 
-    trainer = Trainer(cfg.train, acc, folder, progress=progress)
+    trainer = Trainer(cfg.train, acc, folder, progress=progress, spent_s=time.perf_counter() - t0)
     summary = trainer.fit(model, len(train_set), lambda idx: train_collate(idx, train_set), step,
                           validate if val_set is not None else None, on_epoch, resume)
     predictor.model = model.cpu().eval()
-    summary.update(n_parameters=n_params, is_main_process=acc.is_main_process)
+    summary.update(n_parameters=n_params, is_main_process=acc.is_main_process,
+                   budget=budget_outcome(cfg.train, summary, val_set is not None))
+    say(summary["budget"]["said"])
+    if acc.is_main_process and fixed is not None:
+        folder.write_plan({**folder.plan(), "outcome": summary["budget"]})
 
     # 6. Validation metrics of the best weights.
     if val_set is not None and acc.is_main_process:

@@ -8,7 +8,9 @@ Supervised training, pretraining and pruning's fine-tune are recipes (polyfuse/r
     on_epoch(raw_module, record, improved)                             main process: save the model
 
 Budgets: train.epochs, train.max_minutes (every rank stops at the same step) and early stopping on
-the validation score (train.patience). Reproducibility: each epoch's order comes from a generator
+the validation score (train.patience). With train.fill_budget the number of epochs is chosen from
+the speed of the first steps (and again after the first epoch, validation included) so that the
+run ends inside the budget, with its cosine schedule complete. Reproducibility: each epoch's order comes from a generator
 seeded with (seed, epoch), and the global RNG (dropout, masks) is saved in every checkpoint, so a
 resumed run takes exactly the steps an unbroken one would.
 """
@@ -31,6 +33,8 @@ from ..util import state_dict_cpu, to_device
 from .schedule import warmup_cosine
 
 Step = Callable[[torch.nn.Module, dict], dict]
+PROBE_STEPS = 20        # fill_budget: steps timed before the first estimate
+BUDGET_SHARE = 0.92     # fill_budget: the share of max_minutes planned for epochs (the rest: final evaluation)
 
 
 def make_accelerator(bf16: bool = False) -> Accelerator:
@@ -73,6 +77,7 @@ class TrainState:
     bad_epochs: int = 0
     elapsed_s: float = 0.0
     stopped: str | None = None       # "max_minutes", "early_stopping", or None (ran every epoch)
+    epochs: int | None = None        # fill_budget: the epochs chosen to fill the budget
 
     def better(self, record: dict) -> bool:
         """A higher validation score, or the same score at a lower validation loss: on a small
@@ -92,6 +97,7 @@ class Trainer:
     lr_scale: float = 1.0
     progress: bool = True
     desc: str = "epoch"
+    spent_s: float = 0.0      # seconds of max_minutes already used before fit (reading the tables)
     log: list[dict] = field(default_factory=list)
 
     def fit(self, module: torch.nn.Module, n_rows: int, batch: Callable[[list[int]], dict], step: Step,
@@ -103,22 +109,28 @@ class Trainer:
         tc, acc = self.cfg, self.accelerator
         rank, world = acc.process_index, acc.num_processes
         steps_per_epoch = len(epoch_batches(n_rows, tc.batch_size, tc.seed, 0, rank, world))
-        total = steps_per_epoch * tc.epochs
-        opt = torch.optim.AdamW(param_groups(module, tc.weight_decay), lr=tc.lr * self.lr_scale, betas=(0.9, 0.98))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, int(tc.warmup_ratio * total)))
         state, best = TrainState(), None
         saved = self.folder.load_checkpoint() if resume and self.folder is not None else None
         if saved is not None:
-            best, state = saved["best"], self._restore(saved, module, opt, sched)
+            state = TrainState(**saved["trainer"])
+        # The schedule's length: the epochs in force, which fill_budget may change after its probe.
+        total = [steps_per_epoch * (state.epochs or tc.epochs)]
+        opt = torch.optim.AdamW(param_groups(module, tc.weight_decay), lr=tc.lr * self.lr_scale, betas=(0.9, 0.98))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: warmup_cosine(s, total[0], int(tc.warmup_ratio * total[0])))
+        if saved is not None:
+            best = saved["best"]
+            self._restore(saved, module, opt, sched, state)
         wrapped, opt = acc.prepare(module, opt)
         raw = acc.unwrap_model(wrapped)
 
-        t_start = time.perf_counter() - state.elapsed_s
-        while state.epoch < tc.epochs and state.stopped is None:
+        t_start = time.perf_counter() - state.elapsed_s - self.spent_s
+        fill = tc.fill_budget and tc.max_minutes is not None
+        while state.epoch < (state.epochs or tc.epochs) and state.stopped is None:
             wrapped.train()
             batches = epoch_batches(n_rows, tc.batch_size, tc.seed, state.epoch, rank, world)
-            bar = tqdm(batches, desc=f"{self.desc} {state.epoch + 1}/{tc.epochs}", leave=False, mininterval=0.5,
-                       disable=None if self.progress and acc.is_main_process else True)
+            bar = tqdm(batches, desc=f"{self.desc} {state.epoch + 1}/{state.epochs or tc.epochs}", leave=False,
+                       mininterval=0.5, disable=None if self.progress and acc.is_main_process else True)
             t_epoch, seen, sums = time.perf_counter(), 0, {}
             for idx in bar:
                 b = to_device(batch(idx), acc.device)
@@ -130,6 +142,13 @@ class Trainer:
                 for k, v in out.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
                 bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}")
+                if fill and state.epoch == 0 and state.step == min(PROBE_STEPS, steps_per_epoch - 1) >= 2:
+                    # Steps after the first (which pays one-off costs), scaled to an epoch; 10% on top
+                    # for validation and the checkpoint until the first whole epoch is measured.
+                    per_step = (time.perf_counter() - t_probe) / max(1, state.step - 1)
+                    self._fill(state, total, steps_per_epoch, 1.1 * per_step * steps_per_epoch, self.spent_s)
+                if state.step == 1:
+                    t_probe = time.perf_counter()
                 if tc.max_minutes is not None and self._over_budget(t_start):
                     state.stopped = "max_minutes"
                     break
@@ -152,6 +171,8 @@ class Trainer:
                 if tc.patience is not None and state.bad_epochs >= tc.patience:
                     state.stopped = "early_stopping"
             state.elapsed_s = time.perf_counter() - t_start
+            if fill and state.epoch == 1 and state.stopped is None:
+                self._fill(state, total, steps_per_epoch, state.elapsed_s - self.spent_s, state.elapsed_s)
             record["elapsed_s"] = round(state.elapsed_s, 2)
             self.log.append(record)
             if acc.is_main_process:
@@ -167,18 +188,30 @@ class Trainer:
             raw.load_state_dict(best)
         return {**vars(state), "steps_per_epoch": steps_per_epoch, "world_size": world}
 
-    def _restore(self, saved: dict, module, opt, sched) -> TrainState:
+    def _fill(self, state: TrainState, total: list, steps_per_epoch: int, epoch_s: float, done_s: float):
+        """Choose the epochs that fit the budget: `done_s` spent, `epoch_s` per epoch from now on."""
+        budget_s = self.cfg.max_minutes * 60 * BUDGET_SHARE
+        epochs = state.epoch + max(0, math.floor((budget_s - done_s) / max(epoch_s, 1e-6)))
+        epochs = max(1, min(10_000, epochs))
+        if self.accelerator.num_processes > 1:    # every rank must plan the same length
+            t = torch.tensor(float(epochs), device=self.accelerator.device)
+            epochs = int(self.accelerator.reduce(t, reduction="mean").round())
+        if epochs != state.epochs:
+            self.accelerator.print(f"budget: {self.cfg.max_minutes:g} min, about {epoch_s:.1f} s per epoch: "
+                                   f"{epochs} epoch(s) planned")
+        state.epochs = epochs
+        total[0] = steps_per_epoch * epochs
+
+    def _restore(self, saved: dict, module, opt, sched, state: TrainState):
         """Put a checkpoint back: weights, optimizer, RNG, and the schedule moved on to its step."""
         module.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         torch.set_rng_state(saved["rng"])
-        state = TrainState(**saved["trainer"])
         with warnings.catch_warnings():     # fast-forwarding the schedule, not training
             warnings.simplefilter("ignore", UserWarning)
             for _ in range(state.step):
                 sched.step()
         self.accelerator.print(f"resuming after epoch {state.epoch} (step {state.step})")
-        return state
 
     def _optimizer_step(self, module, opt, sched, loss: torch.Tensor):
         acc = self.accelerator

@@ -1,0 +1,196 @@
+"""The plan: settings chosen from a table's profile (profile.py), each with the reason it was chosen.
+
+Precedence, lowest first: the config defaults, the plan, the user's config file, the user's flags.
+`apply_plan` only sets keys the user did not set (`fixed`). Every rule below is stated in terms
+of the data (sizes, lengths, rates, row counts) and the budget, never of one data set: they are
+the choices a practitioner makes on first sight of a table, written down so they are repeatable.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ..config import Config, is_tower, load_size
+
+# Presets pick the budget, the model's size and augmentation together (as AutoGluon's do).
+# No preset: the `medium` choices without a time budget (the epochs come from the row count).
+PRESETS = {
+    "fast": {"minutes": 3, "grow": 0, "augment": False},
+    "medium": {"minutes": 10, "grow": 0, "augment": True},
+    "best": {"minutes": 30, "grow": 1, "augment": True},
+}
+STEPS_WITHOUT_BUDGET = 2000        # optimizer steps to aim for when no time budget is given
+
+
+@dataclass
+class Plan:
+    settings: dict = field(default_factory=dict)     # {section: {key: value}}
+    reasons: dict = field(default_factory=dict)      # {"section.key": why}
+    notes: list = field(default_factory=list)        # what the plan decided that is not a config key
+
+    def set(self, key: str, value, why: str):
+        section, name = key.split(".")
+        self.settings.setdefault(section, {})[name] = value
+        self.reasons[key] = why
+
+    def to_dict(self) -> dict:
+        return {"settings": self.settings, "reasons": self.reasons, "notes": self.notes}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Plan":
+        return cls(dict(d["settings"]), dict(d["reasons"]), list(d.get("notes", [])))
+
+
+def make_plan(profile: dict, cfg: Config, train_rows: int, preset: str | None = None,
+              max_minutes: float | None = None, supervised: bool = True) -> Plan:
+    """Settings for `cfg.schema`'s columns from `profile`; train_rows: rows left for training.
+    supervised=False (pretraining): no task head, so no label smoothing and no auxiliary heads."""
+    plan = Plan()
+    cols = profile["columns"]
+    by_mod = {m: [c for c in cols.values() if c["modality"] == m and c.get("readable")]
+              for m in ("text", "image", "audio")}
+    if by_mod["image"] and not is_tower(cfg.image.encoder):
+        _image(plan, by_mod["image"])
+    if by_mod["audio"] and not is_tower(cfg.audio.encoder):
+        _audio(plan, by_mod["audio"])
+    if by_mod["text"]:
+        _text(plan, by_mod["text"], tower=is_tower(cfg.text.encoder))
+    _model(plan, profile, cfg, train_rows, preset, supervised)
+    _train(plan, profile, cfg, train_rows, preset, max_minutes)
+    return plan
+
+
+def _image(plan: Plan, columns: list[dict]):
+    side = min(c["short_side"]["median"] for c in columns)
+    size = int(min(64, max(16, side)))
+    # About 8 x 8 patches: enough tokens to place strokes and parts, few enough for a CPU step.
+    patch = 2 ** max(1, round(math.log2(size / 8)))
+    size = max(patch, round(size / patch) * patch)
+    why = f"median short side {side:g} px" + (", capped at 64 for a CPU model" if side > 64 else "")
+    plan.set("image.size", size, why)
+    plan.set("image.patch", patch, f"{size // patch}x{size // patch} patches")
+    plan.set("image.stem", "conv", "a from-scratch model learns edges from few images faster with convolutions")
+    aspect = max(c["aspect"]["p90"] for c in columns)
+    if aspect > 1.5:
+        plan.set("image.resize", "pad", f"aspect ratios up to {aspect:.2f}: padding keeps every part of the image")
+    elif aspect > 1.05:
+        plan.set("image.resize", "crop", f"aspect ratios up to {aspect:.2f}: resize the short side, keep the centre")
+    else:
+        plan.set("image.resize", "squash", "square images")
+    n = len(columns)
+    mean = [round(sum(c["mean"][i] for c in columns) / n, 3) for i in range(3)]
+    std = [round(max(0.02, sum(c["std"][i] for c in columns) / n), 3) for i in range(3)]
+    plan.set("image.mean", mean, "pixel mean of a sample of the training images")
+    plan.set("image.std", std, "pixel spread of the same sample")
+
+
+def _audio(plan: Plan, columns: list[dict]):
+    rate = min(c["sample_rate"]["most_common"] for c in columns)
+    sr = min(16000, rate)
+    plan.set("audio.sample_rate", sr, f"files are mostly {rate} Hz" + (", capped at 16 kHz" if rate > sr else ""))
+    n_fft = 2 ** math.ceil(math.log2(0.025 * sr))          # >= 25 ms windows
+    hop = max(1, round(0.010 * sr))                         # 10 ms hop
+    plan.set("audio.n_fft", n_fft, f"{1000 * n_fft / sr:.0f} ms windows")
+    plan.set("audio.hop_length", hop, "10 ms hop")
+    # Mel bands no narrower than about one FFT bin at the low end.
+    n_mels = 40 if sr <= 8000 else 64
+    plan.set("audio.n_mels", min(n_mels, n_fft // 4), f"{n_fft // 2 + 1} FFT bins")
+    p95 = max(c["seconds"]["p95"] for c in columns)
+    longest = max(c["seconds"]["max"] for c in columns)
+    seconds = round(min(10.0, max(0.5, p95)), 2)
+    plan.set("audio.max_seconds", seconds, f"95% of clips are at most {p95:.2f} s (longest {longest:.2f} s)"
+             + ("; capped at 10 s" if p95 > 10 else "") + "; longer ones keep their start")
+    frames = seconds * sr / hop
+    k = 2 ** max(2, math.ceil(math.log2(frames / 64)))      # at most ~64 audio tokens
+    plan.set("audio.frames_per_token", k, f"{math.ceil(frames / k)} tokens for a {seconds:g} s clip")
+    plan.set("audio.stem", "conv", "strided convolutions over frames")
+    median = min(c["seconds"]["median"] for c in columns)
+    plan.set("augment.time_mask_width", max(1, round(0.1 * median * sr / hop)),
+             f"SpecAugment time masks of up to 10% of a median clip ({median:.2f} s)")
+    plan.set("augment.freq_mask_width", max(1, min(n_mels, n_fft // 4) // 8), "up to 1/8 of the mel bands")
+
+
+def _text(plan: Plan, columns: list[dict], tower: bool):
+    p95 = max(c["words"]["p95"] for c in columns)
+    # Sub-word tokenizers split about 1.3 tokens per English word; [CLS]/[SEP] add two.
+    length = int(min(512, max(16, 8 * math.ceil((1.3 * p95 + 2) / 8))))
+    plan.set("text.max_length", length, f"95% of texts have at most {p95:.0f} words")
+    if not tower:
+        vocab = max(c["vocabulary_in_sample"] for c in columns)
+        size = int(min(16000, max(1000, 1000 * round(1.5 * vocab / 1000))))
+        plan.set("text.vocab_size", size, f"{vocab} distinct words in the texts read")
+
+
+def _model(plan: Plan, profile: dict, cfg: Config, rows: int, preset: str | None, supervised: bool):
+    grow = PRESETS[preset or "medium"]["grow"] + (1 if rows >= 20000 else 0)
+    size = ["tiny", "small", "base"][min(2, grow)]
+    for key, value in load_size(size).items():
+        plan.set(f"model.{key}", value, f"size '{size}': {rows} training rows"
+                 + (f", preset {preset}" if preset else ""))
+    modalities = {c["modality"] for c in profile["columns"].values()}
+    if len(modalities) >= 2 and supervised:
+        plan.set("model.modality_dropout", 0.3, f"{len(modalities)} modalities: each must predict alone too")
+        plan.set("model.aux_weight", 0.5, "a head per modality keeps every encoder learning")
+        plan.set("model.ogm_alpha", 0.5, "slow the modality that is ahead (OGM)")
+
+
+def _train(plan: Plan, profile: dict, cfg: Config, rows: int, preset: str | None, max_minutes: float | None):
+    batch = 32 if rows < 1000 else 64 if rows < 50000 else 128
+    plan.set("train.batch_size", batch, f"{rows} training rows")
+    plan.set("train.lr", round(2e-3 * math.sqrt(batch / 64), 5), f"AdamW, scaled with the square root of batch {batch}")
+    plan.set("train.weight_decay", 0.05, "small data: regularise")
+    if profile["label"].get("task") == "classification":
+        plan.set("train.label_smoothing", 0.1, "classification")
+    minutes = max_minutes if max_minutes is not None else PRESETS[preset]["minutes"] if preset else None
+    if minutes is not None:
+        plan.set("train.max_minutes", minutes, "--max-minutes" if max_minutes is not None else f"preset {preset}")
+        plan.set("train.fill_budget", True, "epochs chosen from the first steps' speed to fill the budget")
+        plan.set("train.warmup_ratio", 0.05, "a long schedule needs a short warm-up")
+        plan.set("train.patience", 10, "stop early after 10 epochs without validation improvement")
+    else:
+        steps = math.ceil(rows / batch)
+        epochs = int(min(40, max(10, math.ceil(STEPS_WITHOUT_BUDGET / steps))))
+        plan.set("train.epochs", epochs, f"about {STEPS_WITHOUT_BUDGET} steps at {steps} steps per epoch "
+                 "(no time budget)")
+        patience = max(5, epochs // 4)
+        plan.set("train.patience", patience, f"stop early after {patience} epochs without validation improvement")
+    augment = PRESETS[preset or "medium"]["augment"]
+    plan.set("augment.enabled", augment, f"preset {preset or 'medium'}")
+
+
+def apply_plan(cfg: Config, plan: Plan, fixed: set[str]) -> tuple[Config, dict]:
+    """cfg with the plan's values for every key not in `fixed` (what the user set); also
+    {key: "plan" | "yours"} for the plan's keys, for the printed table."""
+    if "model.size" in fixed:
+        fixed = fixed | {f"model.{k}" for k in load_size(cfg.model.size or "tiny")}
+    chosen, source = {}, {}
+    for section, values in plan.settings.items():
+        for key, value in values.items():
+            name = f"{section}.{key}"
+            if name in fixed:
+                source[name] = "yours"
+            else:
+                chosen.setdefault(section, {})[key] = value
+                source[name] = "plan"
+    return cfg.merged(chosen), source
+
+
+def format_plan(plan: Plan, cfg: Config, source: dict) -> str:
+    """A short table: setting, value in force, and where it came from (the data's reason, or yours)."""
+    rows = []
+    for name, why in plan.reasons.items():
+        section, key = name.split(".")
+        value = getattr(getattr(cfg, section), key)
+        rows.append((name, _short(value), why if source.get(name) == "plan" else "set by you"))
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    lines = [f"{'setting'.ljust(w0)}  {'value'.ljust(w1)}  why", f"{'-' * w0}  {'-' * w1}  ---"]
+    lines += [f"{a.ljust(w0)}  {b.ljust(w1)}  {c}" for a, b, c in rows]
+    lines += [f"- {n}" for n in plan.notes]
+    return "\n".join(lines)
+
+
+def _short(value) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) + "]"
+    return f"{value:g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,51 @@
+"""Modality balance: auxiliary heads and OGM act in training only and never change a prediction."""
+import pytest
+import torch
+
+from polyfuse.model import scale_grad
+from tests.model.test_model import build, encoded  # noqa: F401  (fixtures)
+
+
+def test_aux_heads_do_not_change_predictions(build):
+    plain, data, collate = build()
+    balanced, _, _ = build(model={"aux_weight": 0.5, "ogm_alpha": 0.5, "dropout": 0.0})
+    assert plain.aux is None and set(balanced.aux) == {"text", "image", "audio"}
+    # The auxiliary heads are the only extra weights: with the rest copied, the models are one.
+    missing, unexpected = balanced.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("aux.") for k in missing)
+    batch = collate(list(range(8)), data)
+    with torch.no_grad():
+        assert torch.equal(plain(batch)["logits"], balanced(batch)["logits"])
+        assert torch.allclose(plain(batch)["loss"], balanced(batch)["loss"])   # eval: no auxiliary term
+
+
+def test_training_loss_adds_each_modality_head(build):
+    model, data, collate = build(model={"aux_weight": 0.5, "dropout": 0.0})
+    batch = collate(list(range(16)), data)
+    model.train()
+    out = model(batch)
+    aux = [out["balance"][f"aux_{m}_loss"] for m in ("text", "image", "audio")]
+    fused = model.head.loss(out["logits"], batch["label"])
+    assert out["loss"].item() == pytest.approx(fused.item() + 0.5 * torch.stack(aux).mean().item(), rel=1e-5)
+    out["loss"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.aux.parameters())
+
+
+def test_ogm_slows_only_the_modality_ahead(build):
+    model, data, collate = build(model={"aux_weight": 0.5, "ogm_alpha": 1.0, "dropout": 0.0})
+    model.train()
+    out = model(collate(list(range(16)), data))
+    factors = {m: float(out["balance"][f"ogm_{m}"]) for m in ("text", "image", "audio")}
+    conf = {m: float(torch.exp(-out["balance"][f"aux_{m}_loss"])) for m in factors}
+    behind = min(conf, key=conf.get)
+    assert factors[behind] == 1.0 and all(0.0 < f <= 1.0 for f in factors.values())
+    ahead = max(conf, key=conf.get)
+    assert factors[ahead] <= min(factors.values()) + 1e-6
+
+
+def test_scale_grad_scales_the_gradient_only():
+    x = torch.randn(3, 4, requires_grad=True)
+    y = scale_grad(x, torch.tensor(0.25))
+    assert torch.equal(y, x)
+    y.sum().backward()
+    assert torch.allclose(x.grad, torch.full_like(x, 0.25))

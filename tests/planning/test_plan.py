@@ -1,0 +1,127 @@
+"""The plan follows the data, leaves what the user set alone, and is saved with the run."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from polyfuse.cli.main import main
+from polyfuse.config import Config, SchemaConfig
+from polyfuse.data.manifest import read_table
+from polyfuse.planning import apply_plan, format_plan, holdout, make_plan, profile_table
+
+
+def _table(folder, n=60, image_wh=(40, 40), rate=11025, seconds=1.5, grey=False, words=5):
+    rng = np.random.default_rng(0)
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    (folder / "wav").mkdir(exist_ok=True)
+    rows = []
+    for i in range(n):
+        px = rng.integers(0, 255, size=(image_wh[1], image_wh[0]) + (() if grey else (3,)), dtype=np.uint8)
+        Image.fromarray(px).save(folder / f"img/{i}.png")
+        sf.write(folder / f"wav/{i}.wav", rng.normal(0, 0.1, int(rate * seconds)).astype(np.float32), rate)
+        rows.append({"image": f"img/{i}.png", "audio": f"wav/{i}.wav", "text": " ".join(["w%d" % j for j in range(words)]),
+                     "label": i % 3, "speaker": f"s{i % 6}"})
+    pd.DataFrame(rows).to_csv(folder / "t.csv", index=False)
+    return folder / "t.csv"
+
+
+SCHEMA = SchemaConfig(image=["image"], audio=["audio"], text=["text"], label="label", task="classification")
+
+
+def _plan(path, **kw):
+    table = read_table(path)
+    cfg = Config.from_dict({"schema": vars(SCHEMA)})
+    return make_plan(profile_table(table, SCHEMA), cfg, len(table), **kw), cfg
+
+
+def test_processor_settings_follow_the_data(tmp_path):
+    small, _ = _plan(_table(tmp_path / "a", image_wh=(24, 24), rate=8000, seconds=0.5, words=4))
+    big, _ = _plan(_table(tmp_path / "b", image_wh=(160, 100), rate=22050, seconds=4.0, words=60))
+    s, b = small.settings, big.settings
+    assert s["image"]["size"] == 24 and s["image"]["resize"] == "squash"
+    assert b["image"]["size"] == 64 and b["image"]["resize"] == "pad"       # capped; 1.6:1 images padded
+    assert s["image"]["size"] % s["image"]["patch"] == 0 and b["image"]["size"] % b["image"]["patch"] == 0
+    assert s["audio"]["sample_rate"] == 8000 and b["audio"]["sample_rate"] == 16000
+    assert s["audio"]["max_seconds"] == pytest.approx(0.5, abs=0.01)
+    assert b["audio"]["max_seconds"] == pytest.approx(4.0, abs=0.01)
+    # Longer clips get more frames per token, so the token count stays bounded.
+    assert b["audio"]["frames_per_token"] > s["audio"]["frames_per_token"]
+    assert b["text"]["max_length"] > s["text"]["max_length"]
+    assert 0.3 < s["image"]["mean"][0] < 0.7                                    # uniform noise pixels
+
+
+def test_user_values_win_and_are_marked(tmp_path):
+    plan, cfg = _plan(_table(tmp_path, image_wh=(24, 24)))
+    cfg = cfg.merged({"image": {"size": 48, "patch": 8}})
+    planned, source = apply_plan(cfg, plan, {"image.size", "image.patch"})
+    assert planned.image.size == 48 and planned.image.patch == 8
+    assert planned.audio.sample_rate == plan.settings["audio"]["sample_rate"]
+    table = format_plan(plan, planned, source)
+    assert "image.size" in table and "set by you" in table
+    # A named size fixes the width and depth it defines.
+    sized, _ = apply_plan(cfg.merged({"model": {"size": "small"}}), plan, {"model.size"})
+    assert sized.model.d_model == 128
+
+
+def test_budget_and_presets(tmp_path):
+    path = _table(tmp_path)
+    timed, _ = _plan(path, max_minutes=5)
+    assert timed.settings["train"]["fill_budget"] is True and timed.settings["train"]["max_minutes"] == 5
+    assert "epochs" not in timed.settings["train"]
+    fast, _ = _plan(path, preset="fast")
+    assert fast.settings["train"]["max_minutes"] == 3 and fast.settings["augment"]["enabled"] is False
+    untimed, _ = _plan(path)
+    assert "max_minutes" not in untimed.settings["train"] and untimed.settings["train"]["epochs"] >= 10
+    assert untimed.settings["model"]["modality_dropout"] > 0 and untimed.settings["model"]["aux_weight"] > 0
+
+
+def test_holdout_keeps_groups_and_shared_files_apart(tmp_path):
+    df = pd.DataFrame({"image": [f"i{i}.png" for i in range(300)], "audio": [f"a{i % 100}.wav" for i in range(300)],
+                       "label": [i % 4 for i in range(300)], "speaker": [f"s{i % 7}" for i in range(300)]})
+    table = read_table(df, tmp_path)
+    schema = SchemaConfig(image=["image"], audio=["audio"], label="label", task="classification")
+    tr, va, said = holdout(table, schema, 0.1, "speaker", seed=0)
+    assert not set(tr.df.speaker) & set(va.df.speaker) and len(tr) + len(va) == 300
+    assert "speaker" in said
+    tr, va, said = holdout(table, schema, 0.1, None, seed=0)
+    assert not set(tr.df.audio) & set(va.df.audio), "rows sharing a file must stay on one side"
+    assert set(va.df.label) == {0, 1, 2, 3} and "audio" in said
+    tr, va, _ = holdout(read_table(df[:100], tmp_path), schema, 0.1, None, seed=0)
+    assert va is None and len(tr) == 100          # 10 rows are too few to validate on
+
+
+def test_plan_command_and_saved_plan(tmp_path, capsys):
+    path = _table(tmp_path, n=80, image_wh=(20, 20), rate=8000, seconds=0.4)
+    base = ["--train", str(path), "--label", "label", "--image", "image", "--audio", "audio", "--text", "text"]
+    assert main(["plan", *base, "--set", "image.size=16"]) == 0
+    out = capsys.readouterr().out
+    assert "audio.sample_rate" in out and "set by you" in out
+    run = tmp_path / "run"
+    assert main(["train", *base, "--epochs", "1", "--quiet", "--out", str(run), "--set", "model.d_model=32"]) == 0
+    plan = json.loads((run / "plan.json").read_text())
+    assert plan["source"]["model.d_model"] == "yours" and plan["source"]["audio.sample_rate"] == "plan"
+    assert plan["outcome"]["epochs"] == 1 and plan["outcome"]["stopped"] == "all_epochs"
+    saved = json.loads((run / "config.json").read_text())["config"]
+    assert saved["model"]["d_model"] == 32 and saved["audio"]["sample_rate"] == 8000
+    assert saved["image"]["size"] == 20
+
+
+def test_training_without_val_holds_out_groups(tmp_path):
+    from polyfuse.data.synthetic import make_dataset
+    from polyfuse.recipes.train import train_run
+    from tests.conftest import tiny_config
+    df = make_dataset(tmp_path, n=240, seed=1, modalities=("text", "image"), image_size=16)
+    df["writer"] = [f"w{i % 8}" for i in range(len(df))]
+    df.to_csv(tmp_path / "t.csv", index=False)
+    cfg = tiny_config(schema={"audio": []}, train={"epochs": 1, "group_by": "writer"})
+    _, summary = train_run(cfg, tmp_path / "t.csv", None, tmp_path / "run", progress=False,
+                           fixed={"train.epochs", "model.d_model", "model.n_layers", "model.n_heads"})
+    assert summary["val_metrics"]["split"] == "validation"
+    assert 20 <= summary["val_metrics"]["n"] < 240
+    log = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])
+    assert "val_accuracy" in log and "aux_image_loss" in log            # balanced: text + image
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert "writer" in plan["validation"] and plan["outcome"]["stopped"] == "all_epochs"

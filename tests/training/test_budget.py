@@ -1,0 +1,67 @@
+"""fill_budget: the epochs come from the measured speed, the run ends inside the budget, and a
+resumed run keeps the epochs it planned. The clock is simulated, so the test times nothing."""
+import pytest
+import torch
+
+import polyfuse.training.trainer as trainer
+from polyfuse.config import TrainConfig
+from polyfuse.training.trainer import Trainer, make_accelerator
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def _fit(clock, step_s, minutes=1.0, rows=64, batch=16, validate=None, patience=None, **kw):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    x, y = torch.randn(rows, 4), torch.randn(rows)
+
+    def step(m, b):
+        clock.now += step_s                      # each optimizer step "takes" step_s seconds
+        return {"loss": ((m(b["x"]).squeeze(-1) - b["y"]) ** 2).mean()}
+
+    tc = TrainConfig(epochs=3, batch_size=batch, max_minutes=minutes, fill_budget=True, patience=patience,
+                     warmup_ratio=0.0, **kw)
+    t = Trainer(tc, make_accelerator(), progress=False)
+    state = t.fit(model, rows, lambda idx: {"x": x[idx], "y": y[idx]}, step, validate)
+    return state, t
+
+
+def test_epochs_fill_the_budget(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(trainer.time, "perf_counter", clock)
+    state, t = _fit(clock, step_s=1.0)            # 4 steps = 4 s per epoch; 60 s budget
+    budget = 60 * trainer.BUDGET_SHARE
+    assert state["epochs"] == 1 + int((budget - 4) // 4) and state["epoch"] == state["epochs"]
+    assert state["stopped"] is None
+    assert 0.8 * 60 <= state["elapsed_s"] <= 60
+    # The schedule was stretched to the chosen length: it ends at lr 0, not at epoch 3 of 3.
+    assert t.log[-1]["lr"] == pytest.approx(0.0, abs=1e-6)
+    assert t.log[2]["lr"] > 0.5 * TrainConfig.lr
+
+
+def test_validation_plateau_stops_before_the_budget(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(trainer.time, "perf_counter", clock)
+    state, _ = _fit(clock, step_s=1.0, validate=lambda m: {"val_loss": 1.0, "score": 0.5}, patience=3)
+    assert state["stopped"] == "early_stopping" and state["epoch"] == 4 < state["epochs"]
+
+
+def test_epochs_asked_for_are_not_replaced(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(trainer.time, "perf_counter", clock)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    x = torch.randn(64, 4)
+    tc = TrainConfig(epochs=3, batch_size=16, max_minutes=1.0, fill_budget=False)
+
+    def step(m, b):
+        clock.now += 1.0
+        return {"loss": m(b).pow(2).mean()}
+    state = Trainer(tc, make_accelerator(), progress=False).fit(model, 64, lambda idx: x[idx], step)
+    assert state["epoch"] == 3 and state["epochs"] is None
