@@ -62,7 +62,7 @@ def main(argv=None):
             print("$", " ".join(cmd[2:]), flush=True)
             with open(fold / "train.log", "w") as log:
                 subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
-        subprocess.run(POLYFUSE + ["evaluate", str(run), "--data", str(fold / "test.csv"), "--json",
+        subprocess.run(POLYFUSE + ["evaluate", str(run), "--data", str(fold / "test.csv"), "--out",
                                    str(fold / "test_metrics.json")], check=True, stdout=subprocess.DEVNULL)
         m = json.loads((fold / "test_metrics.json").read_text())
         plan = json.loads((run / "plan.json").read_text())["outcome"]

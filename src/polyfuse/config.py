@@ -154,10 +154,10 @@ class ModelConfig:
     dropout: float = 0.1
     fusion: str = "attention"        # attention | concat | late
     modality_dropout: float = 0.0    # chance of dropping each modality of a training row
-    # Modality balance (model.py): each modality's encoder output, mean-pooled, gets its own head
-    # trained on the task (loss weight aux_weight, 0 = none), so every encoder learns to predict
-    # alone; ogm_alpha > 0 also slows the fused loss's gradient into whichever modality's head is
-    # ahead (on-the-fly gradient modulation, Peng et al. CVPR 2022). Both are off without two modalities.
+    # Modality balance (model.py): every training row is also predicted from each modality alone,
+    # through the same fusion and head, and those losses added (weight aux_weight, 0 = none);
+    # ogm_alpha > 0 also slows the fused loss's gradient into whichever modality alone is ahead
+    # (on-the-fly gradient modulation, Peng et al. CVPR 2022). Both are off without two modalities.
     aux_weight: float = 0.0
     ogm_alpha: float = 0.0
     # Pretrained towers (text/image/audio.encoder set to a model folder or hub id):
@@ -188,8 +188,8 @@ class ModelConfig:
         if self.aux_weight < 0 or self.ogm_alpha < 0:
             raise ConfigError("model.aux_weight and model.ogm_alpha must be >= 0")
         if self.ogm_alpha > 0 and self.aux_weight == 0:
-            raise ConfigError("model.ogm_alpha needs model.aux_weight > 0: the auxiliary heads tell which "
-                              "modality is ahead")
+            raise ConfigError("model.ogm_alpha needs model.aux_weight > 0: the unimodal predictions tell "
+                              "which modality is ahead")
 
 
 @dataclass
@@ -238,6 +238,7 @@ class AugmentConfig:
     audio_shift: float = 0.1         # circular time shift, up to this fraction of a clip
     audio_gain_db: float = 6.0       # gain drawn in [-g, +g] dB
     audio_noise: float = 0.05        # std of Gaussian noise on the normalised log-mel
+    freq_warp: float = 0.1           # mel axis stretched by a factor in [1 - w, 1 + w] (pitch / speaker)
     time_masks: int = 2              # SpecAugment: masks of up to time_mask_width frames
     time_mask_width: int = 8
     freq_masks: int = 2              # SpecAugment: masks of up to freq_mask_width mel bins
@@ -247,7 +248,7 @@ class AugmentConfig:
 
     def validate(self):
         for name in ("image_crop_scale", "color_jitter", "audio_shift", "audio_noise", "token_dropout",
-                     "span_mask"):
+                     "span_mask", "freq_warp"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"augment.{name} must be in [0, 1], got {getattr(self, name)}")
         for name in ("time_masks", "time_mask_width", "freq_masks", "freq_mask_width", "audio_gain_db"):

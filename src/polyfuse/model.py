@@ -6,11 +6,14 @@
 
 Modality balance (model.aux_weight, model.ogm_alpha): trained jointly, a multimodal network leans on
 whichever modality fits the training rows fastest and leaves the others half-learned (Wang et al.,
-CVPR 2020). Two remedies act in training only: each modality's encoder output, mean-pooled, has an
-auxiliary head trained on the task, so every encoder learns to predict alone; and on-the-fly
-gradient modulation (OGM, Peng et al., CVPR 2022) scales the fused loss's gradient into each
-encoder down by 1 - tanh(alpha * (r - 1)) when its auxiliary head is r > 1 times as confident as the
-others' on the batch (confidence: exp(-loss), the geometric mean of the true labels' probability).
+CVPR 2020). Two remedies act in training only. Unimodal auxiliary losses: every row is also fused
+from each modality alone, through the same fusion and head, and that prediction's loss is added
+(weight aux_weight, averaged over modalities), so each modality learns to predict by itself along
+the very path a row missing the others takes. On-the-fly gradient modulation (OGM, Peng et al.,
+CVPR 2022) then scales the fused loss's gradient into each encoder by 1 - tanh(alpha * (r - 1)) when
+that modality alone is r > 1 times as confident as the others on the batch (confidence: exp(-loss),
+the geometric mean of the true labels' probability). Neither adds a weight: predictions and saved
+runs are the same shape with or without them.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from .data.pretrained import tower_sources
 from .encoders import Encoder, build_encoder
 from .fusion import FUSIONS, Fused
 from .errors import PolyfuseError
-from .fusion.transformer import init_weights, masked_mean
+from .fusion.transformer import init_weights
 from .heads import TaskHead
 
 
@@ -37,9 +40,7 @@ class PolyfuseModel(nn.Module):
         self.fusion = FUSIONS[cfg.model.fusion](cfg, schema.streams())
         self.head = TaskHead(cfg.model.d_model, n_outputs, schema.task or "classification",
                              cfg.train.label_smoothing)
-        mods = schema.modalities()
-        self.aux = nn.ModuleDict({m: nn.Linear(cfg.model.d_model, n_outputs) for m in mods}) \
-            if cfg.model.aux_weight > 0 and len(mods) >= 2 else None
+        self.balanced = cfg.model.aux_weight > 0 and len(schema.modalities()) >= 2
         # Same order (so the same random draws) as init_weights(self), except that an encoder keeps
         # what it already holds where it has pretrained values (tower, word2vec embeddings).
         for name, module in self.named_children():
@@ -76,7 +77,7 @@ class PolyfuseModel(nn.Module):
         "loss" when labels are given}. balance: the auxiliary losses and OGM factors (training only)."""
         encoded = self.encode_columns(batch["inputs"], drop)
         balance, aux_loss = {}, None
-        if self.aux is not None and self.training and "label" in batch:
+        if self.balanced and self.training and "label" in batch:
             # Before modality dropout: each head sees its modality wherever a row has it.
             encoded, aux_loss, balance = self._balance(encoded, batch["label"])
         if modality_dropout > 0:
@@ -91,17 +92,15 @@ class PolyfuseModel(nn.Module):
         return out
 
     def _balance(self, encoded: dict, y: torch.Tensor) -> tuple[dict, torch.Tensor, dict]:
-        """Auxiliary heads' mean loss, and the encoded columns with OGM's gradient factors applied."""
+        """The unimodal losses' mean, and the encoded columns with OGM's gradient factors applied."""
         losses, confidence = {}, {}
-        for m, head in self.aux.items():
-            cols = [e for e in encoded.values() if e["modality"] == m]
-            pooled = torch.stack([masked_mean(e["tokens"], e["mask"]) for e in cols]).sum(0)       # (B, D)
-            n = torch.stack([e["mask"].any(1) for e in cols]).sum(0)                                # (B,)
-            has = n > 0
-            if not bool(has.any()):
+        for m in self.schema.modalities():
+            alone = {c: e for c, e in encoded.items() if e["modality"] == m}
+            has = torch.stack([e["mask"].any(1) for e in alone.values()]).any(0) if alone else None   # (B,)
+            if has is None or not bool(has.any()):
                 continue
-            logits = head(pooled[has] / n[has, None])                                              # (B', K)
-            losses[m] = self.head.loss(logits, y[has])
+            logits = self.head(self.fuse(alone))                                                   # (B, K)
+            losses[m] = self.head.loss(logits[has], y[has])
             confidence[m] = torch.exp(-losses[m].detach().float())
         balance = {f"aux_{m}_loss": v.detach() for m, v in losses.items()}
         alpha = self.cfg.model.ogm_alpha

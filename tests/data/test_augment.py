@@ -84,3 +84,15 @@ def test_a_pretrained_text_towers_ids_are_never_edited():
     out = Augmenter(AugmentConfig(enabled=True, token_dropout=0.5, span_mask=0.3), Procs())(batch())
     assert torch.equal(out["text"]["ids"], batch()["text"]["ids"])
     assert not torch.equal(out["image"]["pixels"], batch()["image"]["pixels"])      # the rest still augmented
+
+
+def test_freq_warp_stretches_the_mel_axis():
+    from polyfuse.data.augment import freq_warp
+    mel = torch.zeros(64, 40, 5)
+    mel[:, 10] = 1.0                                       # one band lit
+    torch.manual_seed(0)
+    out = freq_warp(mel, 0.1)
+    peaks = out[:, :, 0].argmax(1).float()                 # where band 10 went, per row
+    assert peaks.min() >= 9 and peaks.max() <= 11 and peaks.unique().numel() > 1
+    assert torch.equal(freq_warp(mel, 0.0), mel)
+    assert torch.allclose(out.sum(1), out.sum(1)[:, :1].expand(-1, 5))   # the same warp for every frame

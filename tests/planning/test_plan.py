@@ -51,6 +51,7 @@ def test_processor_settings_follow_the_data(tmp_path):
     assert b["audio"]["frames_per_token"] > s["audio"]["frames_per_token"]
     assert b["text"]["max_length"] > s["text"]["max_length"]
     assert 0.3 < s["image"]["mean"][0] < 0.7                                    # uniform noise pixels
+    assert any("--group-by speaker" in n for n in small.notes)                  # 6 speakers over 60 rows
 
 
 def test_user_values_win_and_are_marked(tmp_path):

@@ -65,3 +65,23 @@ def test_epochs_asked_for_are_not_replaced(monkeypatch):
         return {"loss": m(b).pow(2).mean()}
     state = Trainer(tc, make_accelerator(), progress=False).fit(model, 64, lambda idx: x[idx], step)
     assert state["epoch"] == 3 and state["epochs"] is None
+
+
+def test_a_slow_start_does_not_cut_the_run_short(monkeypatch):
+    """The first epoch runs at a third of the speed (a busy machine); later epochs re-plan."""
+    clock = Clock()
+    monkeypatch.setattr(trainer.time, "perf_counter", clock)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    x = torch.randn(64, 4)
+    calls = []
+
+    def step(m, b):
+        calls.append(1)
+        clock.now += 3.0 if len(calls) <= 4 else 1.0
+        return {"loss": m(b).pow(2).mean()}
+    tc = TrainConfig(epochs=3, batch_size=16, max_minutes=1.0, fill_budget=True, patience=None)
+    state = Trainer(tc, make_accelerator(), progress=False).fit(model, 64, lambda idx: x[idx], step)
+    first_plan = 1 + int((60 * trainer.BUDGET_SHARE - 12) // 12)      # what the first epoch alone suggests
+    assert state["epochs"] > first_plan + 2
+    assert 0.8 * 60 <= state["elapsed_s"] <= 60

@@ -63,6 +63,8 @@ class Augmenter:
         c = self.cfg
         mel, mask = part["mel"].clone(), part["mask"]
         B, n_mels, _ = mel.shape
+        if c.freq_warp > 0:
+            mel = freq_warp(mel, c.freq_warp)
         lengths = mask.sum(1).tolist()
         for i, n in enumerate(lengths):
             if n == 0:
@@ -110,6 +112,20 @@ class Augmenter:
         for i, r in enumerate(rows):
             new_ids[i, :len(r)], new_mask[i, :len(r)] = r, True
         return {**part, "ids": new_ids, "mask": new_mask}
+
+
+def freq_warp(mel: torch.Tensor, w: float) -> torch.Tensor:
+    """(B, n_mels, F): each row's mel axis stretched by a factor in [1 - w, 1 + w] (a pitch or
+    vocal-tract-length change, as in VTLP: Jaitly & Hinton 2013), by linear interpolation; bins
+    pulled from beyond the top take the top bin."""
+    B, n_mels, _ = mel.shape
+    a = 1.0 + (torch.rand(B, 1) * 2 - 1) * w                                  # (B, 1)
+    src = (torch.arange(n_mels, dtype=mel.dtype)[None] / a).clamp(max=n_mels - 1)   # (B, n_mels)
+    lo = src.floor().long()
+    hi = (lo + 1).clamp(max=n_mels - 1)
+    frac = (src - lo.to(mel.dtype))[..., None]                                # (B, n_mels, 1)
+    take = lambda idx: mel.gather(1, idx[..., None].expand(-1, -1, mel.shape[2]))
+    return take(lo) * (1 - frac) + take(hi) * frac
 
 
 def random_resized_crop(x: torch.Tensor, min_scale: float) -> torch.Tensor:

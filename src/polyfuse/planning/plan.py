@@ -57,6 +57,10 @@ def make_plan(profile: dict, cfg: Config, train_rows: int, preset: str | None = 
         _text(plan, by_mod["text"], tower=is_tower(cfg.text.encoder))
     _model(plan, profile, cfg, train_rows, preset, supervised)
     _train(plan, profile, cfg, train_rows, preset, max_minutes)
+    if cfg.train.group_by is None:
+        for col, k in profile["group_candidates"].items():
+            plan.notes.append(f"column '{col}' ({k} values) looks like a group: with --group-by {col} "
+                              "validation holds out whole groups and scores what a new one will get")
     return plan
 
 
@@ -130,7 +134,7 @@ def _model(plan: Plan, profile: dict, cfg: Config, rows: int, preset: str | None
     modalities = {c["modality"] for c in profile["columns"].values()}
     if len(modalities) >= 2 and supervised:
         plan.set("model.modality_dropout", 0.3, f"{len(modalities)} modalities: each must predict alone too")
-        plan.set("model.aux_weight", 0.5, "a head per modality keeps every encoder learning")
+        plan.set("model.aux_weight", 0.5, "every row also predicted from each modality alone")
         plan.set("model.ogm_alpha", 0.5, "slow the modality that is ahead (OGM)")
 
 

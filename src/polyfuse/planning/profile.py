@@ -35,7 +35,23 @@ def profile_table(table: Table, schema: SchemaConfig, seed: int = 0) -> dict:
         else:
             info.update(_text(picked))
         columns[col] = info
-    return {"rows": len(table), "label": _label(table, schema), "columns": columns}
+    return {"rows": len(table), "label": _label(table, schema), "columns": columns,
+            "group_candidates": _group_candidates(table, schema)}
+
+
+def _group_candidates(table: Table, schema: SchemaConfig) -> dict:
+    """Unused text-valued columns whose few values repeat over many rows (a speaker, a source, a
+    site): {column: distinct values}. Validating on unseen groups of one needs --group-by."""
+    used = {c for c, _ in schema.streams()} | {schema.label}
+    n, out = len(table), {}
+    for col in table.df.columns:
+        values = table.df[col].dropna()
+        if col in used or values.empty or not all(isinstance(v, str) for v in values[:200]):
+            continue
+        k = values.nunique()
+        if 2 <= k <= min(100, n // 10):
+            out[str(col)] = int(k)
+    return out
 
 
 def _label(table: Table, schema: SchemaConfig) -> dict:

@@ -17,6 +17,7 @@ resumed run takes exactly the steps an unbroken one would.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -78,6 +79,7 @@ class TrainState:
     elapsed_s: float = 0.0
     stopped: str | None = None       # "max_minutes", "early_stopping", or None (ran every epoch)
     epochs: int | None = None        # fill_budget: the epochs chosen to fill the budget
+    epoch_times: list = field(default_factory=list)   # fill_budget: seconds per epoch, validation included
 
     def better(self, record: dict) -> bool:
         """A higher validation score, or the same score at a lower validation loss: on a small
@@ -171,8 +173,16 @@ class Trainer:
                 if tc.patience is not None and state.bad_epochs >= tc.patience:
                     state.stopped = "early_stopping"
             state.elapsed_s = time.perf_counter() - t_start
-            if fill and state.epoch == 1 and state.stopped is None:
-                self._fill(state, total, steps_per_epoch, state.elapsed_s - self.spent_s, state.elapsed_s)
+            if fill:
+                state.epoch_times.append(round(time.perf_counter() - t_epoch, 3))
+            if fill and state.stopped is None and (state.epochs is None or state.epoch <= state.epochs / 2):
+                # Re-planned on the median epoch so far, in the first half only: one slow epoch (a
+                # busy machine) must not cut the run short, and late changes would bend the
+                # schedule's end. After the first epoch (which replaces the probe's guess), small
+                # differences (< 10%) keep the plan.
+                epoch_s = statistics.median(state.epoch_times)
+                self._fill(state, total, steps_per_epoch, epoch_s, state.elapsed_s,
+                           tolerance=0.0 if state.epoch == 1 else 0.1)
             record["elapsed_s"] = round(state.elapsed_s, 2)
             self.log.append(record)
             if acc.is_main_process:
@@ -188,11 +198,15 @@ class Trainer:
             raw.load_state_dict(best)
         return {**vars(state), "steps_per_epoch": steps_per_epoch, "world_size": world}
 
-    def _fill(self, state: TrainState, total: list, steps_per_epoch: int, epoch_s: float, done_s: float):
-        """Choose the epochs that fit the budget: `done_s` spent, `epoch_s` per epoch from now on."""
+    def _fill(self, state: TrainState, total: list, steps_per_epoch: int, epoch_s: float, done_s: float,
+              tolerance: float = 0.0):
+        """Choose the epochs that fit the budget: `done_s` spent, `epoch_s` per epoch from now on.
+        With a tolerance, a plan within that share of the current one is left as it is."""
         budget_s = self.cfg.max_minutes * 60 * BUDGET_SHARE
         epochs = state.epoch + max(0, math.floor((budget_s - done_s) / max(epoch_s, 1e-6)))
         epochs = max(1, min(10_000, epochs))
+        if state.epochs is not None and abs(epochs - state.epochs) <= tolerance * state.epochs:
+            epochs = state.epochs
         if self.accelerator.num_processes > 1:    # every rank must plan the same length
             t = torch.tensor(float(epochs), device=self.accelerator.device)
             epochs = int(self.accelerator.reduce(t, reduction="mean").round())
