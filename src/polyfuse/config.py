@@ -160,6 +160,9 @@ class ModelConfig:
     # (on-the-fly gradient modulation, Peng et al. CVPR 2022). Both are off without two modalities.
     aux_weight: float = 0.0
     ogm_alpha: float = 0.0
+    # Predict with the mean of the fused logits and each modality's alone (a product of experts):
+    # robust when one modality is misleading on new data (an unseen speaker). M + 1 fusion passes.
+    ensemble: bool = False
     # Pretrained towers (text/image/audio.encoder set to a model folder or hub id):
     freeze_encoders: bool = False    # towers' weights stay fixed; their projections to d_model still train
     unfreeze_top_k: int = 0          # with freeze_encoders: train the top k layers of each tower again

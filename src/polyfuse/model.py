@@ -41,6 +41,7 @@ class PolyfuseModel(nn.Module):
         self.head = TaskHead(cfg.model.d_model, n_outputs, schema.task or "classification",
                              cfg.train.label_smoothing)
         self.balanced = cfg.model.aux_weight > 0 and len(schema.modalities()) >= 2
+        self.ensemble = cfg.model.ensemble and len(schema.modalities()) >= 2
         # Same order (so the same random draws) as init_weights(self), except that an encoder keeps
         # what it already holds where it has pretrained values (tower, word2vec embeddings).
         for name, module in self.named_children():
@@ -84,12 +85,31 @@ class PolyfuseModel(nn.Module):
             encoded = _drop_per_row(encoded, modality_dropout)
         fused = self.fuse(encoded)
         logits = self.head(fused)
+        if self.ensemble and not self.training:
+            logits = self._ensemble(encoded, logits)
         out = {"logits": logits, "pooled": fused.pooled, "per_column": fused.per_column, "balance": balance}
         if "label" in batch:
             out["loss"] = self.head.loss(logits, batch["label"])
             if aux_loss is not None:
                 out["loss"] = out["loss"] + self.cfg.model.aux_weight * aux_loss
         return out
+
+    def _ensemble(self, encoded: dict, fused_logits: torch.Tensor) -> torch.Tensor:
+        """(B, K): the mean of the fused logits and each present modality's own (fused alone).
+
+        For classes and labels, averaging logits is a (tempered) product of the experts'
+        probabilities: a modality that is sure outweighs one that is unsure, whichever it is,
+        which a single fused pass trained on rows where one modality was always right does not
+        learn (a held-out speaker's audio). Tensor-only, so export traces it as it is."""
+        total, weight = fused_logits, torch.ones_like(fused_logits[:, :1])               # (B, K), (B, 1)
+        for m in self.schema.modalities():
+            alone = {c: e for c, e in encoded.items() if e["modality"] == m}
+            if not alone:
+                continue
+            has = torch.stack([e["mask"].any(1) for e in alone.values()]).any(0)[:, None].to(total.dtype)
+            total = total + has * self.head(self.fuse(alone))
+            weight = weight + has
+        return total / weight
 
     def _balance(self, encoded: dict, y: torch.Tensor) -> tuple[dict, torch.Tensor, dict]:
         """The unimodal losses' mean, and the encoded columns with OGM's gradient factors applied."""

@@ -52,3 +52,27 @@ def test_scale_grad_scales_the_gradient_only():
     assert torch.equal(y, x)
     y.sum().backward()
     assert torch.allclose(x.grad, torch.full_like(x, 0.25))
+
+
+def test_ensemble_is_the_mean_of_fused_and_unimodal_logits(build):
+    plain, data, collate = build()
+    ens, _, _ = build(model={"ensemble": True, "dropout": 0.0})
+    ens.load_state_dict(plain.state_dict())
+    batch = collate(list(range(8)), data)
+    with torch.no_grad():
+        parts = [plain(batch)["logits"]] + [plain(batch, drop=tuple(o for o in ("text", "image", "audio") if o != m))
+                                            ["logits"] for m in ("text", "image", "audio")]
+        has = [torch.ones(8, 1)] + [batch["inputs"][c]["present"].float()[:, None] if "present" in batch["inputs"][c]
+                                    else batch["inputs"][c]["mask"].any(1).float()[:, None]
+                                    for c in ("caption", "image", "audio")]
+        want = sum(p * h for p, h in zip(parts, has)) / sum(has)
+        assert torch.allclose(ens(batch)["logits"], want, atol=1e-5)
+        # A row with one modality left (ablation) is that modality's prediction alone.
+        only = ("text", "audio")
+        assert torch.allclose(ens(batch, drop=only)["logits"], plain(batch, drop=only)["logits"], atol=1e-5)
+    ens.train()
+    torch.manual_seed(0)
+    a = ens(batch)["logits"]
+    plain.train()
+    torch.manual_seed(0)
+    assert torch.allclose(a, plain(batch)["logits"])       # training: the fused logits alone

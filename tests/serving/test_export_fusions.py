@@ -23,13 +23,13 @@ COLUMN = {"text": "caption", "image": "image", "audio": "audio"}
 CASES = [("concat", ("text",)), ("late", ("image", "audio")), ("concat", ("text", "image", "audio"))]
 
 
-def train_tiny(folder, fusion: str, modalities: tuple, image: dict | None = None) -> tuple:
+def train_tiny(folder, fusion: str, modalities: tuple, image: dict | None = None, model: dict | None = None) -> tuple:
     """A 1-epoch d=16 model of the given fusion on a synthetic table holding only these modalities."""
     from polyfuse.recipes.train import train_run
     data = write_splits(folder / "data", n=32, seed=5, modalities=modalities)
     cfg = Config.from_dict({
         "schema": {"label": "label", **{m: [COLUMN[m]] for m in modalities}},
-        "model": {"d_model": 16, "n_layers": 1, "n_heads": 2, "fusion": fusion},
+        "model": {"d_model": 16, "n_layers": 1, "n_heads": 2, "fusion": fusion, **(model or {})},
         "text": {"vocab_size": 100, "max_length": 16}, "image": {"size": 16, "patch": 8, **(image or {})},
         "audio": {"n_mels": 16, "max_seconds": 1.0},
         "train": {"epochs": 1, "batch_size": 16, "patience": None},
@@ -62,6 +62,19 @@ def test_export_cnn_stem_with_batch_norm_and_max_pool(tmp_path, capsys):
     assert float(printed.split("max abs diff ")[1].split()[0]) <= 1e-4, printed
     eager, fp32 = EagerBackend(run), OnnxBackend(out, "model.onnx")
     assert any(n.op_type == "MaxPool" for n in onnx.load(str(out / "model.onnx")).graph.node)
+    rows = sample_rows(eager, 7, seed=3)
+    want, got = eager.run(rows), fp32.run(rows)
+    assert max(float(np.abs(want[k] - got[k]).max()) for k in want) <= 1e-4
+
+
+def test_export_balanced_ensemble(tmp_path, capsys):
+    """A model trained with unimodal losses and OGM that predicts as an ensemble exports with the
+    ensemble in its graph: the server gives the numbers the Python API does."""
+    run, _ = train_tiny(tmp_path, "attention", ("text", "image", "audio"),
+                        model={"aux_weight": 0.5, "ogm_alpha": 0.5, "ensemble": True, "modality_dropout": 0.3})
+    out = tmp_path / "onnx"
+    assert main(["export", str(run), "--format", "onnx", "--out", str(out)]) == 0
+    eager, fp32 = EagerBackend(run), OnnxBackend(out, "model.onnx")
     rows = sample_rows(eager, 7, seed=3)
     want, got = eager.run(rows), fp32.run(rows)
     assert max(float(np.abs(want[k] - got[k]).max()) for k in want) <= 1e-4

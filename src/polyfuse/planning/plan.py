@@ -136,6 +136,7 @@ def _model(plan: Plan, profile: dict, cfg: Config, rows: int, preset: str | None
         plan.set("model.modality_dropout", 0.3, f"{len(modalities)} modalities: each must predict alone too")
         plan.set("model.aux_weight", 0.5, "every row also predicted from each modality alone")
         plan.set("model.ogm_alpha", 0.5, "slow the modality that is ahead (OGM)")
+        plan.set("model.ensemble", True, "predict from the fused path and each modality alone together")
 
 
 def _train(plan: Plan, profile: dict, cfg: Config, rows: int, preset: str | None, max_minutes: float | None):
