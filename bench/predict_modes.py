@@ -23,7 +23,7 @@ def main(argv=None):
     p.add_argument("--json", help="write the numbers here")
     args = p.parse_args(argv)
     results = {}
-    print("| run | prediction | fused | without image | without audio | fused above both |")
+    print("| run | prediction | fused | without audio (image alone) | without image (audio alone) | fused above both |")
     print("|---|---|---|---|---|---|")
     for run in args.runs:
         pred = Predictor.load(run)
