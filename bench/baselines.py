@@ -12,7 +12,7 @@ read from the training table. Media paths are relative to each CSV's folder, or 
 Classification only. Each row's seconds are fitting plus prediction (decoding, shared, is printed
 apart); late fusion's are its CNNs' sum; Polyfuse's are train plus evaluate. --threads defaults to 1.
 
-    D=/work/shared/datasets/avdigits; A="--label label --image image --audio audio"
+    D=../shared/datasets/avdigits; A="--label label --image image --audio audio"   # from the repository root
     python bench/baselines.py --train $D/train.csv --test $D/test.csv $A
     python bench/baselines.py --train $D/train.csv --test $D/test.csv $A --max-rows 400 --max-test-rows 300 \\
         --epochs 1                                                           # a quick smoke run

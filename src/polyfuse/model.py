@@ -102,23 +102,26 @@ class PolyfuseModel(nn.Module):
         which a single fused pass trained on rows where one modality was always right does not
         learn (a held-out speaker's audio). Tensor-only, so export traces it as it is."""
         total, weight = fused_logits, torch.ones_like(fused_logits[:, :1])               # (B, K), (B, 1)
-        for m in self.schema.modalities():
-            alone = {c: e for c, e in encoded.items() if e["modality"] == m}
-            if not alone:
-                continue
-            has = torch.stack([e["mask"].any(1) for e in alone.values()]).any(0)[:, None].to(total.dtype)
+        for alone, has in self._each_modality(encoded):
+            has = has[:, None].to(total.dtype)
             total = total + has * self.head(self.fuse(alone))
             weight = weight + has
         return total / weight
 
+    def _each_modality(self, encoded: dict):
+        """(the columns of one modality, (B,) rows that have it), for each modality in the batch."""
+        for m in self.schema.modalities():
+            alone = {c: e for c, e in encoded.items() if e["modality"] == m}
+            if alone:
+                yield alone, torch.stack([e["mask"].any(1) for e in alone.values()]).any(0)
+
     def _balance(self, encoded: dict, y: torch.Tensor) -> tuple[dict, torch.Tensor, dict]:
         """The unimodal losses' mean, and the encoded columns with OGM's gradient factors applied."""
         losses, confidence = {}, {}
-        for m in self.schema.modalities():
-            alone = {c: e for c, e in encoded.items() if e["modality"] == m}
-            has = torch.stack([e["mask"].any(1) for e in alone.values()]).any(0) if alone else None   # (B,)
-            if has is None or not bool(has.any()):
+        for alone, has in self._each_modality(encoded):
+            if not bool(has.any()):
                 continue
+            m = next(iter(alone.values()))["modality"]
             logits = self.head(self.fuse(alone))                                                   # (B, K)
             losses[m] = self.head.loss(logits[has], y[has])
             confidence[m] = torch.exp(-losses[m].detach().float())

@@ -16,16 +16,19 @@ class Clock:
         return self.now
 
 
-def _fit(clock, step_s, minutes=1.0, rows=64, batch=16, validate=None, patience=None, **kw):
+def _fit(clock, step_s, minutes=1.0, rows=64, batch=16, validate=None, patience=None, fill_budget=True, **kw):
+    """step_s: seconds each optimizer step "takes", or a function of the step's number (1, 2, ...)."""
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1)
     x, y = torch.randn(rows, 4), torch.randn(rows)
+    calls = []
 
     def step(m, b):
-        clock.now += step_s                      # each optimizer step "takes" step_s seconds
+        calls.append(1)
+        clock.now += step_s(len(calls)) if callable(step_s) else step_s
         return {"loss": ((m(b["x"]).squeeze(-1) - b["y"]) ** 2).mean()}
 
-    tc = TrainConfig(epochs=3, batch_size=batch, max_minutes=minutes, fill_budget=True, patience=patience,
+    tc = TrainConfig(epochs=3, batch_size=batch, max_minutes=minutes, fill_budget=fill_budget, patience=patience,
                      warmup_ratio=0.0, **kw)
     t = Trainer(tc, make_accelerator(), progress=False)
     state = t.fit(model, rows, lambda idx: {"x": x[idx], "y": y[idx]}, step, validate)
@@ -55,15 +58,7 @@ def test_validation_plateau_stops_before_the_budget(monkeypatch):
 def test_epochs_asked_for_are_not_replaced(monkeypatch):
     clock = Clock()
     monkeypatch.setattr(trainer.time, "perf_counter", clock)
-    torch.manual_seed(0)
-    model = torch.nn.Linear(4, 1)
-    x = torch.randn(64, 4)
-    tc = TrainConfig(epochs=3, batch_size=16, max_minutes=1.0, fill_budget=False)
-
-    def step(m, b):
-        clock.now += 1.0
-        return {"loss": m(b).pow(2).mean()}
-    state = Trainer(tc, make_accelerator(), progress=False).fit(model, 64, lambda idx: x[idx], step)
+    state, _ = _fit(clock, step_s=1.0, fill_budget=False)
     assert state["epoch"] == 3 and state["epochs"] is None
 
 
@@ -71,17 +66,7 @@ def test_a_slow_start_does_not_cut_the_run_short(monkeypatch):
     """The first epoch runs at a third of the speed (a busy machine); later epochs re-plan."""
     clock = Clock()
     monkeypatch.setattr(trainer.time, "perf_counter", clock)
-    torch.manual_seed(0)
-    model = torch.nn.Linear(4, 1)
-    x = torch.randn(64, 4)
-    calls = []
-
-    def step(m, b):
-        calls.append(1)
-        clock.now += 3.0 if len(calls) <= 4 else 1.0
-        return {"loss": m(b).pow(2).mean()}
-    tc = TrainConfig(epochs=3, batch_size=16, max_minutes=1.0, fill_budget=True, patience=None)
-    state = Trainer(tc, make_accelerator(), progress=False).fit(model, 64, lambda idx: x[idx], step)
+    state, _ = _fit(clock, step_s=lambda n: 3.0 if n <= 4 else 1.0)
     first_plan = 1 + int((60 * trainer.BUDGET_SHARE - 12) // 12)      # what the first epoch alone suggests
     assert state["epochs"] > first_plan + 2
     assert 0.8 * 60 <= state["elapsed_s"] <= 60

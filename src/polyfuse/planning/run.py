@@ -24,8 +24,7 @@ def plan_config(cfg: Config, train_t, folder, fixed: set[str], preset: str | Non
     else:
         profile = profile_table(train_t, cfg.schema, cfg.train.seed)
         plan = make_plan(profile, cfg, len(train_t), preset, cfg.train.max_minutes, supervised)
-    planned, source = apply_plan(cfg, plan, fixed)
-    planned = dataclasses.replace(planned, schema=cfg.schema).validate()
+    planned, source = apply_plan(cfg, plan, fixed)      # merged: validated, the schema carried over
     say("plan (from the data; override any value with a flag, --set SECTION.KEY=VALUE or --config):\n"
         + format_plan(plan, planned, source))
     if is_main:
