@@ -213,9 +213,10 @@ class TrainConfig:
     on_bad_row: str = "error"        # error | skip
     label_smoothing: float = 0.0
     # Without a validation table, this share of the training rows is held out (stratified by the
-    # label; whole groups when group_by names a column, say a speaker). 0 = train on every row.
+    # label) — whole groups of group_by: a column name (a speaker, a patient, a source), "auto"
+    # (the column that looks like one, planning/split.py), or "none" (rows). 0 = train on every row.
     val_fraction: float = 0.1
-    group_by: str | None = None
+    group_by: str = "auto"
 
     def validate(self):
         _positive(self, "epochs", "batch_size", "lr")
@@ -223,6 +224,8 @@ class TrainConfig:
             raise ConfigError("train.fill_budget needs train.max_minutes (--max-minutes)")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"train.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not isinstance(self.group_by, str) or not self.group_by:
+            raise ConfigError(f"train.group_by must be a column name, 'auto' or 'none', got {self.group_by!r}")
         if self.on_bad_row not in ("error", "skip"):
             raise ConfigError(f"train.on_bad_row must be 'error' or 'skip', got {self.on_bad_row!r}")
         if not 0.0 <= self.warmup_ratio < 1.0:
@@ -238,6 +241,7 @@ class AugmentConfig:
     image_crop_scale: float = 0.7    # random resized crop keeps between this and all of the area
     image_flip: bool = False         # off by default: flipping changes digits, letters and arrows
     color_jitter: float = 0.3        # brightness/contrast/saturation factors in [1 - j, 1 + j]
+    audio_crop: float = 0.2          # random crop in time: a stretch of at least 1 - this of each clip
     audio_shift: float = 0.1         # circular time shift, up to this fraction of a clip
     audio_gain_db: float = 6.0       # gain drawn in [-g, +g] dB
     audio_noise: float = 0.05        # std of Gaussian noise on the normalised log-mel
@@ -250,7 +254,7 @@ class AugmentConfig:
     span_mask: float = 0.15          # one span of about this fraction of a text becomes [MASK]
 
     def validate(self):
-        for name in ("image_crop_scale", "color_jitter", "audio_shift", "audio_noise", "token_dropout",
+        for name in ("image_crop_scale", "color_jitter", "audio_crop", "audio_shift", "audio_noise", "token_dropout",
                      "span_mask", "freq_warp"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"augment.{name} must be in [0, 1], got {getattr(self, name)}")

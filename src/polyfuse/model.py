@@ -42,6 +42,11 @@ class PolyfuseModel(nn.Module):
                              cfg.train.label_smoothing)
         self.balanced = cfg.model.aux_weight > 0 and len(schema.modalities()) >= 2
         self.ensemble = cfg.model.ensemble and len(schema.modalities()) >= 2
+        if self.ensemble:
+            # The members' weights: the fused path first, then each modality alone (schema order).
+            # Equal until fit_ensemble (training/ensemble.py) sets them from the validation rows;
+            # a buffer, so saved runs, export and serving all predict with the fitted ones.
+            self.register_buffer("ensemble_weights", torch.ones(1 + len(schema.modalities())))
         # Same order (so the same random draws) as init_weights(self), except that an encoder keeps
         # what it already holds where it has pretrained values (tower, word2vec embeddings).
         for name, module in self.named_children():
@@ -95,33 +100,46 @@ class PolyfuseModel(nn.Module):
         return out
 
     def _ensemble(self, encoded: dict, fused_logits: torch.Tensor) -> torch.Tensor:
-        """(B, K): the mean of the fused logits and each present modality's own (fused alone).
+        """(B, K): the weighted mean of the fused logits and each present modality's own (fused alone).
 
         For classes and labels, averaging logits is a (tempered) product of the experts'
         probabilities: a modality that is sure outweighs one that is unsure, whichever it is,
         which a single fused pass trained on rows where one modality was always right does not
-        learn (a held-out speaker's audio). Tensor-only, so export traces it as it is."""
-        total, weight = fused_logits, torch.ones_like(fused_logits[:, :1])               # (B, K), (B, 1)
-        for alone, has in self._each_modality(encoded):
-            has = has[:, None].to(total.dtype)
-            total = total + has * self.head(self.fuse(alone))
-            weight = weight + has
-        return total / weight
+        learn (a held-out speaker's audio). The weights say how far each member is trusted on
+        rows the model did not train on. Tensor-only, so export traces it as it is."""
+        logits, has = self.members(encoded, fused_logits)                  # (M, B, K), (M, B)
+        return weighted_mean(logits, has, self.ensemble_weights)
+
+    def members(self, encoded: dict, fused_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ensemble's members: logits (M, B, K) of the fused path and of each modality alone
+        (zeros where a row lacks it), and (M, B) which rows each member may speak for."""
+        B = fused_logits.shape[0]
+        logits = [fused_logits]
+        has = [torch.ones(B, dtype=torch.bool, device=fused_logits.device)]
+        present = {m: (alone, rows) for m, alone, rows in self._each_modality(encoded)}
+        for m in self.schema.modalities():
+            if m in present:
+                alone, rows = present[m]
+                logits.append(self.head(self.fuse(alone)))
+                has.append(rows)
+            else:
+                logits.append(torch.zeros_like(fused_logits))
+                has.append(torch.zeros_like(has[0]))
+        return torch.stack(logits), torch.stack(has)
 
     def _each_modality(self, encoded: dict):
-        """(the columns of one modality, (B,) rows that have it), for each modality in the batch."""
+        """(modality, its columns, (B,) rows that have it), for each modality in the batch."""
         for m in self.schema.modalities():
             alone = {c: e for c, e in encoded.items() if e["modality"] == m}
             if alone:
-                yield alone, torch.stack([e["mask"].any(1) for e in alone.values()]).any(0)
+                yield m, alone, torch.stack([e["mask"].any(1) for e in alone.values()]).any(0)
 
     def _balance(self, encoded: dict, y: torch.Tensor) -> tuple[dict, torch.Tensor, dict]:
         """The unimodal losses' mean, and the encoded columns with OGM's gradient factors applied."""
         losses, confidence = {}, {}
-        for alone, has in self._each_modality(encoded):
+        for m, alone, has in self._each_modality(encoded):
             if not bool(has.any()):
                 continue
-            m = next(iter(alone.values()))["modality"]
             logits = self.head(self.fuse(alone))                                                   # (B, K)
             losses[m] = self.head.loss(logits[has], y[has])
             confidence[m] = torch.exp(-losses[m].detach().float())
@@ -137,6 +155,12 @@ class PolyfuseModel(nn.Module):
                        if e["modality"] in factors else e for col, e in encoded.items()}
         aux = torch.stack(list(losses.values())).mean() if losses else None
         return encoded, aux, balance
+
+
+def weighted_mean(logits: torch.Tensor, has: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(B, K): members' logits (M, B, K) averaged with weights (M,) over the members each row has (M, B)."""
+    w = weights.to(logits.dtype)[:, None] * has.to(logits.dtype)                           # (M, B)
+    return (w[..., None] * logits).sum(0) / w.sum(0)[:, None].clamp_min(1e-12)
 
 
 def build_model(cfg: Config, processors, n_outputs: int, pretrained_weights: bool = False) -> PolyfuseModel:

@@ -41,7 +41,7 @@ def test_seeded_and_shape_preserving():
 
 
 def test_absent_cells_and_padding_stay_untouched():
-    out, orig = run(0), batch()
+    out, orig = run(0, audio_crop=0.0), batch()
     assert torch.equal(out["image"]["pixels"][1], orig["image"]["pixels"][1])
     assert torch.equal(out["audio"]["mask"], orig["audio"]["mask"])
     assert (out["audio"]["mel"][1, :, 24:] == 0).all() and (out["audio"]["mel"][2] == 0).all()
@@ -96,3 +96,19 @@ def test_freq_warp_stretches_the_mel_axis():
     assert peaks.min() >= 9 and peaks.max() <= 11 and peaks.unique().numel() > 1
     assert torch.equal(freq_warp(mel, 0.0), mel)
     assert torch.allclose(out.sum(1), out.sum(1)[:, :1].expand(-1, 5))   # the same warp for every frame
+
+
+def test_audio_crop_keeps_a_random_stretch_at_the_start():
+    """A crop keeps >= 1 - audio_crop of each clip, moved to the start; the rest becomes padding."""
+    orig = batch()["audio"]
+    kept = set()
+    for seed in range(12):
+        out = run(seed, audio_crop=0.5, audio_shift=0.0, time_masks=0, freq_masks=0, freq_warp=0.0,
+                  audio_gain_db=0.0, audio_noise=0.0)["audio"]
+        n = int(out["mask"][0].sum())
+        assert 20 <= n <= 40 and out["mask"][0, :n].all() and (out["mel"][0, :, n:] == 0).all()
+        starts = [t for t in range(40 - n + 1) if torch.allclose(out["mel"][0, :, :n], orig["mel"][0, :, t:t + n])]
+        assert starts, "the kept frames are a contiguous stretch of the clip"
+        assert int(out["mask"][1].sum()) >= 12 and not out["mask"][2].any()     # shorter clip; absent stays absent
+        kept.add((n, starts[0]))
+    assert len(kept) > 3

@@ -11,6 +11,7 @@ from polyfuse.cli.main import main
 from polyfuse.config import Config, SchemaConfig
 from polyfuse.data.manifest import read_table
 from polyfuse.planning import apply_plan, format_plan, holdout, make_plan, profile_table
+from polyfuse.planning.split import find_group
 
 
 def _table(folder, n=60, image_wh=(40, 40), rate=11025, seconds=1.5, grey=False, words=5):
@@ -51,7 +52,10 @@ def test_processor_settings_follow_the_data(tmp_path):
     assert b["audio"]["frames_per_token"] > s["audio"]["frames_per_token"]
     assert b["text"]["max_length"] > s["text"]["max_length"]
     assert 0.3 < s["image"]["mean"][0] < 0.7                                    # uniform noise pixels
-    assert any("--group-by speaker" in n for n in small.notes)                  # 6 speakers over 60 rows
+    cfg_none = Config.from_dict({"schema": vars(SCHEMA), "train": {"group_by": "none"}})
+    table = read_table(tmp_path / "a" / "t.csv")
+    rowwise = make_plan(profile_table(table, SCHEMA), cfg_none, len(table))
+    assert any("--group-by speaker" in n for n in rowwise.notes)                # 6 speakers over 60 rows
 
 
 def test_user_values_win_and_are_marked(tmp_path):
@@ -87,11 +91,33 @@ def test_holdout_keeps_groups_and_shared_files_apart(tmp_path):
     tr, va, said = holdout(table, schema, 0.1, "speaker", seed=0)
     assert not set(tr.df.speaker) & set(va.df.speaker) and len(tr) + len(va) == 300
     assert "speaker" in said
-    tr, va, said = holdout(table, schema, 0.1, None, seed=0)
+    tr, va, said = holdout(table, schema, 0.1, "none", seed=0)
     assert not set(tr.df.audio) & set(va.df.audio), "rows sharing a file must stay on one side"
     assert set(va.df.label) == {0, 1, 2, 3} and "audio" in said
-    tr, va, _ = holdout(read_table(df[:100], tmp_path), schema, 0.1, None, seed=0)
+    tr, va, _ = holdout(read_table(df[:100], tmp_path), schema, 0.1, "auto", seed=0)
     assert va is None and len(tr) == 100          # 10 rows are too few to validate on
+
+
+def test_auto_holdout_finds_the_group_column(tmp_path):
+    """'auto' holds out whole speakers; not a column that names the class again, nor one with so few
+    values that a whole group is far more than the asked share."""
+    n = 300
+    df = pd.DataFrame({"image": [f"i{i}.png" for i in range(n)], "label": [i % 4 for i in range(n)],
+                       "speaker": [f"s{(i // 4) % 7}" for i in range(n)],             # every class in each
+                       "kind": [f"k{i % 4}" for i in range(n)],                       # = the label
+                       "site": [f"x{i % 3}" for i in range(n)],                       # 3 groups: too few
+                       "take": [f"t{i % 4}-{i // 60}" for i in range(n)]})          # 20 groups, one class each
+    schema = SchemaConfig(image=["image"], label="label", task="classification")
+    table = read_table(df, tmp_path)
+    assert find_group(table, schema, 0.1)[0] == "speaker"
+    tr, va, said = holdout(table, schema, 0.1, "auto", seed=0)
+    assert not set(tr.df.speaker) & set(va.df.speaker) and "'speaker'" in said and "--group-by none" in said
+    assert set(va.df.label) == {0, 1, 2, 3}
+    assert find_group(read_table(df.drop(columns="speaker"), tmp_path), schema, 0.1) is None
+    tr, va, said = holdout(table, schema, 0.1, "none", seed=0)
+    assert set(tr.df.speaker) == set(va.df.speaker) and "speaker" not in said
+    regression = SchemaConfig(image=["image"], label="label", task="regression")
+    assert find_group(table, regression, 0.1)[0] == "take"        # no classes to cut across: the finest
 
 
 def test_plan_command_and_saved_plan(tmp_path, capsys):

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pandas as pd
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from polyfuse.cli.main import main
@@ -72,6 +73,11 @@ def test_export_balanced_ensemble(tmp_path, capsys):
     ensemble in its graph: the server gives the numbers the Python API does."""
     run, _ = train_tiny(tmp_path, "attention", ("text", "image", "audio"),
                         model={"aux_weight": 0.5, "ogm_alpha": 0.5, "ensemble": True, "modality_dropout": 0.3})
+    from polyfuse.inference import Predictor
+    fitted = Predictor.load(run)                      # weights as fit_ensemble leaves them: unequal
+    fitted.model.ensemble_weights.copy_(torch.tensor([0.4, 2.1, 0.5, 1.0]))
+    fitted.save_weights(run)
+    assert Predictor.load(run).model.ensemble_weights.tolist() == pytest.approx([0.4, 2.1, 0.5, 1.0])
     out = tmp_path / "onnx"
     assert main(["export", str(run), "--format", "onnx", "--out", str(out)]) == 0
     eager, fp32 = EagerBackend(run), OnnxBackend(out, "model.onnx")

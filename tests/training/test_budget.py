@@ -55,6 +55,19 @@ def test_validation_plateau_stops_before_the_budget(monkeypatch):
     assert state["stopped"] == "early_stopping" and state["epoch"] == 4 < state["epochs"]
 
 
+def test_a_falling_validation_loss_is_no_plateau(monkeypatch):
+    """A score stuck at its best (accuracy near the top) while the loss still falls keeps training;
+    the checkpoint kept is still the best score's (ties: the lower loss)."""
+    clock = Clock()
+    monkeypatch.setattr(trainer.time, "perf_counter", clock)
+    losses = iter([1.0, 0.9, 0.95, 0.85, 0.8, 0.79, 0.78, 0.77, 0.76, 0.75] + [0.75] * 100)
+    scores = iter([0.5, 0.9, 0.8, 0.8, 0.8, 0.85, 0.8, 0.8, 0.8, 0.8] + [0.8] * 100)
+    state, _ = _fit(clock, step_s=1.0, validate=lambda m: {"val_loss": next(losses), "score": next(scores)},
+                    patience=3)
+    assert state["best_epoch"] == 2 and state["stopped"] == "early_stopping"
+    assert state["epoch"] == 13                   # 3 epochs after the loss last fell (epoch 10)
+
+
 def test_epochs_asked_for_are_not_replaced(monkeypatch):
     clock = Clock()
     monkeypatch.setattr(trainer.time, "perf_counter", clock)

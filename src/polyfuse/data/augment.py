@@ -66,9 +66,17 @@ class Augmenter:
         if c.freq_warp > 0:
             mel = freq_warp(mel, c.freq_warp)
         lengths = mask.sum(1).tolist()
+        if c.audio_crop > 0:
+            mask = mask.clone()
         for i, n in enumerate(lengths):
             if n == 0:
                 continue
+            if c.audio_crop > 0:         # a random stretch of at least 1 - audio_crop of the clip
+                keep = int(torch.randint(max(1, math.ceil((1 - c.audio_crop) * n)), n + 1, ()))
+                t0 = int(torch.randint(0, n - keep + 1, ()))
+                mel[i, :, :keep] = mel[i, :, t0:t0 + keep].clone()
+                mask[i, keep:n] = False
+                n = keep
             if c.audio_shift > 0:
                 s = int(torch.randint(-int(c.audio_shift * n), int(c.audio_shift * n) + 1, ()))
                 mel[i, :, :n] = mel[i, :, :n].roll(s, dims=-1)
@@ -84,7 +92,7 @@ class Augmenter:
         gain_db = (torch.rand(B, 1, 1) * 2 - 1) * c.audio_gain_db
         mel = mel + gain_db * math.log(10) / 10 / self.audio_std
         mel = mel + c.audio_noise * torch.randn_like(mel)
-        return {**part, "mel": mel * mask[:, None, :]}                     # padding stays exactly zero
+        return {**part, "mel": mel * mask[:, None, :], "mask": mask}       # padding stays exactly zero
 
     # -- text: ids (B, T), mask (B, T) ---------------------------------------------------------
     def text(self, part: dict) -> dict:

@@ -21,10 +21,12 @@ class TaskHead(nn.Module):
         w = fused.score_weights.to(logits.dtype)[..., None]        # (B, C, 1)
         return (logits * w).sum(1) / w.sum(1).clamp_min(1.0)       # (B, K)
 
-    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, y: torch.Tensor, smooth: bool = True) -> torch.Tensor:
+        """smooth=False: the plain negative log-likelihood, without label smoothing (for fitting
+        weights on held-out rows, where smoothing would reward doubt)."""
         logits = logits.float()
         if self.task == "classification":
-            return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+            return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing if smooth else 0.0)
         if self.task == "multilabel":
             return F.binary_cross_entropy_with_logits(logits, y)
         return F.mse_loss(logits.squeeze(-1), y)                   # y is standardised

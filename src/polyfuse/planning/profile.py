@@ -12,6 +12,7 @@ from PIL import Image
 
 from ..config import SchemaConfig
 from ..data.manifest import Table, is_missing
+from .split import group_candidates
 
 SAMPLE_ROWS = 256          # files opened per column
 PIXEL_SAMPLE = 48          # images decoded per column for channel statistics
@@ -36,22 +37,7 @@ def profile_table(table: Table, schema: SchemaConfig, seed: int = 0) -> dict:
             info.update(_text(picked))
         columns[col] = info
     return {"rows": len(table), "label": _label(table, schema), "columns": columns,
-            "group_candidates": _group_candidates(table, schema)}
-
-
-def _group_candidates(table: Table, schema: SchemaConfig) -> dict:
-    """Unused text-valued columns whose few values repeat over many rows (a speaker, a source, a
-    site): {column: distinct values}. Validating on unseen groups of one needs --group-by."""
-    used = {c for c, _ in schema.streams()} | {schema.label}
-    n, out = len(table), {}
-    for col in table.df.columns:
-        values = table.df[col].dropna()
-        if col in used or values.empty or not all(isinstance(v, str) for v in values[:200]):
-            continue
-        k = values.nunique()
-        if 2 <= k <= min(100, n // 10):
-            out[str(col)] = int(k)
-    return out
+            "group_candidates": group_candidates(table, schema)}
 
 
 def _label(table: Table, schema: SchemaConfig) -> dict:

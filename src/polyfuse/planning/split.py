@@ -2,10 +2,14 @@
 
 Stratified by the label (classification), so every class is validated; whole groups when a group
 column is named (a speaker, a patient, a source file), so the validation score measures what a
-new group will get. Without a group column, rows that share a media file are kept together: a
-file used by several rows would otherwise be seen in training and "validated" again.
+new group will get — and so do early stopping and the ensemble's weights, which otherwise learn
+to trust whatever recognises the training speakers. By default ("auto") a column that looks like
+a group is used (find_group). Without a group column, rows that share a media file are kept
+together: a file used by several rows would otherwise be seen in training and "validated" again.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pandas as pd
@@ -18,7 +22,7 @@ from ..errors import ConfigError
 MIN_VAL_ROWS = 20      # fewer than this and the validation score is noise: train on every row
 
 
-def holdout(table: Table, schema: SchemaConfig, fraction: float, group_by: str | None,
+def holdout(table: Table, schema: SchemaConfig, fraction: float, group_by: str,
             seed: int) -> tuple[Table, Table | None, str]:
     """(train part, validation part or None, a sentence saying what was done)."""
     n = len(table)
@@ -27,7 +31,13 @@ def holdout(table: Table, schema: SchemaConfig, fraction: float, group_by: str |
     if round(n * fraction) < MIN_VAL_ROWS:
         return table, None, (f"no validation table, and {n} rows are too few to hold out "
                              f"{MIN_VAL_ROWS}: every row trains, the last epoch is kept")
+    found = None
+    if group_by == "auto":
+        found = find_group(table, schema, fraction)
+        group_by = found[0] if found else "none"
     groups, how = _groups(table, schema, group_by)
+    if found:
+        how += f" (found: {found[1]}; --group-by none splits by row)"
     y = _strata(table, schema)
     n_groups = len(np.unique(groups))
     if n_groups < 2:
@@ -50,9 +60,49 @@ def holdout(table: Table, schema: SchemaConfig, fraction: float, group_by: str |
     return part(tr, "training part"), part(va, "validation part"), said
 
 
-def _groups(table: Table, schema: SchemaConfig, group_by: str | None) -> tuple[np.ndarray, str]:
+def group_candidates(table: Table, schema: SchemaConfig) -> dict:
+    """Unused text-valued columns whose few values repeat over many rows (a speaker, a source, a
+    site): {column: distinct values}."""
+    used = {c for c, _ in schema.streams()} | {schema.label}
+    n, out = len(table), {}
+    for col in table.df.columns:
+        values = table.df[col].dropna()
+        if col in used or values.empty or not all(isinstance(v, str) for v in values[:200]):
+            continue
+        k = values.nunique()
+        if 2 <= k <= min(100, n // 10):
+            out[str(col)] = int(k)
+    return out
+
+
+def find_group(table: Table, schema: SchemaConfig, fraction: float) -> tuple[str, str] | None:
+    """(column, why) of the candidate to hold out by, or None. A group column must cut across the
+    labels — most classes occur in a typical group, as every digit in each speaker's recordings;
+    a column that names the class in other words (a category beside its number) would hold out
+    whole classes — and have enough groups that whole ones make about the asked share: at least
+    1 / (2 * fraction), so the held-out part is at most twice what was asked. Of those, the one
+    with the most groups (the finest: a speaker rather than a recording site)."""
+    df, need = table.df, max(3, math.ceil(1 / (2 * fraction)))
+    best = None
+    for col, k in group_candidates(table, schema).items():
+        if k < need:
+            continue
+        why = f"'{col}' has {k} values"
+        if schema.task == "classification" and schema.label in df.columns:
+            labelled = df[[col, schema.label]].dropna()
+            n_classes = labelled[schema.label].nunique()
+            share = float(labelled.groupby(col)[schema.label].nunique().median()) / max(1, n_classes)
+            if n_classes > 1 and share < 0.5:
+                continue
+            why += f", a typical one holding {share:.0%} of the classes"
+        if best is None or k > best[0]:
+            best = (k, col, why)
+    return (best[1], best[2]) if best else None
+
+
+def _groups(table: Table, schema: SchemaConfig, group_by: str) -> tuple[np.ndarray, str]:
     df = table.df
-    if group_by is not None:
+    if group_by != "none":
         if group_by not in df.columns:
             raise ConfigError(f"train.group_by: unknown column '{group_by}'; the table has: "
                               f"{', '.join(map(str, df.columns))}")

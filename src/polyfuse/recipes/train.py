@@ -58,7 +58,7 @@ def train_run(cfg: Config, train, val=None, out: str | Path = "runs/exp", resume
         train_t, val_t, split_note = holdout(train_t, schema, cfg.train.val_fraction, cfg.train.group_by,
                                              cfg.train.seed)
         say(split_note)
-    elif cfg.train.group_by is not None:
+    elif cfg.train.group_by not in ("auto", "none"):
         say(f"a validation table was given: train.group_by '{cfg.train.group_by}' is not used")
     if fixed is not None:
         cfg = plan_config(cfg, train_t, folder, fixed, preset, resume, init_from, split_note, say,
@@ -137,7 +137,18 @@ def train_run(cfg: Config, train, val=None, out: str | Path = "runs/exp", resume
     if acc.is_main_process and fixed is not None:
         folder.write_plan({**folder.plan(), "outcome": summary["budget"]})
 
-    # 6. Validation metrics of the best weights.
+    # 6. The ensemble's weights from the validation rows (the same on every process), then saved.
+    if model.ensemble and val_set is not None:
+        from ..training.ensemble import fit_ensemble
+        fitted = fit_ensemble(model, val_set, collate, cfg.train.batch_size * 2, "cpu")
+        say("ensemble weights from the validation rows: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in fitted["weights"].items())
+            + f" (validation loss {fitted['loss_equal']:.4f} equal, {fitted['loss_fitted']:.4f} fitted)")
+        summary["ensemble"] = fitted
+        if acc.is_main_process:
+            predictor.save_weights(folder.path, {"ensemble": fitted})
+
+    # 7. Validation metrics of the best weights.
     if val_set is not None and acc.is_main_process:
         metrics = evaluate(predictor, val_set)
         metrics["split"] = "validation"

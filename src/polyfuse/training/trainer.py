@@ -75,7 +75,8 @@ class TrainState:
     best_score: float | None = None
     best_val_loss: float | None = None
     best_epoch: int | None = None
-    bad_epochs: int = 0
+    bad_epochs: int = 0              # epochs since the score or the validation loss last improved
+    lowest_val_loss: float | None = None
     elapsed_s: float = 0.0
     stopped: str | None = None       # "max_minutes", "early_stopping", or None (ran every epoch)
     epochs: int | None = None        # fill_budget: the epochs chosen to fill the budget
@@ -164,10 +165,18 @@ class Trainer:
             improved = state.better(record)
             if improved:
                 state.best_score, state.best_val_loss = record.get("score"), record.get("val_loss")
-                state.best_epoch, state.bad_epochs = state.epoch, 0
+                state.best_epoch = state.epoch
                 # Only a validation score ranks epochs; without one the last epoch is the result,
                 # so there is no best copy to keep (pretraining's validation losses only report).
                 best = state_dict_cpu(raw) if "score" in record else None
+            # A plateau is neither the score nor the loss improving: near the top, accuracy on a few
+            # hundred rows moves by single rows while the loss still falls as the schedule cools.
+            loss = record.get("val_loss")
+            lower = loss is not None and (state.lowest_val_loss is None or loss < state.lowest_val_loss - 1e-9)
+            if lower:
+                state.lowest_val_loss = loss
+            if improved or lower:
+                state.bad_epochs = 0
             else:
                 state.bad_epochs += 1
                 if tc.patience is not None and state.bad_epochs >= tc.patience:
