@@ -143,6 +143,11 @@ class TowerImageProcessor(_TowerProcessor):
         return {"pixels": pixels, "present": present}
 
 
+# Towers run on each clip's own length (encoders/whisper.py) rather than the fixed length their
+# extractor pads to (Whisper: 30 s): the extractor is asked not to pad.
+CLIP_LENGTH = frozenset({"whisper"})
+
+
 class TowerAudioProcessor(_TowerProcessor):
     """Raw waveform (wav2vec2) or spectrogram features (Whisper, AST): whatever the extractor makes.
 
@@ -157,6 +162,7 @@ class TowerAudioProcessor(_TowerProcessor):
         self.reader = AudioProcessor(dataclasses.replace(cfg.audio, sample_rate=int(hf.sampling_rate)))
         # Feature extractors that take a mask (wav2vec2-large style) say so in their config.
         self.wants_attention_mask = bool(hf.return_attention_mask)
+        self.pad = {"padding": "longest"} if model_config.model_type in CLIP_LENGTH else {}
         if self.wants_attention_mask:
             self.fields = type(self).fields + ("attention_mask",)
 
@@ -166,7 +172,7 @@ class TowerAudioProcessor(_TowerProcessor):
 
     def __call__(self, source) -> dict:
         wave = self.reader.decode(source)
-        feats = self.hf(wave, sampling_rate=self.hf.sampling_rate, return_tensors="pt")
+        feats = self.hf(wave, sampling_rate=self.hf.sampling_rate, return_tensors="pt", **self.pad)
         values = feats[self.hf.model_input_names[0]][0].float()
         return {"values": values}
 

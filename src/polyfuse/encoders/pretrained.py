@@ -18,11 +18,12 @@ import torch
 from torch import nn
 
 from ..config import Config
-from ..data.pretrained import TowerSource
+from ..data.pretrained import CLIP_LENGTH, TowerSource
 from ..errors import ConfigError
 from ..fusion.transformer import init_weights, masked_mean
 from .base import Encoder
 from .feature_cache import FeatureCache, module_identity, row_key
+from .whisper import whisper_features
 
 # model_type -> (path of the tower's layer list, modules after it that belong to the top layer).
 # Explicit on purpose: unfreezing "the top k layers" must mean the same thing every time.
@@ -189,6 +190,9 @@ class TowerEncoder(Encoder):
         name = self.tower.main_input_name
         lengths = part["lengths"][idx]
         L = int(lengths.max())
+        if self.model_type in CLIP_LENGTH:     # Whisper: each clip at its own length, not 30 s
+            h, n = whisper_features(self.tower, part["values"][idx][..., :L], lengths)
+            return [h[j, : int(n[j])] for j in range(len(idx))]
         if "attention_mask" in part or bool((lengths == L).all()):
             kwargs = {name: part["values"][idx][..., :L]}
             if "attention_mask" in part:
