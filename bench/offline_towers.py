@@ -101,29 +101,27 @@ def whisper_state(v: dict[str, np.ndarray], n_enc: int, n_dec: int) -> dict[str,
     linear(f"{e}.conv1", "encoder/conv1")
     linear(f"{e}.conv2", "encoder/conv2")
     s[f"{e}.embed_positions.weight"] = _t(v["encoder/position_encodings/encodings"])
-    for i in range(n_enc):
-        src, dst = f"encoder/layer_{i}", f"{e}.layers.{i}"
+    def layer(dst, src):
+        """Self-attention and feed-forward: the parts encoder and decoder layers share."""
         fused(f"{dst}.self_attn", f"{src}/self_attention/linear_0", ("q_proj", "k_proj", "v_proj"))
         linear(f"{dst}.self_attn.out_proj", f"{src}/self_attention/linear_1")
         norm(f"{dst}.self_attn_layer_norm", f"{src}/self_attention/layer_norm")
         linear(f"{dst}.fc1", f"{src}/ffn/linear_0")
         linear(f"{dst}.fc2", f"{src}/ffn/linear_1")
         norm(f"{dst}.final_layer_norm", f"{src}/ffn/layer_norm")
+
+    for i in range(n_enc):
+        layer(f"{e}.layers.{i}", f"encoder/layer_{i}")
     norm(f"{e}.layer_norm", "encoder/layer_norm")
     s[f"{d}.embed_tokens.weight"] = _t(v["decoder/embeddings/weight"])
     s[f"{d}.embed_positions.weight"] = _t(v["decoder/position_encodings/encodings"])
     for i in range(n_dec):
         src, dst = f"decoder/layer_{i}", f"{d}.layers.{i}"
-        fused(f"{dst}.self_attn", f"{src}/self_attention/linear_0", ("q_proj", "k_proj", "v_proj"))
-        linear(f"{dst}.self_attn.out_proj", f"{src}/self_attention/linear_1")
-        norm(f"{dst}.self_attn_layer_norm", f"{src}/self_attention/layer_norm")
-        linear(f"{dst}.encoder_attn.q_proj", f"{src}/attention/linear_0")
+        layer(dst, src)
+        linear(f"{dst}.encoder_attn.q_proj", f"{src}/attention/linear_0")      # cross-attention
         fused(f"{dst}.encoder_attn", f"{src}/attention/linear_1", ("k_proj", "v_proj"))
         linear(f"{dst}.encoder_attn.out_proj", f"{src}/attention/linear_2")
         norm(f"{dst}.encoder_attn_layer_norm", f"{src}/attention/layer_norm")
-        linear(f"{dst}.fc1", f"{src}/ffn/linear_0")
-        linear(f"{dst}.fc2", f"{src}/ffn/linear_1")
-        norm(f"{dst}.final_layer_norm", f"{src}/ffn/layer_norm")
     norm(f"{d}.layer_norm", "decoder/layer_norm")
     s["proj_out.weight"] = s[f"{d}.embed_tokens.weight"]            # tied, as in every Whisper
     return s

@@ -152,3 +152,15 @@ def test_training_without_val_holds_out_groups(tmp_path):
     assert "val_accuracy" in log and "aux_image_loss" in log            # balanced: text + image
     plan = json.loads((tmp_path / "run" / "plan.json").read_text())
     assert "writer" in plan["validation"] and plan["outcome"]["stopped"] == "all_epochs"
+
+
+def test_a_pretrained_tower_is_frozen_and_keeps_its_own_preprocessing(tmp_path):
+    path = _table(tmp_path, seconds=1.2)
+    table = read_table(path)
+    cfg = Config.from_dict({"schema": vars(SCHEMA), "audio": {"encoder": str(tmp_path / "some_tower")}})
+    plan = make_plan(profile_table(table, SCHEMA), cfg, len(table))
+    assert plan.settings["model"]["freeze_encoders"] is True and "unfreeze_top_k" not in plan.settings["model"]
+    assert plan.settings["audio"]["max_seconds"] == pytest.approx(1.2, abs=0.01)     # clip length from the data
+    assert "sample_rate" not in plan.settings["audio"] and "n_mels" not in plan.settings["audio"]  # the tower's own
+    best = make_plan(profile_table(table, SCHEMA), cfg, len(table), preset="best")
+    assert best.settings["model"]["unfreeze_top_k"] == 1

@@ -51,11 +51,16 @@ def make_plan(profile: dict, cfg: Config, train_rows: int, preset: str | None = 
               for m in ("text", "image", "audio")}
     if by_mod["image"] and not is_tower(cfg.image.encoder):
         _image(plan, by_mod["image"])
-    if by_mod["audio"] and not is_tower(cfg.audio.encoder):
-        _audio(plan, by_mod["audio"])
+    if by_mod["audio"]:
+        seconds = _clip_length(plan, by_mod["audio"])
+        if not is_tower(cfg.audio.encoder):
+            _audio(plan, by_mod["audio"], seconds)
     if by_mod["text"]:
         _text(plan, by_mod["text"], tower=is_tower(cfg.text.encoder))
     _model(plan, profile, cfg, train_rows, preset, supervised)
+    towers = [m for m in ("text", "image", "audio") if by_mod[m] and is_tower(getattr(cfg, m).encoder)]
+    if towers:
+        _towers(plan, towers, preset)
     _train(plan, profile, cfg, train_rows, preset, max_minutes)
     if cfg.train.group_by == "none":
         for col, k in profile["group_candidates"].items():
@@ -96,7 +101,26 @@ def _image(plan: Plan, columns: list[dict]):
     plan.set("image.std", std, "pixel spread of the same sample")
 
 
-def _audio(plan: Plan, columns: list[dict]):
+def _clip_length(plan: Plan, columns: list[dict]) -> float:
+    p95 = max(c["seconds"]["p95"] for c in columns)
+    longest = max(c["seconds"]["max"] for c in columns)
+    seconds = round(min(10.0, max(0.5, p95)), 2)
+    plan.set("audio.max_seconds", seconds, f"95% of clips are at most {p95:.2f} s (longest {longest:.2f} s)"
+             + ("; capped at 10 s" if p95 > 10 else "") + "; longer ones keep their start")
+    return seconds
+
+
+def _towers(plan: Plan, towers: list[str], preset: str | None):
+    """How pretrained towers adapt. Frozen, each input goes through the tower once (the feature
+    cache) and only the projections, fusion and head train: the most epochs a budget buys, and
+    the pretrained features intact on small data. `best` also trains each tower's top layer."""
+    which = ", ".join(towers)
+    plan.set("model.freeze_encoders", True, f"pretrained {which}: frozen, features cached after one pass")
+    if preset == "best":
+        plan.set("model.unfreeze_top_k", 1, "preset best: the top layer of each tower adapts")
+
+
+def _audio(plan: Plan, columns: list[dict], seconds: float):
     rate = min(c["sample_rate"]["most_common"] for c in columns)
     sr = min(16000, rate)
     plan.set("audio.sample_rate", sr, f"files are mostly {rate} Hz" + (", capped at 16 kHz" if rate > sr else ""))
@@ -107,11 +131,6 @@ def _audio(plan: Plan, columns: list[dict]):
     # Mel bands no narrower than about one FFT bin at the low end.
     n_mels = 40 if sr <= 8000 else 64
     plan.set("audio.n_mels", min(n_mels, n_fft // 4), f"{n_fft // 2 + 1} FFT bins")
-    p95 = max(c["seconds"]["p95"] for c in columns)
-    longest = max(c["seconds"]["max"] for c in columns)
-    seconds = round(min(10.0, max(0.5, p95)), 2)
-    plan.set("audio.max_seconds", seconds, f"95% of clips are at most {p95:.2f} s (longest {longest:.2f} s)"
-             + ("; capped at 10 s" if p95 > 10 else "") + "; longer ones keep their start")
     frames = seconds * sr / hop
     k = 2 ** max(2, math.ceil(math.log2(frames / 64)))      # at most ~64 audio tokens
     plan.set("audio.frames_per_token", k, f"{math.ceil(frames / k)} tokens for a {seconds:g} s clip")
