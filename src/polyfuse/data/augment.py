@@ -25,17 +25,22 @@ class Augmenter:
         self.audio_std = audio.std if isinstance(audio, AudioProcessor) else 1.0   # a tower's values: unit scale
         self.mask_id = text.mask_id if text is not None else None
         self.pad_id = text.pad_id if text is not None else 0
-        # A pretrained text tower's ids are left alone: dropping tokens could delete its [CLS]/[SEP],
-        # and every edited text would miss the feature cache, re-running the frozen tower and
-        # growing the cache on disk each epoch. Augment such a model's other modalities only.
-        from .pretrained import TowerTextProcessor
-        self.text_on = not isinstance(text, TowerTextProcessor)
+        # A pretrained text tower's ids are left alone: dropping tokens could delete its [CLS]/[SEP].
+        # Nor are a cached frozen tower's inputs: every edited input would miss the feature cache,
+        # re-running the tower and growing the cache on disk each epoch. Other modalities still are.
+        from .network import NetworkImageProcessor
+        from .pretrained import TowerTextProcessor, _TowerProcessor
+        mc = processors.cfg.model
+        cached = mc.towers_fully_frozen and mc.feature_cache
+        self.skip = {m for m, p in processors.by_modality.items()
+                     if isinstance(p, TowerTextProcessor)
+                     or (cached and isinstance(p, (_TowerProcessor, NetworkImageProcessor)))}
 
     def __call__(self, inputs: dict) -> dict:
         out = {}
         for col, part in inputs.items():
-            fn = {"image": self.image, "audio": self.audio, "text": self.text if self.text_on else None}.get(
-                part["modality"])
+            fn = None if part["modality"] in self.skip else {"image": self.image, "audio": self.audio,
+                                                              "text": self.text}.get(part["modality"])
             # Parts of another shape (say a pretrained tower's own inputs) pass through unchanged.
             keys = {"image": "pixels", "audio": "mel", "text": "ids"}.get(part["modality"])
             out[col] = fn(part) if fn is not None and keys in part else part

@@ -17,10 +17,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..config import Config, is_tower
+from ..config import Config, is_network, is_tower
 from ..errors import ConfigError, InputError
 from .audio import AudioProcessor
 from .image import ImageProcessor
+from .network import NetworkImageProcessor
 from .text import TextProcessor
 
 
@@ -201,6 +202,8 @@ def make_processor(cfg: Config, modality: str):
     if modality == "text" and encoder == "word2vec":
         from .word2vec import Word2VecTextProcessor
         return Word2VecTextProcessor(cfg.text, d_model=cfg.model.d_model, seed=cfg.train.seed)
+    if is_network(encoder):
+        return NetworkImageProcessor.create(cfg)
     if is_tower(encoder):
         return TOWER_PROCESSORS[modality].create(cfg, TowerSource(encoder, with_weights=True))
     return None
@@ -208,6 +211,8 @@ def make_processor(cfg: Config, modality: str):
 
 def load_processor(cfg: Config, modality: str, folder: Path):
     """A tower's processor from a run folder's processors/, or None when the modality has no tower."""
+    if is_network(getattr(cfg, modality).encoder):
+        return NetworkImageProcessor.load(cfg, folder)
     if is_tower(getattr(cfg, modality).encoder):
         if not (tower_folder(folder, modality) / "config.json").exists():
             raise ConfigError(f"{folder}: the run uses a pretrained {modality} tower but "
@@ -228,6 +233,8 @@ def tower_sources(processors, pretrained_weights: bool = False) -> dict:
         if isinstance(proc, _TowerProcessor):
             encoder = getattr(proc.cfg, m).encoder
             out[m] = TowerSource(encoder, True) if pretrained_weights else proc.source
+        elif isinstance(proc, NetworkImageProcessor):     # the factory builds it; weights: pretrained or the run's
+            out[m] = TowerSource(proc.reference, pretrained_weights)
         elif proc.kind == "text" and proc.init_vectors is not None:
             out[m] = proc.init_vectors
     return out

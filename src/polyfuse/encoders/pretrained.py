@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import Config
+from ..config import Config, is_network
+from ..data.network import load_network
 from ..data.pretrained import CLIP_LENGTH, TowerSource
 from ..errors import ConfigError
 from ..fusion.transformer import init_weights, masked_mean
@@ -71,12 +72,16 @@ class TowerEncoder(Encoder):
         super().__init__()
         mc = cfg.model
         self.modality = modality
-        self.tower = load_tower(source, modality)
-        self.model_type = self.tower.config.model_type
-        width = getattr(self.tower.config, "hidden_size", None) or self.tower.config.hidden_sizes[-1]
+        if is_network(source.path):       # any PyTorch network (data/network.py)
+            net = load_network(source.path, source.with_weights)
+            self.tower, self.model_type, width, self.hf = net.network, None, net.width, False
+        else:
+            self.tower, self.hf = load_tower(source, modality), True
+            self.model_type = self.tower.config.model_type
+            width = getattr(self.tower.config, "hidden_size", None) or self.tower.config.hidden_sizes[-1]
         self.proj = nn.Linear(width, mc.d_model)
         self.drop = nn.Dropout(mc.dropout)
-        self.fully_frozen = bool(mc.freeze_encoders and not mc.unfreeze_top_k and not mc.lora)
+        self.fully_frozen = mc.towers_fully_frozen
         if mc.freeze_encoders or mc.lora:
             self.tower.requires_grad_(False)
         if mc.unfreeze_top_k:
@@ -180,9 +185,12 @@ class TowerEncoder(Encoder):
             h = self.tower(input_ids=part["ids"][idx][:, :T], attention_mask=mask.long()).last_hidden_state
             return [h[j, mask[j]] for j in range(len(idx))]
         if self.modality == "image":
-            h = self.tower(pixel_values=part["pixels"][idx]).last_hidden_state
+            pixels = part["pixels"][idx]
+            h = self.tower(pixel_values=pixels).last_hidden_state if self.hf else self.tower(pixels)
             if h.ndim == 4:                                        # conv nets: (b, C, h, w) -> (b, h*w, C)
                 h = h.flatten(2).transpose(1, 2)
+            elif h.ndim == 2:                                      # one vector per image: one token
+                h = h[:, None]
             return list(h)
         return self._run_audio(part, idx)
 
