@@ -30,7 +30,8 @@ class Polyfuse:
         # architecture too, unless `config` is given), as `polyfuse train --init-from`.
         self.init_from, self.allow_partial = init_from, allow_partial
         # Settings not given are chosen from the training table (planning/), as `polyfuse train`
-        # does; a Config object is taken as complete and nothing is planned.
+        # does; a Config object is taken as complete and nothing is planned. group_by: the column
+        # whose values validation holds out whole ("auto": one that looks like a group; None: rows).
         self.max_minutes, self.preset, self.group_by = max_minutes, preset, group_by
 
     # -- the config a user asked for: only values they set override the defaults ----------

@@ -38,8 +38,8 @@ def add_plan_args(p):
                    + "; ".join(f"{k}: {v['minutes']} min" for k, v in PRESETS.items())
                    + " (--max-minutes overrides the preset's)")
     p.add_argument("--group-by", metavar="COLUMN", help="without --val: hold out whole groups of this column "
-                   "(speaker, patient, source) for validation; 'auto' (default): a column that looks like "
-                   "one; 'none': rows")
+                   "(speaker, patient, source) for validation; 'auto': a column that looks like one; "
+                   "'none' (default): rows")
     p.add_argument("--val-fraction", type=float, help="without --val: share of rows held out (train.val_fraction)")
 
 

@@ -65,7 +65,7 @@ def make_plan(profile: dict, cfg: Config, train_rows: int, preset: str | None = 
     if cfg.train.group_by == "none":
         for col, k in profile["group_candidates"].items():
             plan.notes.append(f"column '{col}' ({k} values) looks like a group: with --group-by {col} "
-                              "validation holds out whole groups and scores what a new one will get")
+                              "(or auto) validation holds out whole groups and scores what a new one will get")
     return plan
 
 

@@ -3,9 +3,10 @@
 Stratified by the label (classification), so every class is validated; whole groups when a group
 column is named (a speaker, a patient, a source file), so the validation score measures what a
 new group will get — and so do early stopping and the ensemble's weights, which otherwise learn
-to trust whatever recognises the training speakers. By default ("auto") a column that looks like
-a group is used (find_group). Without a group column, rows that share a media file are kept
-together: a file used by several rows would otherwise be seen in training and "validated" again.
+to trust whatever recognises the training speakers. "auto" uses a column that looks like a
+group (find_group); "none" (the default) splits by row, since a held-out group is never trained
+on. Without a group column, rows that share a media file are kept together: a file used by
+several rows would otherwise be seen in training and "validated" again.
 """
 from __future__ import annotations
 
