@@ -68,6 +68,16 @@ def test_a_falling_validation_loss_is_no_plateau(monkeypatch):
     assert state["epoch"] == 13                   # 3 epochs after the loss last fell (epoch 10)
 
 
+def test_a_slow_first_epoch_does_not_set_the_plan(monkeypatch):
+    """Epoch 1 fills a feature cache (10x slower): the plan made from it (2 epochs) is redone from
+    the second, so the run still fills the budget."""
+    clock = Clock()
+    monkeypatch.setattr(trainer.time, "perf_counter", clock)
+    state, _ = _fit(clock, step_s=lambda n: 6.0 if n <= 4 else 0.6)      # 4 steps per epoch
+    assert state["epoch"] == state["epochs"] > 10
+    assert 0.8 * 60 <= state["elapsed_s"] <= 60
+
+
 def test_epochs_asked_for_are_not_replaced(monkeypatch):
     clock = Clock()
     monkeypatch.setattr(trainer.time, "perf_counter", clock)

@@ -184,12 +184,14 @@ class Trainer:
             state.elapsed_s = time.perf_counter() - t_start
             if fill:
                 state.epoch_times.append(round(time.perf_counter() - t_epoch, 3))
-            if fill and state.stopped is None and (state.epochs is None or state.epoch <= state.epochs / 2):
-                # Re-planned on the median epoch so far, in the first half only: one slow epoch (a
-                # busy machine) must not cut the run short, and late changes would bend the
-                # schedule's end. After the first epoch (which replaces the probe's guess), small
-                # differences (< 10%) keep the plan.
-                epoch_s = statistics.median(state.epoch_times)
+            if fill and state.stopped is None and (state.epochs is None or state.epoch <= max(2, state.epochs / 2)):
+                # Re-planned on the median epoch so far, in the first half only (and after epoch 2
+                # always): one slow epoch (a busy machine) must not cut the run short, and late
+                # changes would bend the schedule's end. The first epoch pays one-off costs (a
+                # frozen tower filling its feature cache can make it 10x the others), so once
+                # there are later epochs it no longer counts. After the first epoch (which
+                # replaces the probe's guess), small differences (< 10%) keep the plan.
+                epoch_s = statistics.median(state.epoch_times[1:] or state.epoch_times)
                 self._fill(state, total, steps_per_epoch, epoch_s, state.elapsed_s,
                            tolerance=0.0 if state.epoch == 1 else 0.1)
             record["elapsed_s"] = round(state.elapsed_s, 2)
