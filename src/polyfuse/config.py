@@ -129,11 +129,16 @@ class AudioConfig:
     frames_per_token: int = 4        # spectrogram frames per audio token
     stem: str = "linear"             # linear | conv
     encoder: str = "scratch"         # scratch | a Hugging Face model folder or hub id
+    # "clip": each clip's mean log-mel is subtracted before the training statistics apply, so a
+    # recording's level (microphone gain, distance) is not a feature; "none" keeps it.
+    level: str = "none"
 
     def validate(self):
         _positive(self, "sample_rate", "n_mels", "n_fft", "hop_length", "max_seconds",
                   "max_file_seconds", "frames_per_token")
         _check_encoder("audio", self.encoder, ("scratch",))
+        if self.level not in ("none", "clip"):
+            raise ConfigError(f"audio.level must be 'none' or 'clip', got {self.level!r}")
         if self.stem not in ("linear", "conv"):
             raise ConfigError(f"audio.stem must be 'linear' or 'conv', got {self.stem!r}")
         if self.stem == "conv" and self.frames_per_token & (self.frames_per_token - 1):
@@ -256,6 +261,7 @@ class AugmentConfig:
     audio_gain_db: float = 6.0       # gain drawn in [-g, +g] dB
     audio_noise: float = 0.05        # std of Gaussian noise on the normalised log-mel
     freq_warp: float = 0.1           # mel axis stretched by a factor in [1 - w, 1 + w] (pitch / speaker)
+    audio_filter_db: float = 6.0     # a random smooth equaliser over the mel bands, within +-this dB (microphone)
     time_masks: int = 2              # SpecAugment: masks of up to time_mask_width frames
     time_mask_width: int = 8
     freq_masks: int = 2              # SpecAugment: masks of up to freq_mask_width mel bins
@@ -268,7 +274,8 @@ class AugmentConfig:
                      "span_mask", "freq_warp"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"augment.{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("time_masks", "time_mask_width", "freq_masks", "freq_mask_width", "audio_gain_db"):
+        for name in ("time_masks", "time_mask_width", "freq_masks", "freq_mask_width", "audio_gain_db",
+                     "audio_filter_db"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"augment.{name} must be >= 0, got {getattr(self, name)}")
 

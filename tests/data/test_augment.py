@@ -106,7 +106,7 @@ def test_audio_crop_keeps_a_random_stretch_at_the_start():
     kept = set()
     for seed in range(12):
         out = run(seed, audio_crop=0.5, audio_shift=0.0, time_masks=0, freq_masks=0, freq_warp=0.0,
-                  audio_gain_db=0.0, audio_noise=0.0)["audio"]
+                  audio_gain_db=0.0, audio_noise=0.0, audio_filter_db=0.0)["audio"]
         n = int(out["mask"][0].sum())
         assert 20 <= n <= 40 and out["mask"][0, :n].all() and (out["mel"][0, :, n:] == 0).all()
         starts = [t for t in range(40 - n + 1) if torch.allclose(out["mel"][0, :, :n], orig["mel"][0, :, t:t + n])]
@@ -114,3 +114,19 @@ def test_audio_crop_keeps_a_random_stretch_at_the_start():
         assert int(out["mask"][1].sum()) >= 12 and not out["mask"][2].any()     # shorter clip; absent stays absent
         kept.add((n, starts[0]))
     assert len(kept) > 3
+
+
+def test_random_filter_colours_every_frame_alike_within_its_bound():
+    """The random equaliser adds one smooth curve over the mel bands to each clip: the same for all
+    its frames, within +-audio_filter_db, and padding stays zero."""
+    quiet = dict(audio_crop=0.0, audio_shift=0.0, time_masks=0, freq_masks=0, freq_warp=0.0, audio_gain_db=0.0,
+                 audio_noise=0.0)
+    orig = batch()["audio"]
+    assert torch.allclose(run(0, audio_filter_db=0.0, **quiet)["audio"]["mel"], orig["mel"])
+    out = run(0, audio_filter_db=6.0, **quiet)["audio"]
+    delta = out["mel"][0] - orig["mel"][0]                                  # log power (a stand-in processor: unit std)
+    assert torch.allclose(delta, delta[:, :1].expand(-1, 40), atol=1e-5)   # one curve for every frame
+    db = delta[:, 0] * 10 / torch.log(torch.tensor(10.0))
+    assert db.abs().max() <= 6.0 + 1e-4 and db.std() > 0.1
+    assert (db.diff().abs() <= 12.0 / (16 / 3) + 1e-4).all()                 # linear between 4 points: smooth
+    assert (out["mel"][1, :, 24:] == 0).all() and (out["mel"][2] == 0).all()

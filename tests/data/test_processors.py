@@ -84,6 +84,19 @@ def test_audio_normalisation_is_fitted_and_saved(tmp_path):
     assert abs(float(mel.mean())) < 0.5
 
 
+def test_clip_level_removes_recording_gain(tmp_path):
+    """audio.level "clip": the same sound 20 dB louder gives the same features; "none" keeps the level."""
+    rng = np.random.default_rng(2)
+    wave = rng.normal(0, 0.01, 8000).astype(np.float32)           # x10 stays below full scale
+    sf.write(tmp_path / "quiet.wav", wave, 16000)
+    sf.write(tmp_path / "loud.wav", wave * 10, 16000)
+    for level, same in (("clip", True), ("none", False)):
+        proc = AudioProcessor(AudioConfig(n_mels=16, level=level)).fit([tmp_path / "quiet.wav"])
+        quiet, loud = proc(tmp_path / "quiet.wav")["mel"], proc(tmp_path / "loud.wav")["mel"]
+        assert torch.allclose(quiet, loud, atol=0.05) is same, level     # 16-bit rounding of the quiet file
+        assert abs(float(quiet.mean())) < 1e-4               # the fitted statistics are those of the features
+
+
 def test_audio_accepts_file_objects():
     buf = io.BytesIO()
     sf.write(buf, np.zeros(1600, dtype=np.float32), 16000, format="WAV")

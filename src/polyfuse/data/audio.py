@@ -58,7 +58,7 @@ class AudioProcessor:
         values = []
         for p in paths:
             try:
-                values.append(self.log_mel(self.decode(p)).flatten())
+                values.append(self.features(self.decode(p)).flatten())
             except InputError:
                 continue
             if len(values) >= limit:
@@ -112,8 +112,13 @@ class AudioProcessor:
         power = spec.abs() ** 2                                   # (n_freqs, frames)
         return torch.log(self.fb.T @ power + 1e-6)
 
+    def features(self, wave: np.ndarray) -> torch.Tensor:
+        """(n_mels, frames) log-mel, less the clip's own mean level when audio.level is "clip"."""
+        mel = self.log_mel(wave)
+        return mel - mel.mean() if self.cfg.level == "clip" else mel
+
     def __call__(self, source) -> dict:
-        mel = (self.log_mel(self.decode(source)) - self.mean) / self.std
+        mel = (self.features(self.decode(source)) - self.mean) / self.std
         # Pad each row to whole tokens here, not in the batch, so a row's last token never
         # depends on which other rows share its batch.
         k = self.cfg.frames_per_token

@@ -70,6 +70,8 @@ class Augmenter:
         B, n_mels, _ = mel.shape
         if c.freq_warp > 0:
             mel = freq_warp(mel, c.freq_warp)
+        if c.audio_filter_db > 0:
+            mel = mel + random_filter(B, n_mels, c.audio_filter_db) / self.audio_std
         lengths = mask.sum(1).tolist()
         if c.audio_crop > 0:
             mask = mask.clone()
@@ -139,6 +141,14 @@ def freq_warp(mel: torch.Tensor, w: float) -> torch.Tensor:
     frac = (src - lo.to(mel.dtype))[..., None]                                # (B, n_mels, 1)
     take = lambda idx: mel.gather(1, idx[..., None].expand(-1, -1, mel.shape[2]))
     return take(lo) * (1 - frac) + take(hi) * frac
+
+
+def random_filter(B: int, n_mels: int, db: float, points: int = 4) -> torch.Tensor:
+    """(B, n_mels, 1) log-power offsets of a random smooth equaliser: `points` gains in [-db, +db]
+    spread over the mel axis and interpolated linearly between them. A different microphone or
+    room colours the spectrum this way (FilterAugment: Nam et al., ICASSP 2022)."""
+    gains = (torch.rand(B, 1, points) * 2 - 1) * db * math.log(10) / 10         # dB -> natural log power
+    return F.interpolate(gains, size=n_mels, mode="linear", align_corners=True).transpose(1, 2)
 
 
 def random_resized_crop(x: torch.Tensor, min_scale: float) -> torch.Tensor:

@@ -135,6 +135,7 @@ def _audio(plan: Plan, columns: list[dict], seconds: float):
     k = 2 ** max(2, math.ceil(math.log2(frames / 64)))      # at most ~64 audio tokens
     plan.set("audio.frames_per_token", k, f"{math.ceil(frames / k)} tokens for a {seconds:g} s clip")
     plan.set("audio.stem", "conv", "strided convolutions over frames")
+    plan.set("audio.level", "clip", "each clip's mean level removed: recording gain is not a feature")
     median = min(c["seconds"]["median"] for c in columns)
     plan.set("augment.time_mask_width", max(1, round(0.1 * median * sr / hop)),
              f"SpecAugment time masks of up to 10% of a median clip ({median:.2f} s)")
