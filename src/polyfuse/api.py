@@ -4,6 +4,8 @@
     model.predict(test_df); model.score(test_df); model.save("runs/exp1")
     tuned = polyfuse.Polyfuse(label="label", init_from="runs/pre").fit(few_labels_df)   # from `polyfuse pretrain`
     same = polyfuse.load("runs/exp1")
+    captioner = polyfuse.Polyfuse(label="caption", image="img", task="generation", decoder="path/to/causal-lm").fit(df)
+    captioner.generate(test_df)                     # a list of texts (predict returns the same as an array)
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ class Polyfuse:
     def __init__(self, label=None, text=None, image=None, audio=None, task=None, size=None, fusion=None,
                  epochs=None, batch_size=None, lr=None, seed=None, config=None, out=None, base_dir=None,
                  progress=False, init_from=None, allow_partial=False, max_minutes=None, preset=None,
-                 group_by=None):
+                 group_by=None, decoder=None):
         self.label, self.text, self.image, self.audio, self.task = label, text, image, audio, task
         self.size, self.fusion, self.epochs, self.batch_size, self.lr, self.seed = size, fusion, epochs, batch_size, lr, seed
         self.config, self.out, self.base_dir, self.progress = config, out, base_dir, progress
@@ -33,6 +35,7 @@ class Polyfuse:
         # does; a Config object is taken as complete and nothing is planned. group_by: the column
         # whose values validation holds out whole ("auto": one that looks like a group; None: rows).
         self.max_minutes, self.preset, self.group_by = max_minutes, preset, group_by
+        self.decoder = decoder          # task="generation": a Hugging Face causal LM folder
 
     # -- the config a user asked for: only values they set override the defaults ----------
     def build_config(self) -> Config:
@@ -57,6 +60,7 @@ class Polyfuse:
             "model": {"size": self.size, "fusion": self.fusion},
             "train": {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed,
                       "max_minutes": self.max_minutes, "group_by": self.group_by},
+            "generate": {"decoder": self.decoder},
         }
         fixed = None if isinstance(self.config, Config) else set_keys(written, overrides)
         return base.merged(overrides), fixed
@@ -65,6 +69,12 @@ class Polyfuse:
         from .recipes.train import train_run
         out = self.out or tempfile.mkdtemp(prefix="polyfuse-")
         cfg, fixed = self._config()
+        if cfg.schema.task == "generation":
+            from .recipes.generate import train_generation
+            self.generator_, self.summary_ = train_generation(cfg, train, val, out, base_dir=self.base_dir,
+                                                              progress=self.progress, fixed=fixed, preset=self.preset)
+            self.run_dir_ = Path(out)
+            return self
         self.predictor_, self.summary_ = train_run(cfg, train, val, out, base_dir=self.base_dir,
                                                    progress=self.progress, init_from=self.init_from,
                                                    allow_partial=self.allow_partial, fixed=fixed, preset=self.preset)
@@ -86,7 +96,17 @@ class Polyfuse:
         return self.predictions(data).probabilities()
 
     def predict(self, data) -> np.ndarray:
+        if hasattr(self, "generator_"):
+            return np.array(self.generate(data), dtype=object)
         return self.predictions(data).values()
+
+    def generate(self, data, **decoding) -> list[str]:
+        """A generation model's text for every row; `decoding` overrides config section generate
+        (max_new_tokens, num_beams, do_sample, temperature, top_p)."""
+        if not hasattr(self, "generator_"):
+            raise RuntimeError("generate() needs a generation model (task='generation'): call fit() or polyfuse.load()")
+        g = self.generator_
+        return g.generate(g.encode(g.read(data, self.base_dir)), **decoding)
 
     def score(self, data) -> float:
         """Accuracy (classification), micro-F1 (multi-label) or R^2 (regression), as scikit-learn would."""
@@ -107,6 +127,14 @@ class Polyfuse:
 def load(path, device: str | None = None) -> Polyfuse:
     """A fitted Polyfuse from a run folder; gives the same predictions as the model that was saved."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from .runfolder import RunFolder
+    if RunFolder(path).kind == "generation":
+        from .generation.run import Generator
+        g = Generator.load(path, device)
+        s = g.schema
+        est = Polyfuse(label=s.label, text=s.text, image=s.image, audio=s.audio, task=s.task, config=g.cfg)
+        est.generator_, est.run_dir_ = g, Path(path)
+        return est
     p = Predictor.load(path, device)
     s = p.schema
     est = Polyfuse(label=s.label, text=s.text, image=s.image, audio=s.audio, task=s.task, config=p.cfg)

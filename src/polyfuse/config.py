@@ -21,7 +21,7 @@ import yaml
 from .errors import ConfigError
 
 MODALITIES = ("text", "image", "audio")
-TASKS = ("classification", "multilabel", "regression")
+TASKS = ("classification", "multilabel", "regression", "generation")
 FUSIONS = ("attention", "concat", "late")
 OBJECTIVES = ("contrastive", "itm", "mlm", "masked_patch")    # pretraining objectives, in the order they run
 
@@ -281,6 +281,28 @@ class AugmentConfig:
 
 
 @dataclass
+class GenerateConfig:
+    """Generation runs (schema.task generation, generation/): the decoder and how it decodes."""
+    decoder: str | None = None       # a Hugging Face causal LM folder (or a hub id already cached)
+    # frozen: only the projector trains (LLaVA's first stage); lora: LoRA adapters on the decoder too
+    # (its second stage); full: every decoder weight trains.
+    decoder_train: str = "frozen"
+    max_target_tokens: int = 48      # target texts are cut to this many tokens (end-of-text included)
+    max_new_tokens: int = 48
+    num_beams: int = 1               # 1: greedy (or sampling with do_sample)
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+    def validate(self):
+        _positive(self, "max_target_tokens", "max_new_tokens", "num_beams", "temperature")
+        if self.decoder_train not in ("frozen", "lora", "full"):
+            raise ConfigError(f"generate.decoder_train must be frozen, lora or full, got {self.decoder_train!r}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"generate.top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
 class PretrainConfig:
     """Self-supervised pretraining (`polyfuse pretrain`). Which objectives a table's columns and the
     model allow is checked by objectives.check_objectives, against what each objective declares."""
@@ -325,6 +347,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
 
     def validate(self) -> "Config":
         for f in dataclasses.fields(self):
@@ -334,6 +357,9 @@ class Config:
                                                   for x in MODALITIES):
             raise ConfigError("model.freeze_encoders / model.lora need a pretrained tower "
                               "(text.encoder, image.encoder or audio.encoder set to a model folder or hub id)")
+        if self.schema.task == "generation" and not self.generate.decoder:
+            raise ConfigError("a generation run needs a decoder: --decoder FOLDER (generate.decoder), a Hugging "
+                              "Face causal language model")
         return self
 
     def to_dict(self) -> dict:

@@ -12,7 +12,8 @@
 
 Kinds: `supervised` (a task head: predict, evaluate, serve), `pretrained` (encoders, fusion and the
 objectives' heads, from `polyfuse pretrain`: embed, search, --init-from), `exported` (ONNX files beside
-the preprocessing, from `polyfuse export`: serve). Every file is written under a temporary name and
+the preprocessing, from `polyfuse export`: serve), `generation` (encoders, fusion, projector and a
+decoder whose tokenizer and config are in processors/decoder/: predict and evaluate write text). Every file is written under a temporary name and
 renamed into place; the checkpoint is written whole into checkpoint.tmp/ and swapped in.
 """
 from __future__ import annotations
@@ -34,7 +35,7 @@ from .errors import ConfigError, PolyfuseError
 from .util import atomic_save_tensors, atomic_write_json
 
 FORMAT_VERSION = 2     # 1: no kind for supervised runs, pretraining settings beside the config
-KINDS = ("supervised", "pretrained", "exported")
+KINDS = ("supervised", "pretrained", "exported", "generation")
 
 
 @dataclass
@@ -115,7 +116,9 @@ class RunFolder:
                                   f"`polyfuse train --init-from {self.path} ...`, or embed and search with it",
                     "exported": "it is an ONNX export: serve it with `polyfuse serve`; other commands need "
                                 "the run folder it was exported from",
-                    "supervised": "it is a supervised run"}[meta.kind]
+                    "supervised": "it is a supervised run",
+                    "generation": "it is a generation run (a decoder writes text): use `polyfuse predict` "
+                                  "or `polyfuse evaluate` with it"}[meta.kind]
             raise PolyfuseError(f"{self.path}: {purpose} needs a {' or '.join(kinds)} run folder; {hint}")
         if meta.kind != "exported" and not self.file(self.WEIGHTS).exists():
             raise PolyfuseError(f"{self.path} has {self.CONFIG} but no {self.WEIGHTS}")

@@ -20,6 +20,8 @@ def run(args):
     from ..evaluation.evaluate import evaluate, format_table
     from ..evaluation.labelled import read_labelled
     from ..runfolder import RunFolder
+    if RunFolder(args.run).kind == "generation":
+        return run_generation(args)
     p = load(args.run).predictor_
     folder = RunFolder(args.run)
     ld = read_labelled(p, args.data, progress=True, extra_columns=(args.group,) if args.group else ())
@@ -45,6 +47,24 @@ def run(args):
         result["robustness"] = curves
         folder.write_metrics(result, out)
         print(f"wrote {write_report(out.parent / 'report.html', p, Path(args.run), ld, outputs, result, curves, slices)}")
+
+
+def run_generation(args):
+    """A generation run: BLEU-4, ROUGE-L, CIDEr, WER, CER and exact match against the label column
+    (several references per row separated by '|')."""
+    from ..generation.metrics import format_metrics
+    from ..generation.run import Generator, references_of
+    from ..runfolder import RunFolder
+    g = Generator.load(args.run)
+    table = g.read(args.data)
+    if g.schema.label not in table.df.columns:
+        from ..errors import InputError
+        raise InputError(f"the reference column '{g.schema.label}' is not in the table", table=table.name)
+    data = g.encode(table, with_targets=True, progress=True)
+    result = g.evaluate(data, references_of(table, data.rows, g.schema.label), batch_size=min(args.batch_size, 16))
+    result["data"] = str(args.data)
+    print(format_metrics(result))
+    print(f"wrote {RunFolder(args.run).write_metrics(result, args.out)}")
 
 
 def format_groups(sl: dict) -> str:

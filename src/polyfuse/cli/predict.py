@@ -12,6 +12,9 @@ def add_parser(sub):
 
 def run(args):
     from ..api import load
+    from ..runfolder import RunFolder
+    if RunFolder(args.run).kind == "generation":
+        return run_generation(args)
     p = load(args.run).predictor_
     table = p.read(args.data)
     data = p.encode(table, progress=True)
@@ -20,6 +23,18 @@ def run(args):
         df[name] = values
     write(df, args.out)
     print(f"wrote {len(df)} predictions to {args.out}")
+
+
+def run_generation(args):
+    """A generation run: the input rows plus a `generated` column."""
+    from ..generation.run import Generator
+    g = Generator.load(args.run)
+    table = g.read(args.data)
+    data = g.encode(table, progress=True)
+    df = table.df.iloc[data.rows].copy()
+    df["generated"] = g.generate(data, batch_size=min(args.batch_size, 16))
+    write(df, args.out)
+    print(f"wrote {len(df)} generations to {args.out}")
 
 
 def write(df, path: str):

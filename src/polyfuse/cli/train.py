@@ -16,7 +16,10 @@ def add_parser(sub, name: str = "train", help: str = "train a model on a labelle
     p.add_argument("--val", help="validation table (early stopping, metrics.json)")
     p.add_argument("--label", help="label column")
     add_schema_args(p)
-    p.add_argument("--task", choices=["classification", "multilabel", "regression"])
+    p.add_argument("--task", choices=["classification", "multilabel", "regression", "generation"],
+                   help="generation: the label column is text to write, with --decoder")
+    p.add_argument("--decoder", metavar="FOLDER", help="--task generation: a Hugging Face causal language model "
+                   "folder; the fused tokens become its prefix (generate.decoder)")
     add_training_args(p, out_required)
     p.add_argument("--patience", type=int)
     p.add_argument("--modality-dropout", type=float)
@@ -99,6 +102,7 @@ def config_from_args(args) -> tuple[Config, set[str]]:
         "text": {"encoder": args.text_encoder}, "image": {"encoder": args.image_encoder},
         "audio": {"encoder": args.audio_encoder},
         "augment": {"enabled": args.augment},
+        "generate": {"decoder": args.decoder},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                   "patience": args.patience, "max_minutes": args.max_minutes, "bf16": args.bf16,
                   "on_bad_row": args.on_bad_row, "group_by": args.group_by, "val_fraction": args.val_fraction},
@@ -115,6 +119,8 @@ def config_from_args(args) -> tuple[Config, set[str]]:
 def run(args):
     from ..recipes.train import train_run
     cfg, fixed = config_from_args(args)
+    if cfg.schema.task == "generation":
+        return run_generation(args, cfg, fixed)
     _, summary = train_run(cfg, args.train, args.val, args.out, resume=args.resume, progress=not args.quiet,
                            init_from=args.init_from, allow_partial=args.allow_partial, fixed=fixed,
                            preset=args.preset)
@@ -125,6 +131,20 @@ def run(args):
     if "val_metrics" in summary:
         from ..evaluation.evaluate import format_table
         print(format_table(summary["val_metrics"], summary.get("task") or _task(args.out)))
+
+
+def run_generation(args, cfg, fixed):
+    from ..generation.metrics import format_metrics
+    from ..recipes.generate import train_generation
+    _, summary = train_generation(cfg, args.train, args.val, args.out, resume=args.resume,
+                                  progress=not args.quiet, fixed=fixed, preset=args.preset)
+    if not summary["is_main_process"]:
+        return
+    print(f"trained {summary['epoch']} epoch(s) ({summary.get('stopped') or 'all epochs'}); best epoch "
+          f"{summary.get('best_epoch')}; run folder {args.out}")
+    if "val_metrics" in summary:
+        m = summary["val_metrics"]
+        print(format_metrics(m, m.get("nearest_neighbour")))
 
 
 def _task(out):

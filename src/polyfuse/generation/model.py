@@ -1,0 +1,118 @@
+"""Fused tokens as the prefix of a causal language model (ClipCap, LLaVA, nanoVLM).
+
+    row -> encoders -> fusion -> tokens (B, T, D) -> projector (MLP) -> prefix (B, P, H)
+    [prefix | target text embeddings] -> decoder -> next-token loss on the target only
+
+The prefix is packed to the left (each row's real tokens end at the same place, padding first),
+which is how a batch of prompts is laid out for generation; positions count real tokens only, so
+a row's prediction does not depend on how much padding its batch gave it, in training or in
+`generate`. Attention fusion hands over its whole fused sequence; concat and late fusion one
+vector per column.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..config import Config, GenerateConfig, SchemaConfig
+from ..errors import ConfigError
+from ..fusion.transformer import init_weights
+from ..model import PolyfuseModel
+
+# Attention projections LoRA adapts in common decoder families; others get every linear layer.
+LORA_TARGETS = {"llama": ["q_proj", "v_proj"], "mistral": ["q_proj", "v_proj"], "qwen2": ["q_proj", "v_proj"],
+                "gpt2": ["c_attn"], "gpt_neox": ["query_key_value"]}
+
+
+def load_decoder(path_or_config, with_weights: bool):
+    """A transformers causal LM: pretrained weights from a folder (training), or the architecture
+    alone from the run's saved config (reloading; the weights come from model.safetensors)."""
+    import transformers
+    try:
+        if with_weights:
+            return transformers.AutoModelForCausalLM.from_pretrained(path_or_config)
+        return transformers.AutoModelForCausalLM.from_config(path_or_config)
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError(f"model.decoder: cannot build a causal language model: {str(e).splitlines()[0]}") from None
+
+
+def left_pack(states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T, D), (B, T) -> the same tokens with each row's real ones moved to the right end, in order."""
+    B, T = mask.shape
+    n = mask.sum(1, keepdim=True)                                            # (B, 1)
+    rank = mask.long().cumsum(1) - 1                                         # index among real tokens
+    dest = torch.where(mask, T - n + rank, torch.zeros_like(rank))          # (B, T) target slot
+    packed = torch.zeros_like(states)
+    packed_mask = torch.arange(T, device=mask.device)[None] >= (T - n)       # (B, T)
+    rows = torch.arange(B, device=mask.device)[:, None].expand(B, T)
+    packed[rows[mask], dest[mask]] = states[mask]
+    return packed, packed_mask
+
+
+class GenerationModel(nn.Module):
+    def __init__(self, cfg: Config, schema: SchemaConfig, lm: nn.Module, vocab_size: int | None = None,
+                 towers: dict | None = None):
+        super().__init__()
+        self.cfg = cfg
+        # The encoders and fusion every other task uses; its one-wide task head stays unused.
+        self.body = PolyfuseModel(cfg, schema, 1, vocab_size, towers)
+        hidden = lm.get_input_embeddings().embedding_dim
+        d = cfg.model.d_model
+        self.projector = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+        init_weights(self.projector)
+        self.lm = lm
+        how = cfg.generate.decoder_train
+        if how == "lora":
+            from peft import LoraConfig, inject_adapter_in_model
+            targets = LORA_TARGETS.get(lm.config.model_type, "all-linear")
+            self.lm = inject_adapter_in_model(LoraConfig(r=cfg.model.lora_rank, lora_alpha=cfg.model.lora_alpha,
+                                                         target_modules=targets), lm)
+        for name, p in self.lm.named_parameters():
+            p.requires_grad_(how == "full" or (how == "lora" and "lora_" in name))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.cfg.generate.decoder_train == "frozen":
+            self.lm.eval()              # a frozen decoder: no dropout, the same function every step
+        return self
+
+    def prefix(self, inputs: dict, modality_dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, P, H) decoder-space prefix, (B, P) its real positions, packed to the left."""
+        fused = self.body.encode(inputs, modality_dropout=modality_dropout)
+        if fused.tokens is not None:
+            states, mask = fused.tokens, fused.mask                                   # (B, T, D)
+        else:
+            states = torch.stack(list(fused.per_column.values()), 1)                  # (B, C, D)
+            mask = torch.stack([fused.present[c] for c in fused.per_column], 1)
+        states, mask = left_pack(states, mask)
+        return self.projector(states), mask
+
+    def forward(self, batch: dict, modality_dropout: float = 0.0) -> dict:
+        """{"loss": mean next-token cross-entropy over the target tokens, "tokens": how many}."""
+        prefix, pmask = self.prefix(batch["inputs"], modality_dropout)
+        ids, tmask = batch["target"]["ids"], batch["target"]["mask"]                  # (B, L)
+        x = torch.cat([prefix, self.lm.get_input_embeddings()(ids)], 1)               # (B, P + L, H)
+        attn = torch.cat([pmask, tmask], 1).long()
+        logits = self.lm(inputs_embeds=x, attention_mask=attn, position_ids=positions(attn)).logits
+        P = prefix.shape[1]
+        pred = logits[:, P - 1:-1]                     # position P-1+t predicts target token t
+        loss = F.cross_entropy(pred[tmask].float(), ids[tmask])
+        return {"loss": loss, "tokens": int(tmask.sum())}
+
+    @torch.no_grad()
+    def generate(self, inputs: dict, g: GenerateConfig, eos_id: int, pad_id: int) -> list[list[int]]:
+        """New token ids per row (transformers' generate: greedy, beam search or sampling, KV cache)."""
+        prefix, pmask = self.prefix(inputs)
+        attn = pmask.long()
+        # transformers derives positions from the mask the same way `positions` does (checked in tests).
+        out = self.lm.generate(inputs_embeds=prefix, attention_mask=attn,
+                               max_new_tokens=g.max_new_tokens, num_beams=g.num_beams, do_sample=g.do_sample,
+                               temperature=g.temperature if g.do_sample else None,
+                               top_p=g.top_p if g.do_sample else None, eos_token_id=eos_id, pad_token_id=pad_id)
+        return [row.tolist() for row in out]
+
+
+def positions(attn: torch.Tensor) -> torch.Tensor:
+    """(B, L) position of each token among its row's real tokens (padding: 0)."""
+    return (attn.cumsum(1) - 1).clamp_min(0)

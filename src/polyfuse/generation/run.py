@@ -1,0 +1,125 @@
+"""A trained generation model with what it needs to read rows and write text: the generation
+counterpart of inference.Predictor (the one path `polyfuse predict`, `evaluate` and the API use)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import Config
+from ..data.dataset import EncodedSet, encode_table
+from ..data.manifest import Table, read_table
+from ..data.pretrained import tower_sources
+from ..errors import InputError
+from ..model import load_state
+from ..runfolder import RunFolder, RunMeta
+from ..util import state_dict_cpu, to_device
+from .metrics import text_metrics
+from .model import GenerationModel, load_decoder
+from .targets import TextTargets
+
+
+def make_collate(processors, targets: TextTargets):
+    """Rows -> {"inputs", "target": {"ids", "mask"}} (target only when every row has one)."""
+    def collate(batch_idx, data: EncodedSet):
+        batch = {"inputs": processors.collate([data.inputs[i] for i in batch_idx])}
+        ys = [data.labels[i] for i in batch_idx]
+        if ys and all(y is not None for y in ys):
+            batch["target"] = targets.collate(ys)
+        return batch
+    return collate
+
+
+def build_generation_model(cfg: Config, processors, targets: TextTargets, pretrained_weights: bool) -> GenerationModel:
+    lm = load_decoder(cfg.generate.decoder if pretrained_weights else targets.model_config, pretrained_weights)
+    text = processors.text
+    return GenerationModel(cfg, cfg.schema, lm, text.vocab_size if text is not None else None,
+                           towers=tower_sources(processors, pretrained_weights))
+
+
+class Generator:
+    def __init__(self, cfg: Config, processors, targets: TextTargets, model: GenerationModel, info=None):
+        self.cfg, self.processors, self.targets, self.model = cfg, processors, targets, model
+        self.schema = cfg.schema
+        self.info = dict(info or {})
+        self.collate = make_collate(processors, targets)
+
+    def save_weights(self, run_dir, info: dict | None = None):
+        self.info.update(info or {})
+        text = self.processors.text
+        meta = RunMeta("generation", self.cfg, text.vocab_size if text is not None else None, None, dict(self.info))
+        RunFolder(run_dir).write_model(state_dict_cpu(self.model), meta)
+
+    @classmethod
+    def load(cls, run_dir: str | Path, device: str = "cpu") -> "Generator":
+        folder = RunFolder(run_dir)
+        meta = folder.require("generation", purpose="generation")
+        cfg = meta.config
+        processors = folder.processors(cfg)
+        targets = TextTargets.load(folder.file(folder.PROCESSORS), cfg.generate.max_target_tokens)
+        model = build_generation_model(cfg, processors, targets, pretrained_weights=False)
+        load_state(model, folder.weights(), folder.file(folder.WEIGHTS))
+        return cls(cfg, processors, targets, model.to(device).eval(), meta.info)
+
+    def read(self, source, base_dir=None) -> Table:
+        table = read_table(source, base_dir)
+        missing = [c for c, _ in self.schema.streams() if c not in table.df.columns]
+        if len(missing) == len(self.schema.streams()):
+            raise InputError(f"none of the model's input columns ({', '.join(c for c, _ in self.schema.streams())}) "
+                             f"is in the table", table=table.name)
+        for c in missing:
+            table.df[c] = None
+        return table
+
+    def encode(self, table: Table, with_targets: bool = False, on_bad_row: str = "error",
+               progress: bool = False) -> EncodedSet:
+        return encode_table(table, self.processors, self.targets if with_targets else None, on_bad_row, progress)
+
+    @torch.no_grad()
+    def generate(self, data: EncodedSet, batch_size: int = 16, **decoding) -> list[str]:
+        """The generated text of every encoded row; `decoding` overrides config section generate."""
+        import dataclasses
+        g = dataclasses.replace(self.cfg.generate, **decoding)
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        out = []
+        for i in range(0, len(data), batch_size):
+            batch = self.collate(list(range(i, min(i + batch_size, len(data)))), data)
+            ids = self.model.generate(to_device(batch["inputs"], device), g, self.targets.eos_id, self.targets.pad_id)
+            out += [self.targets.decode(row) for row in ids]
+        return out
+
+    @torch.no_grad()
+    def pooled(self, data: EncodedSet, batch_size: int = 64) -> np.ndarray:
+        """(N, D) each row's fused vector: the nearest-neighbour baseline's embedding."""
+        self.model.eval()
+        chunks = []
+        for i in range(0, len(data), batch_size):
+            batch = self.collate(list(range(i, min(i + batch_size, len(data)))), data)
+            chunks.append(self.model.body.encode(batch["inputs"]).pooled.float().numpy())
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.cfg.model.d_model), np.float32)
+
+    def evaluate(self, data: EncodedSet, references: list[list[str]], batch_size: int = 16) -> dict:
+        generated = self.generate(data, batch_size)
+        return {**text_metrics(generated, references), "task": "generation",
+                "examples": [{"row": int(r), "generated": g, "references": refs}
+                             for r, g, refs in list(zip(data.rows, generated, references))[:20]]}
+
+
+def references_of(table: Table, rows, column: str) -> list[list[str]]:
+    """Each row's reference texts: the column's value, or several split at '|' (as multi-label values are)."""
+    out = []
+    for r in rows:
+        v = table.df.at[r, column]
+        out.append([p.strip() for p in str(v).split("|") if p.strip()])
+    return out
+
+
+def nearest_neighbour(gen: Generator, train: EncodedSet, train_texts: list[str], data: EncodedSet) -> list[str]:
+    """The baseline: for each row, the training text of the training row whose fused vector is most
+    similar (cosine), by the run's own encoders."""
+    a, b = gen.pooled(data), gen.pooled(train)
+    a /= np.linalg.norm(a, axis=1, keepdims=True).clip(1e-12)
+    b /= np.linalg.norm(b, axis=1, keepdims=True).clip(1e-12)
+    return [train_texts[j] for j in (a @ b.T).argmax(1)]

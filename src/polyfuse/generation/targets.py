@@ -1,0 +1,75 @@
+"""The target text of a generation run: the decoder's own tokenizer, saved with the run.
+
+It plays the part LabelCodec plays for the other tasks: text -> ids for training (with the
+end-of-text token appended, so the model learns where to stop) and ids -> text for predictions.
+`processors/decoder/` keeps the tokenizer and the decoder's model config, so a saved run rebuilds
+the decoder's architecture from its own folder; the weights are in model.safetensors.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError, InputError
+from ..data.manifest import is_missing
+
+FOLDER = "decoder"
+
+
+class TextTargets:
+    task = "generation"
+
+    def __init__(self, tokenizer, model_config, max_length: int):
+        self.tokenizer, self.model_config, self.max_length = tokenizer, model_config, max_length
+        eos = tokenizer.eos_token_id
+        if eos is None:
+            raise ConfigError("the decoder's tokenizer has no end-of-text token (eos_token)")
+        self.eos_id = eos
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+
+    @classmethod
+    def from_decoder(cls, path: str, max_length: int) -> "TextTargets":
+        import transformers
+        try:
+            tok = transformers.AutoTokenizer.from_pretrained(path)
+            config = transformers.AutoConfig.from_pretrained(path)
+        except (OSError, ValueError, KeyError) as e:
+            raise ConfigError(f"model.decoder {path!r}: cannot load a causal language model's tokenizer and "
+                              f"config (a Hugging Face model folder; nothing is downloaded at run time): "
+                              f"{str(e).splitlines()[0]}") from None
+        return cls(tok, config, max_length)
+
+    def save(self, processors_dir: Path):
+        out = Path(processors_dir) / FOLDER
+        out.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(str(out))
+        self.model_config.save_pretrained(str(out))
+
+    @classmethod
+    def load(cls, processors_dir: Path, max_length: int) -> "TextTargets":
+        return cls.from_decoder(str(Path(processors_dir) / FOLDER), max_length)
+
+    def encode(self, value) -> torch.Tensor:
+        """(L,) ids of the text and end-of-text, at most max_length in all. InputError without a
+        location (the caller adds file, row and column)."""
+        if is_missing(value) or not str(value).strip():
+            raise InputError("missing target text")
+        ids = self.tokenizer(str(value).strip(), add_special_tokens=False)["input_ids"][: self.max_length - 1]
+        return torch.tensor(ids + [self.eos_id], dtype=torch.long)
+
+    def collate(self, ys: list[torch.Tensor]) -> dict:
+        """ids (B, L) right-padded, mask (B, L) True on real tokens."""
+        L = max(len(y) for y in ys)
+        ids = torch.full((len(ys), L), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(ys), L, dtype=torch.bool)
+        for i, y in enumerate(ys):
+            ids[i, :len(y)], mask[i, :len(y)] = y, True
+        return {"ids": ids, "mask": mask}
+
+    def decode(self, ids) -> str:
+        """Generated ids -> text, up to (not including) the first end-of-text."""
+        ids = [int(i) for i in ids]
+        if self.eos_id in ids:
+            ids = ids[: ids.index(self.eos_id)]
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()

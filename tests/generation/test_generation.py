@@ -1,0 +1,129 @@
+"""Generation: fused tokens as a decoder's prefix. A tiny random Llama (conftest) and images of a
+coloured square on the left or right, captioned with its colour and side."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from polyfuse.generation.model import left_pack
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
+
+
+def write_scenes(folder, n, seed):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        colour, side = rng.choice(list(COLOURS)), rng.choice(["left", "right"])
+        img = np.full((16, 16, 3), 255, np.uint8)
+        x0 = int(rng.integers(0, 3)) + (0 if side == "left" else 9)
+        y0 = int(rng.integers(2, 8))
+        img[y0:y0 + 6, x0:x0 + 6] = COLOURS[colour]
+        path = folder / f"s{seed}_{i}.png"
+        Image.fromarray(img).save(path)
+        rows.append({"image": str(path), "note": "the " + " ".join(["small"] * int(rng.integers(1, 4))),
+                     "caption": f"a {colour} square on {side}"})
+    return pd.DataFrame(rows)
+
+
+def cfg_for(llama, **generate):
+    from polyfuse.config import Config
+    return Config.from_dict({
+        "schema": {"image": ["image"], "text": ["note"], "label": "caption", "task": "generation"},
+        "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "dropout": 0.0},
+        "text": {"vocab_size": 60, "max_length": 8},
+        "image": {"size": 16, "patch": 4},
+        "train": {"epochs": 40, "batch_size": 8, "lr": 3e-3, "patience": None, "val_fraction": 0.0},
+        "generate": {"decoder": str(llama), "max_new_tokens": 8, **generate}})
+
+
+def test_left_pack_keeps_order_and_moves_padding_first():
+    s = torch.arange(12.0).reshape(2, 6, 1)
+    m = torch.tensor([[1, 0, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]]).bool()
+    packed, pm = left_pack(s, m)
+    assert packed[0, :, 0].tolist() == [0, 0, 0, 0, 2, 3] and pm[0].tolist() == [False] * 3 + [True] * 3
+    assert torch.equal(packed[1], s[1]) and pm[1].all()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, llama):
+    from polyfuse.recipes.generate import train_generation
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("gen")
+    train = write_scenes(root, 96, seed=0)
+    gen, summary = train_generation(cfg_for(llama, decoder_train="full"), train, out=root / "run", progress=False)
+    return gen, summary, train, root
+
+
+def test_learns_to_caption_and_reloads_to_the_same_text(trained, llama):
+    from polyfuse.generation.run import Generator
+    gen, summary, train, root = trained
+    test = write_scenes(root, 24, seed=1)                         # scenes never trained on
+    data = gen.encode(gen.read(test))
+    texts = gen.generate(data)
+    exact = np.mean([t == c for t, c in zip(texts, test["caption"])])
+    assert exact >= 0.8, list(zip(texts, test["caption"]))[:6]
+    again = Generator.load(root / "run")
+    assert again.generate(again.encode(again.read(test))) == texts
+
+
+def test_a_rows_text_does_not_depend_on_its_batch(trained):
+    """Rows with 1-3 note words have prefixes of different lengths: padding must change nothing."""
+    gen, _, train, root = trained
+    data = gen.encode(gen.read(train.iloc[:12]))
+    together = gen.generate(data, batch_size=12)
+    alone = gen.generate(data, batch_size=1)
+    assert together == alone
+    lengths = {int(x["note"]["ids"].numel()) for x in data.inputs}
+    assert len(lengths) > 1
+
+
+def test_api_cli_and_evaluate_agree(trained, tmp_path):
+    import polyfuse
+    from polyfuse.cli.main import main
+    gen, _, train, root = trained
+    test = write_scenes(root, 10, seed=2)
+    test.to_csv(tmp_path / "test.csv", index=False)
+    api = list(polyfuse.load(root / "run").predict(test))
+    main(["predict", str(root / "run"), "--data", str(tmp_path / "test.csv"), "--out", str(tmp_path / "p.csv")])
+    cli = pd.read_csv(tmp_path / "p.csv", keep_default_na=False)["generated"].tolist()
+    assert cli == api == gen.generate(gen.encode(gen.read(test)))
+    main(["evaluate", str(root / "run"), "--data", str(tmp_path / "test.csv"), "--out", str(tmp_path / "m.json")])
+    import json
+    m = json.loads((tmp_path / "m.json").read_text())
+    exact = np.mean([a == c for a, c in zip(api, test["caption"])])
+    assert m["exact_match"] == pytest.approx(exact) and m["n"] == 10 and {"cider", "bleu4", "wer"} <= set(m)
+
+
+@pytest.mark.parametrize("how", ["frozen", "lora"])
+def test_a_frozen_decoder_stays_as_it_was(tmp_path, llama, how):
+    """frozen: only the encoders and projector train; lora: the decoder's own weights stay too."""
+    from transformers import AutoModelForCausalLM
+    from polyfuse.recipes.generate import train_generation
+    torch.set_num_threads(1)
+    cfg = cfg_for(llama, decoder_train=how)
+    cfg.train.epochs = 2
+    gen, _ = train_generation(cfg, write_scenes(tmp_path, 16, seed=3), out=tmp_path / "run", progress=False)
+    original = AutoModelForCausalLM.from_pretrained(str(llama)).state_dict()
+    trained = {k.replace("base_layer.", ""): v for k, v in gen.model.lm.state_dict().items() if "lora_" not in k}
+    for k, v in original.items():
+        assert torch.equal(trained[k], v), k
+    lora = [n for n, p in gen.model.lm.named_parameters() if p.requires_grad]
+    assert (len(lora) > 0) == (how == "lora") and all("lora_" in n for n in lora)
+
+
+def test_validation_scores_sit_beside_the_nearest_neighbour_baseline(tmp_path, llama):
+    from polyfuse.recipes.generate import train_generation
+    torch.set_num_threads(1)
+    cfg = cfg_for(llama, decoder_train="full")
+    cfg.train.epochs = 2
+    _, summary = train_generation(cfg, write_scenes(tmp_path, 24, seed=4), write_scenes(tmp_path, 8, seed=5),
+                                  out=tmp_path / "run", progress=False)
+    m = summary["val_metrics"]
+    assert m["n"] == 8 and m["nearest_neighbour"]["n"] == 8
+    assert 0.0 <= m["nearest_neighbour"]["exact_match"] <= 1.0
+    from polyfuse.runfolder import RunFolder
+    assert all("val_loss" in r for r in RunFolder(tmp_path / "run").log())     # the best epoch is chosen on it
