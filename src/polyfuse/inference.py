@@ -62,14 +62,7 @@ class Predictor:
 
     # -- reading rows and predicting ---------------------------------------------------
     def read(self, source, base_dir=None) -> Table:
-        table = read_table(source, base_dir)
-        missing = [c for c, _ in self.schema.streams() if c not in table.df.columns]
-        if len(missing) == len(self.schema.streams()):
-            raise InputError(f"none of the model's input columns ({', '.join(c for c, _ in self.schema.streams())}) "
-                             f"is in the table", table=table.name)
-        for c in missing:     # a column missing from the table is a modality absent from every row
-            table.df[c] = None
-        return table
+        return read_inputs(self.schema, source, base_dir)
 
     def encode(self, table: Table, with_labels: bool = False, on_bad_row: str = "error",
                progress: bool = False) -> EncodedSet:
@@ -91,6 +84,19 @@ class Predictor:
     def predict(self, data: EncodedSet, drop: tuple[str, ...] = (), batch_size: int = 64) -> Predictions:
         """Predictions in label units for every encoded row; `drop` hides whole modalities (ablation)."""
         return self.labels.predictions(self.head_outputs(data, drop, batch_size))
+
+
+def read_inputs(schema, source, base_dir=None) -> Table:
+    """A table to predict for: at least one of the model's input columns must be in it; a missing
+    one is a modality absent from every row."""
+    table = read_table(source, base_dir)
+    missing = [c for c, _ in schema.streams() if c not in table.df.columns]
+    if len(missing) == len(schema.streams()):
+        raise InputError(f"none of the model's input columns ({', '.join(c for c, _ in schema.streams())}) "
+                         f"is in the table", table=table.name)
+    for c in missing:
+        table.df[c] = None
+    return table
 
 
 def load_pretrainer(run_dir: str | Path, device: str = "cpu"):

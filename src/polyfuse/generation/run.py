@@ -9,9 +9,8 @@ import torch
 
 from ..config import Config
 from ..data.dataset import EncodedSet, encode_table
-from ..data.manifest import Table, read_table
+from ..data.manifest import Table
 from ..data.pretrained import tower_sources
-from ..errors import InputError
 from ..model import load_state
 from ..runfolder import RunFolder, RunMeta
 from ..util import state_dict_cpu, to_device
@@ -63,14 +62,8 @@ class Generator:
         return cls(cfg, processors, targets, model.to(device).eval(), meta.info)
 
     def read(self, source, base_dir=None) -> Table:
-        table = read_table(source, base_dir)
-        missing = [c for c, _ in self.schema.streams() if c not in table.df.columns]
-        if len(missing) == len(self.schema.streams()):
-            raise InputError(f"none of the model's input columns ({', '.join(c for c, _ in self.schema.streams())}) "
-                             f"is in the table", table=table.name)
-        for c in missing:
-            table.df[c] = None
-        return table
+        from ..inference import read_inputs
+        return read_inputs(self.schema, source, base_dir)
 
     def encode(self, table: Table, with_targets: bool = False, on_bad_row: str = "error",
                progress: bool = False) -> EncodedSet:
