@@ -101,7 +101,7 @@ class GenerationModel(nn.Module):
         return {"loss": loss, "tokens": int(tmask.sum())}
 
     @torch.no_grad()
-    def generate(self, inputs: dict, g: GenerateConfig, eos_id: int, pad_id: int) -> list[list[int]]:
+    def generate(self, inputs: dict, g: GenerateConfig, eos_id: int, pad_id: int, streamer=None) -> list[list[int]]:
         """New token ids per row (transformers' generate: greedy, beam search or sampling, KV cache)."""
         prefix, pmask = self.prefix(inputs)
         attn = pmask.long()
@@ -109,7 +109,8 @@ class GenerationModel(nn.Module):
         out = self.lm.generate(inputs_embeds=prefix, attention_mask=attn,
                                max_new_tokens=g.max_new_tokens, num_beams=g.num_beams, do_sample=g.do_sample,
                                temperature=g.temperature if g.do_sample else None,
-                               top_p=g.top_p if g.do_sample else None, eos_token_id=eos_id, pad_token_id=pad_id)
+                               top_p=g.top_p if g.do_sample else None, eos_token_id=eos_id, pad_token_id=pad_id,
+                               streamer=streamer)
         return [row.tolist() for row in out]
 
 

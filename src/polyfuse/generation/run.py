@@ -72,16 +72,26 @@ class Generator:
     @torch.no_grad()
     def generate(self, data: EncodedSet, batch_size: int = 16, **decoding) -> list[str]:
         """The generated text of every encoded row; `decoding` overrides config section generate."""
+        out = []
+        for i in range(0, len(data), batch_size):
+            out += self.generate_items(data.inputs[i:i + batch_size], **decoding)
+        return out
+
+    @torch.no_grad()
+    def generate_items(self, items: list[dict], streamer=None, limits: list[int] | None = None,
+                       **decoding) -> list[str]:
+        """Processed rows ({column: processed cell or None}, as EncodedSet.inputs and the server hold
+        them) -> their text in one batch; `streamer` (a transformers streamer) sees each new token;
+        `limits`: each row's own token budget within the batch's max_new_tokens."""
         import dataclasses
         g = dataclasses.replace(self.cfg.generate, **decoding)
         self.model.eval()
         device = next(self.model.parameters()).device
-        out = []
-        for i in range(0, len(data), batch_size):
-            batch = self.collate(list(range(i, min(i + batch_size, len(data)))), data)
-            ids = self.model.generate(to_device(batch["inputs"], device), g, self.targets.eos_id, self.targets.pad_id)
-            out += [self.targets.decode(row) for row in ids]
-        return out
+        inputs = to_device(self.processors.collate(items), device)
+        ids = self.model.generate(inputs, g, self.targets.eos_id, self.targets.pad_id, streamer)
+        if limits is not None:
+            ids = [row[:n] for row, n in zip(ids, limits)]
+        return [self.targets.decode(row) for row in ids]
 
     @torch.no_grad()
     def pooled(self, data: EncodedSet, batch_size: int = 64) -> np.ndarray:
@@ -116,3 +126,41 @@ def nearest_neighbour(gen: Generator, train: EncodedSet, train_texts: list[str],
     a /= np.linalg.norm(a, axis=1, keepdims=True).clip(1e-12)
     b /= np.linalg.norm(b, axis=1, keepdims=True).clip(1e-12)
     return [train_texts[j] for j in (a @ b.T).argmax(1)]
+
+
+class RowStreamer:
+    """A transformers streamer for a batch: each step's new token per row -> on_text(row, new text).
+
+    Rows stop at their end-of-text (generate pads finished rows after it); text is handed on only
+    once it decodes cleanly, so a character split over two tokens is never sent half.
+    """
+
+    def __init__(self, targets: TextTargets, on_text, limits: list[int] | None = None):
+        self.targets, self.on_text, self.limits = targets, on_text, limits
+        self.ids: list[list[int]] | None = None
+        self.sent: list[str] = []
+        self.done: list[bool] = []
+
+    def put(self, value: torch.Tensor):
+        if self.ids is None:                  # the first call: the prompt (here empty: the prefix is embeddings)
+            self.ids = [[] for _ in range(value.shape[0])]
+            self.sent, self.done = [""] * value.shape[0], [False] * value.shape[0]
+            return
+        for i, t in enumerate(value.reshape(-1).tolist()):
+            if self.done[i]:
+                continue
+            if t == self.targets.eos_id:
+                self.done[i] = True
+                continue
+            self.ids[i].append(t)
+            if self.limits is not None and len(self.ids[i]) >= self.limits[i]:
+                self.done[i] = True     # this row's own budget: the batch may decode on for others
+            text = self.targets.decode(self.ids[i])
+            if text.endswith("\ufffd") or len(text) <= len(self.sent[i]):
+                continue
+            new = text[len(self.sent[i]):] if text.startswith(self.sent[i]) else text
+            self.sent[i] = text
+            self.on_text(i, new)
+
+    def end(self):
+        pass

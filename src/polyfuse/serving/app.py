@@ -3,6 +3,7 @@
     POST /v1/predict   JSON (one row object, or an array of them) or multipart/form-data (files)
     POST /v1/embed     the same inputs -> fused, per-column and per-modality embeddings
     POST /v1/search    one query -> hits from a FAISS index (serving/search.py; `serve --index`)
+    POST /v1/generate  a generation run's text, batched, streamed with stream: true (serving/generate.py)
     GET  /v1/model     columns, task and classes      GET /healthz, /readyz, /metrics, /docs
 """
 from __future__ import annotations
@@ -45,11 +46,11 @@ def create_app(backend: Backend | None, settings: ServeConfig | None = None, sea
             return
         # Requests queue raw rows; the model's thread decodes them just before each batch (one thread hop a batch).
         batcher = Batcher(backend.run, settings.max_batch_size, settings.max_wait_ms, metrics.observe_batch,
-                          prepare=lambda raw: decode_rows(raw, backend, settings))
+                          prepare=lambda raw: prepare(raw, backend, settings))
         batcher.start()
         app.state.batcher = batcher
         metrics.queue_depth = lambda: batcher.queued_rows
-        await run_in_threadpool(warm_up, backend)
+        await run_in_threadpool(backend.warm_up)
         state["ready"] = True
         yield
         # uvicorn has stopped accepting and waited for in-flight requests; drain whatever is left.
@@ -113,7 +114,13 @@ def create_app(backend: Backend | None, settings: ServeConfig | None = None, sea
             raise ApiError(504, f"no answer within {settings.timeout_ms:g} ms", "timeout") from None
         return rows, out
 
-    if backend is not None:
+    prepare = decode_rows
+    if backend is not None and "generate" in backend.routes:
+        from .generate import add_generate_route, prepare_items
+        prepare = prepare_items
+        add_generate_route(app, backend, settings, require_key, error_responses(400, 401, 413, 415, 422, 504))
+
+    if backend is not None and "predict" in backend.routes:
         body_doc = {"requestBody": request_schema(backend, settings)}
 
         # response_model documents the answer; returning a JSONResponse skips FastAPI's validation copy.
@@ -210,11 +217,6 @@ class Guard:
             route = getattr(scope.get("route"), "path", None) or \
                 (scope["path"] if scope["path"] in self.known_paths else "unmatched")
             self.metrics.observe_request(route, status[0], time.perf_counter() - t0)
-
-
-def warm_up(backend: Backend):
-    """One tiny batch before reporting ready, so the first real request does not pay for lazy init."""
-    backend.run([{}])
 
 
 def request_schema(backend: Backend, settings: ServeConfig) -> dict:

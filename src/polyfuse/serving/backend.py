@@ -23,6 +23,7 @@ ONNX_FILES = ("model.int8.onnx", "model.onnx")   # what `polyfuse serve DIR` loo
 class Backend:
     """cfg, processors, labels, streams; run(rows) -> {output name: (B, ...) array}."""
     name = "base"
+    routes = ("predict", "embed")       # what the server offers for it (a generation run: serving/generate.py)
 
     def __init__(self, cfg: Config, processors: Processors, labels: LabelCodec):
         self.cfg, self.processors, self.labels = cfg, processors, labels
@@ -43,6 +44,10 @@ class Backend:
 
     def forward(self, flat: list[torch.Tensor]) -> list[np.ndarray]:
         raise NotImplementedError
+
+    def warm_up(self):
+        """One tiny batch before reporting ready, so the first real request does not pay for lazy init."""
+        self.run([{}])
 
     def describe(self) -> dict:
         return {"backend": self.name, "task": self.labels.task, "classes": self.labels.classes,
@@ -90,13 +95,21 @@ def load_preprocessing(folder: Path) -> tuple[Config, Processors, LabelCodec]:
     return cfg, run.processors(cfg), run.labels()
 
 
-def load_backend(folder: str | Path, onnx_file: str | None = None, threads: int | None = None) -> Backend:
-    """An exported folder (model*.onnx) runs on ONNX Runtime; a run folder (model.safetensors) eagerly."""
+def load_backend(folder: str | Path, onnx_file: str | None = None, threads: int | None = None):
+    """An exported folder (model*.onnx) runs on ONNX Runtime; a run folder (model.safetensors) eagerly;
+    a generation run through its decoder (serving/generate.py)."""
     folder = Path(folder)
     if threads:
         # Preprocessing (log-mel) runs on torch with either backend: an extra OpenMP thread spinning
         # beside ONNX Runtime on a busy machine made ONNX serving 10x slower (37 vs 345 rows/s).
         torch.set_num_threads(threads)
+    run = RunFolder(folder)
+    if run.is_finished() and run.kind == "generation":
+        if onnx_file:
+            raise PolyfuseError(f"{folder} is a generation run: it is served eagerly (ONNX export does not cover "
+                                "generation runs), so --onnx-file does not apply")
+        from .generate import GenerationBackend
+        return GenerationBackend(folder)
     if onnx_file or any((folder / f).exists() for f in ONNX_FILES):
         return OnnxBackend(folder, onnx_file, threads)
     return EagerBackend(folder)

@@ -87,11 +87,14 @@ def parse_rows(data, backend: Backend, limits: ServeConfig) -> list[dict]:
     return out
 
 
-def parse_form(form, backend: Backend, limits: ServeConfig) -> list[dict]:
-    """multipart fields `column` (row 0) or `column[i]` (row i): files for image/audio, text or files for text."""
+def parse_form(form, backend: Backend, limits: ServeConfig, skip: set[str] = frozenset()) -> list[dict]:
+    """multipart fields `column` (row 0) or `column[i]` (row i): files for image/audio, text or files for
+    text; fields named in `skip` are a route's options, not inputs."""
     keys = column_names(backend)
     by_row: dict[int, dict] = {}
     for key, value in form.multi_items():
+        if key in skip:
+            continue
         m = MULTI_ROW_FIELD.match(key)
         name, row = (m["name"], int(m["row"])) if m else (key, 0)
         if row >= limits.max_rows:
