@@ -65,3 +65,32 @@ def test_early_stopping_breaks_score_ties_on_validation_loss():
     assert not state.better({"score": 0.9, "val_loss": 0.31})
     assert not state.better({"score": 0.85, "val_loss": 0.01})
     assert trainer.TrainState().better({"score": 0.1, "val_loss": 9.0})
+
+
+def test_a_score_within_its_noise_of_the_top_is_ranked_by_validation_loss():
+    """600 validation rows: one row (0.0017) is noise, a lucky epoch must not beat a lower loss."""
+    from polyfuse.recipes.train import score_noise
+    n = 600
+    lucky = {"score": 1.0, "val_loss": 0.52, "score_noise": score_noise("classification", 1.0, n)}
+    later = {"score": 599 / 600, "val_loss": 0.51, "score_noise": score_noise("classification", 599 / 600, n)}
+    worse = {"score": 590 / 600, "val_loss": 0.40, "score_noise": score_noise("classification", 590 / 600, n)}
+    state = trainer.TrainState(best_score=1.0, best_val_loss=0.52, top_score=1.0)
+    assert state.better(later)                                     # one row down, lower loss: the better model
+    assert not state.better(worse)                                 # ten rows down: not noise, whatever the loss
+    assert not state.better({**later, "val_loss": 0.53})
+    assert score_noise("regression", 0.7, n) == 0.0
+    assert score_noise("classification", 0.5, 100) == pytest.approx(0.05)
+
+
+def test_best_epoch_follows_the_noise_rule_through_a_run():
+    """The anchor is the top score seen: a chain of small drops cannot walk the choice downhill."""
+    from polyfuse.recipes.train import score_noise
+    state = trainer.TrainState()
+    chosen = []
+    for epoch, (acc, loss) in enumerate([(0.95, 0.9), (1.0, 0.6), (599 / 600, 0.5), (598 / 600, 0.45), (599 / 600, 0.55)], 1):
+        r = {"score": acc, "val_loss": loss, "score_noise": score_noise("classification", acc, 600)}
+        if state.better(r):
+            state.best_score, state.best_val_loss, state.best_epoch = acc, loss, epoch
+        state.top_score = max(acc, state.top_score if state.top_score is not None else -1)
+        chosen.append(state.best_epoch)
+    assert chosen == [1, 2, 3, 3, 3]

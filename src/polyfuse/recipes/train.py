@@ -6,6 +6,7 @@ The CLI's `train` and the Python API's `fit` both call `train_run`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from pathlib import Path
 
@@ -173,7 +174,17 @@ def validation(model, data: EncodedSet, collate, labels: LabelCodec, batch_size:
     value = metrics_for(labels, encoded_labels(labels, data), labels.predictions(np.concatenate(outs)).outputs)[name]
     loss = total / len(data)
     # R^2 is undefined on one row; the loss then ranks epochs the same way.
-    return {"val_loss": loss, f"val_{name}": value, "score": -loss if value is None else value}
+    score = -loss if value is None else value
+    return {"val_loss": loss, f"val_{name}": value, "score": score, "score_noise": score_noise(labels.task, score, len(data))}
+
+
+def score_noise(task: str, score: float, n: int) -> float:
+    """One standard error of a proportion-like score (accuracy, F1) on n validation rows, at least
+    what one row moves it by; 0 for regression (its score is not a proportion)."""
+    if task == "regression":
+        return 0.0
+    p = min(max(score, 0.0), 1.0)
+    return math.sqrt(max(p * (1 - p), 1.0 / n) / n)
 
 
 def read_table_with(table, schema):

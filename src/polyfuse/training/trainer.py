@@ -75,6 +75,7 @@ class TrainState:
     best_score: float | None = None
     best_val_loss: float | None = None
     best_epoch: int | None = None
+    top_score: float | None = None   # the highest validation score seen (the best epoch's may be within noise of it)
     bad_epochs: int = 0              # epochs since the score or the validation loss last improved
     lowest_val_loss: float | None = None
     elapsed_s: float = 0.0
@@ -83,11 +84,18 @@ class TrainState:
     epoch_times: list = field(default_factory=list)   # fill_budget: seconds per epoch, validation included
 
     def better(self, record: dict) -> bool:
-        """A higher validation score, or the same score at a lower validation loss: on a small
-        validation set accuracy ties are common, and the lower loss is the better-calibrated model."""
-        if "score" not in record or self.best_score is None or record["score"] > self.best_score + 1e-9:
+        """A validation score above the best seen by more than its noise, or one within that noise at
+        a lower validation loss (Breiman's one-standard-error rule, ties to the proper score). On a
+        few hundred rows accuracy moves by single rows from epoch to epoch: the luckiest epoch is
+        not the best model, and the loss still tells epochs apart. Noise 0 (regression): the score
+        alone, ties to the lower loss."""
+        if "score" not in record or self.best_score is None:
             return True
-        return abs(record["score"] - self.best_score) <= 1e-9 and record["val_loss"] < self.best_val_loss
+        top = self.best_score if self.top_score is None else self.top_score
+        noise = max(record.get("score_noise", 0.0), 1e-9)
+        if record["score"] > top + noise:
+            return True
+        return record["score"] >= top - noise and record["val_loss"] < self.best_val_loss
 
 
 @dataclass
@@ -163,6 +171,8 @@ class Trainer:
             if validate is not None:
                 record.update(validate(raw))
             improved = state.better(record)
+            if "score" in record:
+                state.top_score = max(record["score"], state.top_score if state.top_score is not None else -math.inf)
             if improved:
                 state.best_score, state.best_val_loss = record.get("score"), record.get("val_loss")
                 state.best_epoch = state.epoch
