@@ -30,6 +30,7 @@ from pretrain_avdigits import ARCH, DATA, SCHEMA  # noqa: E402
 
 EMOJI = DATA.parent / "emoji"
 # Emoji: 72 px RGBA drawings at 32 px, 8 px patches; descriptions through the scratch text encoder.
+PINNED_STEM = {"emoji": {"stem": "linear"}}     # avdigits' ARCH sets its conv stem itself
 EMOJI_ARCH = {"image": {"size": 32, "patch": 8}, "text": {"max_length": 32},
               "model": {"d_model": 64, "n_layers": 2, "n_heads": 4}}
 
@@ -77,7 +78,13 @@ def main():
     tmp = Path(tempfile.mkdtemp(prefix="pf-bench-"))
     table, arch, objectives = dataset(args.dataset, args.rows, tmp)
     cfg = tmp / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump({**arch, "train": {"epochs": args.epochs, "batch_size": 128, "lr": 2e-3, "seed": 0}}))
+    # Pinned to the values the oldest compared tree (209494b) defaults to, so that the plan (which
+    # newer trees apply to every key a config leaves open) changes nothing but the code measured.
+    pinned = {"augment": {"enabled": False},
+              "image": {"mean": [0.5] * 3, "std": [0.5] * 3, **arch["image"], **PINNED_STEM.get(args.dataset, {})},
+              "text": {**arch.get("text", {}), "vocab_size": 2000}}
+    cfg.write_text(yaml.safe_dump({**arch, **pinned, "train": {"epochs": args.epochs, "batch_size": 128, "lr": 2e-3,
+                                                               "seed": 0, "weight_decay": 0.01}}))
     results = {}
     for r in range(args.repeats):
         for spec in args.src:          # interleaved, so machine load hits every tree alike

@@ -36,3 +36,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def matched(tmp_path_factory):
+    """(cfg, processors, batch): 48 rows of caption + audio whose tone words name the tone heard, so
+    whether a caption belongs with a clip can be told from content (half of random swaps can't:
+    same tone), not only memorised."""
+    folder = tmp_path_factory.mktemp("matched")
+    table = read_table(make_dataset(folder, n=48, seed=2, missing=0.0, modalities=("text", "audio")), folder)
+    cfg = tiny_config(model={"dropout": 0.0}, schema={"text": ["caption"], "image": [], "audio": ["audio"],
+                                                       "label": None})
+    processors = Processors.build(cfg, cfg.schema).fit(table)
+    data = encode_table(table, processors, None, progress=False)
+    batch = make_collate(processors)(list(range(len(data))), data)
+    return cfg, processors, batch

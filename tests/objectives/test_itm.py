@@ -1,64 +1,122 @@
 import torch
 
-from polyfuse.objectives import Pretrainer
-from polyfuse.objectives.common import same_group
-from polyfuse.objectives.itm import ITM, draw_negatives, matching_pairs, suspect_negatives
+from polyfuse.objectives import Pretrainer, Step
+from polyfuse.objectives.common import same_group, take
+from polyfuse.objectives.itm import ITM, pair_rows
 
 from .conftest import make_model
 
 
-def test_pairs_labels_and_negatives_are_right():
-    pa = torch.tensor([True, True, True, False, True, True])
-    pb = torch.tensor([True, False, True, True, True, True])
+def swapped_columns(pairing, i):
+    return [c for c, idx in pairing.index.items() if int(idx[i]) != i]
+
+
+def test_negatives_swap_one_present_cell_and_only_rows_with_two_cells_are_asked():
+    present = {"a": torch.tensor([1, 1, 1, 0, 1, 1, 1, 1], dtype=torch.bool),
+               "b": torch.tensor([1, 0, 1, 1, 1, 1, 1, 1], dtype=torch.bool),
+               "c": torch.tensor([0, 0, 1, 0, 1, 1, 0, 1], dtype=torch.bool)}
     g = torch.Generator().manual_seed(0)
-    for _ in range(20):
-        ia, ib, labels = matching_pairs(pa, pb, generator=g)
-        pos = labels == 1
-        assert torch.equal(ia[pos], ib[pos]) and torch.equal(ia[pos], torch.tensor([0, 2, 4, 5]))
-        neg_a, neg_b = ia[~pos], ib[~pos]
-        assert (neg_a != neg_b).all()                          # a mismatched pair is never a row with itself
-        assert pa[neg_a].all() and pb[neg_b].all()            # and never uses a missing cell
-        assert len(neg_a) >= 4
+    negatives = 0
+    for _ in range(200):
+        p = pair_rows(present, generator=g)
+        assert p.scored.tolist() == [True, False, True, False, True, True, True, True]
+        for i in range(8):
+            swapped = swapped_columns(p, i)
+            if p.labels[i] == 1:
+                assert swapped == []
+                continue
+            negatives += 1
+            assert p.scored[i] and len(swapped) == 1          # one cell from elsewhere, the rest the row's own
+            c = swapped[0]
+            j = int(p.index[c][i])
+            assert present[c][i] and present[c][j] and j != i  # a present cell swapped for another present cell
+    assert 0.4 < negatives / (200 * 6) < 0.6                   # about half of the rows that can be asked
 
 
-def test_hard_negatives_follow_similarity():
-    pa = pb = torch.ones(4, dtype=torch.bool)
+def test_hard_negatives_follow_similarity_either_way_round():
+    present = {"a": torch.ones(4, dtype=torch.bool), "b": torch.ones(4, dtype=torch.bool)}
     sim = torch.full((4, 4), -50.0)
     hardest = torch.tensor([2, 3, 0, 1])
     sim[torch.arange(4), hardest] = 50.0
-    sim.fill_diagonal_(100.0)                                  # the positive itself is never drawn
-    j = draw_negatives(pa, pb, sim, torch.Generator().manual_seed(0))
-    assert torch.equal(j, hardest)
-    uniform = torch.stack([draw_negatives(pa, pb, None, torch.Generator().manual_seed(s)) for s in range(200)])
-    assert (uniform != torch.arange(4)).all() and len(set(uniform[:, 0].tolist())) == 3
-
-
-def test_itm_objective_one_loss_per_pair(tiny):
-    cfg, processors, batch = tiny
-    model = make_model(cfg, processors)
-    out = Pretrainer(model, {"itm": ITM(32)})(batch)
-    assert {"itm_caption_image_loss", "itm_caption_audio_loss", "itm_image_audio_loss"} <= set(out)
-    assert out["itm_loss"].requires_grad
+    sim.fill_diagonal_(100.0)                                  # the true cell itself is never drawn
+    for seed in range(20):
+        p = pair_rows(present, {("a", "b"): sim}, share=1.0, generator=torch.Generator().manual_seed(seed))
+        assert (p.labels == 0).all()
+        for i in range(4):
+            (c,) = swapped_columns(p, i)
+            assert int(p.index[c][i]) == int(hardest[i])       # sim[i, j] for b swapped, sim[j, i] for a
+    uniform = torch.stack([pair_rows(present, None, 1.0, torch.Generator().manual_seed(s)).index["b"]
+                           for s in range(300)])
+    drawn = uniform[:, 0][uniform[:, 0] != 0]
+    assert len(set(drawn.tolist())) == 3
 
 
 def test_rows_of_one_match_group_are_never_each_others_negatives():
     """pretrain.match_column: on a many-to-many pairing rows with the same value are true matches."""
     groups = torch.tensor([0, 0, 1, 1, 2, 0])
-    pa = pb = torch.ones(6, dtype=torch.bool)
+    present = {"a": torch.ones(6, dtype=torch.bool), "b": torch.ones(6, dtype=torch.bool)}
     exclude = same_group(groups, 6, "cpu")
-    sim = torch.randn(6, 6) * 5
+    sim = {("a", "b"): torch.randn(6, 6) * 5}
     for seed in range(50):
-        j = draw_negatives(pa, pb, sim, torch.Generator().manual_seed(seed), exclude)
-        ok = j >= 0
-        assert (groups[ok] != groups[j[ok]]).all()
-        ia, ib, labels = matching_pairs(pa, pb, sim, torch.Generator().manual_seed(seed), exclude)
-        neg = labels == 0
-        assert (groups[ia[neg]] != groups[ib[neg]]).all() and neg.sum() == 6
+        p = pair_rows(present, sim, 1.0, torch.Generator().manual_seed(seed), exclude)
+        for i in range(6):
+            for c in swapped_columns(p, i):
+                assert groups[i] != groups[int(p.index[c][i])]
+        assert (p.labels == 0).all()
 
 
-def test_suspect_negatives_flags_negatives_as_close_as_the_true_pair():
-    pa = pb = torch.ones(3, dtype=torch.bool)
-    sim = torch.tensor([[1.0, 0.9, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-    ia, ib, labels = torch.tensor([0, 1, 2, 0, 1]), torch.tensor([0, 1, 2, 2, 0]), torch.tensor([1, 1, 1, 0, 0.0])
-    # (0, 2): sim 1.0 >= sim[0, 0] -> suspect; (1, 0): sim 0.0 below both diagonals -> not.
-    assert float(suspect_negatives(ia, ib, labels, sim, pa, pb)) == 0.5
+def test_suspect_negatives_are_those_as_close_as_the_true_cell():
+    present = {"a": torch.ones(3, dtype=torch.bool), "b": torch.ones(3, dtype=torch.bool)}
+    # Row 0's b-cell candidates: row 2 is as close as its own (suspect), row 1 far; rows 1, 2 only far ones.
+    sim = torch.tensor([[1.0, -30.0, 1.0], [-30.0, 1.0, -30.0], [-30.0, -30.0, 1.0]])
+    seen = set()
+    for seed in range(40):
+        p = pair_rows({"a": present["a"], "b": present["b"]}, {("a", "b"): sim}, 1.0,
+                      torch.Generator().manual_seed(seed))
+        flags = []
+        for i in range(3):
+            (c,) = swapped_columns(p, i)
+            j = int(p.index[c][i])
+            s = sim[i, j] if c == "b" else sim[j, i]
+            flags.append(bool(s >= (sim[i, i])))
+        assert abs(float(p.suspect) - sum(flags) / 3) < 1e-6
+        seen.add(round(float(p.suspect), 3))
+    assert len(seen) > 1
+
+
+def test_itm_reads_the_joint_pass_of_the_repaired_rows(tiny):
+    cfg, processors, batch = tiny
+    model = make_model(cfg, processors).eval()                 # eval: encoder outputs are deterministic
+    pre = Pretrainer(model, {"itm": ITM(32)})
+    itm, drawn, fused_inputs = pre.objectives["itm"], [], []
+    draw = itm.pair
+    itm.pair = lambda step, state: drawn.append(draw(step, state)) or drawn[-1]
+    model.fusion.register_forward_hook(lambda mod, args, out: fused_inputs.append(args[0]))
+    out = pre(batch)
+    assert {"itm_loss", "itm_accuracy"} <= set(out) and out["itm_loss"].requires_grad
+    assert len(fused_inputs) == 1                              # ITM alone: one fused pass, the joint one
+    (pairing,) = drawn
+    clean = model.encode_columns(batch["inputs"])
+    for c, e in fused_inputs[0].items():
+        assert torch.allclose(e["tokens"], take(clean[c], pairing.index[c])["tokens"], atol=1e-6), c
+    assert (pairing.labels == 0).any() and (pairing.labels == 1).any()
+    assert any((idx != torch.arange(len(idx))).any() for idx in pairing.index.values())
+
+
+def test_masked_targets_follow_the_cells_itm_swapped_in(tiny):
+    """One joint pass for ITM and masked patch: a swapped-in image is reconstructed as itself."""
+    from polyfuse.objectives.masked_patch import MaskedPatch, normalised, patchify
+    cfg, processors, batch = tiny
+    model = make_model(cfg, processors)
+    itm, mp = ITM(32, share=1.0), MaskedPatch(cfg, ["image", "audio"], 0.5)
+    seen = {}
+    real = mp.forward
+    mp.forward = lambda model, step, state: seen.setdefault("step", step) and real(model, step, state)
+    Pretrainer(model, {"itm": itm, "masked_patch": mp})(batch)
+    step = seen["step"]
+    index = step.pairing.index["image"]
+    assert (index != torch.arange(len(index))).any()           # some images were swapped in
+    pixels = batch["inputs"]["image"]["pixels"]
+    expect = normalised(patchify(pixels[index], cfg.image.patch))
+    assert torch.allclose(step.masked["masked_patch"]["targets"]["image"], expect)
+    assert torch.equal(step.joint_inputs["image"]["pixels"], pixels[index])

@@ -20,21 +20,23 @@ def with_pretrain(cfg, **pretrain):
 
 
 @pytest.mark.parametrize("name", ["contrastive", "itm", "mlm", "masked_patch"])
-def test_each_objective_loss_falls(tiny, name):
-    cfg, processors, batch = tiny
+def test_each_objective_loss_falls(tiny, matched, name):
+    # ITM on the tiny table could only memorise (its image says nothing of the other cells).
+    cfg, processors, batch = matched if name == "itm" else tiny
     model = make_model(cfg, processors)
     cfg = with_pretrain(cfg, objectives=[name])
     pre = Pretrainer(model, build_objectives(cfg, model, processors))
     opt = torch.optim.AdamW(pre.parameters(), lr=3e-3)
     torch.manual_seed(0)
     losses = []
-    for _ in range(60):
+    # ITM sees each row as one matching question a step (about half negatives): it needs more steps.
+    for _ in range(150 if name == "itm" else 60):
         out = pre(batch)
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
         losses.append(float(out[f"{name}_loss"].detach()))
-    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < 0.85 * first, (name, losses)
 
 
@@ -48,7 +50,7 @@ def test_weights_combine_and_each_loss_is_reported(tiny):
     out = pre(batch)
     expected = out["contrastive_loss"] + 2.0 * out["mlm_loss"] + out["masked_patch_loss"]
     assert torch.allclose(out["loss"], expected)
-    assert {"contrastive_caption_image_loss", "itm_image_audio_loss", "masked_patch_audio_loss"} <= set(out)
+    assert {"contrastive_caption_image_loss", "itm_accuracy", "masked_patch_audio_loss"} <= set(out)
 
 
 def test_info_nce_equals_hand_computed_value():
@@ -164,7 +166,7 @@ def test_a_text_tower_cannot_train_mlm(tmp_path):
 
 
 def test_pretraining_one_step_runs_each_encoder_once_on_clean_and_once_on_corrupted_input(tiny):
-    """Contrastive and ITM reuse the clean encoder outputs; MLM and masked_patch share one corrupted pass."""
+    """Contrastive and ITM reuse the clean encoder outputs; ITM, MLM and masked_patch share one joint pass."""
     cfg, processors, batch = tiny
     model = make_model(cfg, processors)
     cfg = with_pretrain(cfg)

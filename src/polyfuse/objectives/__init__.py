@@ -4,20 +4,23 @@ Each objective declares what it needs (`Needs`: columns, modalities, fused token
 encoders), so `resolve_objectives` can refuse a config before training instead of failing in
 step one. `Pretrainer` runs the chosen ones on a batch and sums their losses with weights.
 
-One step encodes the batch once (`Step.clean`, every column through its encoder) and, when MLM or
-masked patch modelling is on, once more with their corruptions applied together (`Step.corrupted`,
-one fused pass both read). Contrastive and ITM only fuse subsets and re-pairings of the clean
-encoder outputs, so no encoder runs twice on the same input in a step.
+One step encodes the batch once (`Step.clean`, every column through its encoder). Contrastive fuses
+each column alone from those outputs. Then one joint fused pass (`Step.joint`) serves ITM, MLM and
+masked patch modelling together: its rows are the batch re-paired by ITM (about half get one cell
+from another row: the negatives) with the masking objectives' corruptions applied, so only the
+corrupted columns are encoded again. Per step: each encoder twice at most (clean, corrupted), each
+column fused alone once (contrastive), and one joint pass of B rows.
 """
 from __future__ import annotations
 
 import dataclasses
 
+import torch
 from torch import nn
 
 from ..config import OBJECTIVES, Config, is_tower
 from ..errors import ConfigError
-from .common import Needs, Step
+from .common import Needs, Step, take
 from .contrastive import Contrastive
 from .itm import ITM
 from .masked_patch import MaskedPatch
@@ -126,21 +129,38 @@ class Pretrainer(nn.Module):
     def forward(self, batch: dict) -> dict:
         inputs = batch["inputs"]
         step = Step(inputs, self.model.encode_columns(inputs), batch.get("group"))
-        masking = [(n, o) for n, o in self.objectives.items() if o.masks]
-        if masking:
-            step.corrupted, step.masked = self.corrupted_pass(inputs, step.clean, masking)
-        state, out, total = {}, {}, None
-        for name, objective in self.objectives.items():
+        state, out, parts = {}, {}, []
+
+        def run(name, objective):
             losses = objective(self.model, step, state)
-            part = self.weights[name] * losses.pop("loss")
-            total = part if total is None else total + part
+            parts.append(self.weights[name] * losses.pop("loss"))
             out.update(losses)
-        out["loss"] = total
+
+        # Objectives on each column alone (contrastive) first: ITM draws its hard negatives from
+        # their similarities before the joint pass is assembled.
+        for name, objective in self.objectives.items():
+            if not objective.joint:
+                run(name, objective)
+        joint = [(n, o) for n, o in self.objectives.items() if o.joint]
+        if joint:
+            if "itm" in self.objectives:
+                step.pairing = self.objectives["itm"].pair(step, state)
+            self.joint_pass(step, [(n, o) for n, o in joint if o.masks])
+            for name, objective in joint:
+                run(name, objective)
+        out["loss"] = torch.stack(parts).sum()
         return out
 
-    def corrupted_pass(self, inputs: dict, clean: dict, masking: list):
-        """One fused pass with every masking objective's corruption applied (MLM's hidden words and
-        masked_patch's hidden patches together): only the corrupted columns are encoded again."""
+    def joint_pass(self, step: Step, masking: list):
+        """The one fused pass over all columns that ITM, MLM and masked patch read: rows re-paired as
+        ITM drew them (its negatives), with every masking objective's corruption applied (MLM's
+        hidden words and masked_patch's hidden patches together). Only corrupted columns are
+        encoded again; the others reuse the clean encoder outputs, re-indexed."""
+        inputs, clean = step.inputs, step.clean
+        if step.pairing is not None:
+            index = step.pairing.index
+            inputs = {c: take(p, index[c]) for c, p in inputs.items()}
+            clean = {c: take(e, index[c]) for c, e in clean.items()}
         parts, contexts = {}, {}
         for name, objective in masking:
             changed, contexts[name] = objective.corrupt(inputs)
@@ -148,7 +168,7 @@ class Pretrainer(nn.Module):
         encoded = {**clean, **self.model.encode_columns(parts)}
         for name, objective in masking:
             encoded = objective.edit(encoded, contexts[name])
-        return self.model.fuse(encoded), contexts
+        step.joint, step.joint_inputs, step.masked = self.model.fuse(encoded), inputs, contexts
 
     def encoder_state(self) -> dict:
         """Weights to save: the model without its (unused) head, and the objectives' own."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -24,7 +25,9 @@ class Step:
     inputs: dict                       # {column: collated part}
     clean: dict                        # model.encode_columns(inputs): {column: {"tokens", "mask", "modality"}}
     groups: torch.Tensor | None = None  # (B,) rows with equal ids match each other (pretrain.match_column)
-    corrupted: Fused | None = None     # the masking objectives' shared corrupted pass
+    pairing: Any = None                # itm.Pairing: how the joint pass re-pairs rows (None: as they are)
+    joint: Fused | None = None         # the one joint fused pass that itm, mlm and masked_patch read
+    joint_inputs: dict | None = None   # the inputs of that pass: re-paired, before corruption
     masked: dict = field(default_factory=dict)   # {objective: what its corrupt() returned beside the parts}
 
 

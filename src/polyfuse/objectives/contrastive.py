@@ -58,7 +58,7 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
 
 
 class Contrastive(nn.Module):
-    name, masks = "contrastive", False
+    name, masks, joint = "contrastive", False, False
     needs = Needs(columns=2)
 
     def __init__(self, d_model: int, streams: list[tuple[str, str]], proj_dim: int, temperature: float,

@@ -1,110 +1,136 @@
-"""Image-text (any pair) matching: is this pair of columns from the same row? Scored from [CLS].
+"""Matching (image-text matching, for any columns): do a row's cells belong together? Scored from [CLS].
 
-For each pair of columns (a, b) in the batch: every row that has both is a positive; every row
-also gets one negative, where one side (a or b, by a coin) is swapped for another row's cell.
-The swap is uniform within the batch, or, once the contrastive objective has run this step,
-drawn in proportion to softmax(similarity): hard negatives, the pairs the embeddings confuse most.
-Rows missing a or b contribute nothing for this pair. Loss: binary cross-entropy.
+Each step about half of the rows (`share`) become negatives: one of their present cells, chosen by
+a coin among the row's columns, is swapped for another row's cell of that column. The swap is
+uniform within the batch, or, once the contrastive objective has run this step, drawn in
+proportion to softmax(similarity between the swapped-in cell and the row's other cells): hard
+negatives, the pairs the embeddings confuse most. Rows with fewer than two cells are not scored.
+Loss: binary cross-entropy.
+
+Matching adds no fused pass of its own: the re-paired rows are the rows of the step's one joint
+pass (`Pretrainer.joint_pass`), which masked language and patch modelling read too. So a positive
+is a real row with some content hidden, and a negative is the same with one cell from elsewhere:
+both are asked alike, and the masked objectives learn on every row (on a negative the swapped
+cell still reconstructs from its own visible part).
 
 Hard negatives assume one true partner per row. Where several rows match (a many-to-many pairing:
 any image of a 7 matches any spoken 7) the hardest "negatives" are true matches, and ITM sits at
 chance (ln 2). `pretrain.match_column` names the column whose equal values mark such rows: they are
 never drawn as each other's negatives (here or in contrastive). Without it, the logged
-`itm_suspect_negatives` (negatives rated as similar as a true pair) shows the problem.
+`itm_suspect_negatives` (negatives rated at least as similar as the true cell) shows the problem.
 """
 from __future__ import annotations
 
-from itertools import combinations
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .common import Needs, Step, present, same_group, take, zero_loss
+from .common import Needs, Step, present, same_group, zero_loss
 
 
-def draw_negatives(pa: torch.Tensor, pb: torch.Tensor, sim: torch.Tensor | None = None,
-                   generator=None, exclude: torch.Tensor | None = None) -> torch.Tensor:
-    """(B,) index j of a b-cell to pair with a_i (j != i, row j has b), or -1 when a_i is absent or
-    no other row has b. sim (B, B), when given, weights j by softmax(sim[i]) over the candidates;
-    exclude (B, B) marks known matches (same match group), never drawn as negatives."""
-    B = len(pa)
-    cand = pb[None, :].expand(B, B) & ~torch.eye(B, dtype=torch.bool, device=pa.device)   # (B, B)
+@dataclass
+class Pairing:
+    """How the joint pass re-pairs a batch: row i of the pass holds, for each column c, the cell of row index[c][i]."""
+    index: dict[str, torch.Tensor]     # {column: (B,) long}
+    labels: torch.Tensor               # (B,) 1.0 all cells from one row, 0.0 one cell swapped in
+    scored: torch.Tensor               # (B,) bool: rows with at least two cells, the ones matching asks about
+    suspect: torch.Tensor | None       # () share of negatives rated at least as similar as the true cell
+
+
+def pair_similarity(sims: dict, r: str, c: str) -> torch.Tensor | None:
+    """(B, B) similarity of column r's cell of row i to column c's cell of row j, from contrastive."""
+    if (r, c) in sims:
+        return sims[(r, c)]
+    return sims[(c, r)].T if (c, r) in sims else None
+
+
+def draw_partners(rows: torch.Tensor, has: torch.Tensor, scores: torch.Tensor | None, generator=None,
+                  exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """For each row i in `rows`, a row j != i whose cell exists (has[j]) to swap in, or -1 when none
+    can be. scores (B, B), when given, weights j by softmax(scores[i]); exclude (B, B) marks known
+    matches (same match group), never drawn."""
+    B = len(has)
+    cand = has[None, :].expand(len(rows), B).clone()                       # (R, B)
+    cand[torch.arange(len(rows)), rows] = False
     if exclude is not None:
-        cand = cand & ~exclude
-    scores = sim.float() if sim is not None else torch.zeros(B, B, device=pa.device)
-    scores = scores.masked_fill(~cand, float("-inf"))
-    ok = pa & cand.any(1)
-    j = torch.full((B,), -1, dtype=torch.long, device=pa.device)
+        cand &= ~exclude[rows]
+    logits = scores[rows].float() if scores is not None else torch.zeros(len(rows), B, device=has.device)
+    logits = logits.masked_fill(~cand, float("-inf"))
+    j = torch.full((len(rows),), -1, dtype=torch.long, device=has.device)
+    ok = cand.any(1)
     if ok.any():
-        probs = scores[ok].softmax(-1)
-        j[ok] = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(pa.device)
+        j[ok] = torch.multinomial(logits[ok].softmax(-1).cpu(), 1, generator=generator).squeeze(1).to(has.device)
     return j
 
 
-def matching_pairs(pa, pb, sim=None, generator=None, exclude=None):
-    """Index lists (ia, ib) and labels (1 matched, 0 mismatched) for one pair of columns."""
-    B = len(pa)
-    rows = torch.arange(B, device=pa.device)
-    pos = rows[pa & pb]
-    swap_b = draw_negatives(pa, pb, sim, generator, exclude)                          # (a_i, b_j)
-    swap_a = draw_negatives(pb, pa, sim.T if sim is not None else None, generator,
-                            exclude.T if exclude is not None else None)               # (a_k, b_i)
-    coin = torch.rand(B, generator=generator).to(pa.device) < 0.5
-    use_b = (swap_b >= 0) & (coin | (swap_a < 0))
-    use_a = (swap_a >= 0) & ~use_b
-    ia = torch.cat([pos, rows[use_b], swap_a[use_a]])
-    ib = torch.cat([pos, swap_b[use_b], rows[use_a]])
-    labels = torch.cat([torch.ones(len(pos)), torch.zeros(int(use_b.sum()) + int(use_a.sum()))]).to(pa.device)
-    return ia, ib, labels
-
-
-def suspect_negatives(ia, ib, labels, sim: torch.Tensor, pa, pb) -> torch.Tensor:
-    """Share of the negatives (a_i, b_j) the embeddings rate at least as similar as a true pair of
-    the same row (sim[i, j] >= sim[i, i], or >= sim[j, j]). On one-to-one data this falls as the
-    embeddings learn; where it stays high, many negatives are probably true matches (many-to-many
-    pairings: any image of a 7 matches any spoken 7) and ITM cannot learn; set pretrain.match_column."""
-    neg = labels == 0
-    i, j = ia[neg], ib[neg]
-    diag = sim.diagonal()
-    both = pa & pb
-    above = ((sim[i, j] >= diag[i]) & both[i]) | ((sim[i, j] >= diag[j]) & both[j])
-    return above.float().mean() if len(i) else sim.new_zeros(())
+def pair_rows(present: dict, sims: dict | None = None, share: float = 0.5, generator=None,
+              exclude: torch.Tensor | None = None) -> Pairing:
+    """present {column: (B,) bool}; sims {(a, b): (B, B)} from contrastive (None or missing: uniform)."""
+    cols = list(present)
+    P = torch.stack([present[c] for c in cols], 1)                            # (B, C)
+    B, device = P.shape[0], P.device
+    rows = torch.arange(B, device=device)
+    scored = P.sum(1) >= 2
+    index = {c: rows.clone() for c in cols}
+    labels = torch.ones(B, device=device)
+    negative = scored & (torch.rand(B, generator=generator).to(device) < share)
+    swap = torch.full((B,), -1, dtype=torch.long, device=device)
+    if negative.any():
+        swap[negative] = torch.multinomial(P[negative].float().cpu(), 1, generator=generator).squeeze(1).to(device)
+    suspect = []
+    for k, c in enumerate(cols):
+        mine = rows[swap == k]
+        if len(mine) == 0:
+            continue
+        # How like the row's other cells each candidate cell is: the mean similarity to them.
+        parts = [(present[r].float()[:, None], s) for r in cols if r != c
+                 if (s := pair_similarity(sims or {}, r, c)) is not None]
+        scores = None
+        if parts:
+            weight = sum(w for w, _ in parts).clamp_min(1.0)
+            scores = sum(w * s for w, s in parts) / weight                           # (B, B)
+        j = draw_partners(mine, present[c], scores, generator, exclude)
+        got = j >= 0
+        index[c][mine[got]] = j[got]
+        labels[mine[got]] = 0.0
+        if scores is not None and got.any():
+            i = mine[got]
+            suspect.append(scores[i, j[got]] >= scores[i, i])
+    suspect_share = torch.cat(suspect).float().mean() if suspect else None
+    return Pairing(index, labels, scored, suspect_share)
 
 
 class ITM(nn.Module):
-    name, masks = "itm", False
+    name, masks, joint = "itm", False, True
     needs = Needs(columns=2)
 
-    def __init__(self, d_model: int, hard_negatives: bool = True):
+    def __init__(self, d_model: int, hard_negatives: bool = True, share: float = 0.5):
         super().__init__()
-        self.hard_negatives = hard_negatives
+        self.hard_negatives, self.share = hard_negatives, share
         self.head = nn.Linear(d_model, 1)
 
+    def pair(self, step: Step, state: dict) -> Pairing:
+        """This step's re-pairing of the batch (before the joint pass is fused)."""
+        pres = {c: present(p) for c, p in step.inputs.items()}
+        B = len(next(iter(pres.values())))
+        device = next(iter(pres.values())).device
+        exclude = same_group(step.groups, B, device) if step.groups is not None else None
+        sims = state.get("similarity") if self.hard_negatives else None
+        return pair_rows(pres, sims, self.share, exclude=exclude)
+
     def forward(self, model, step: Step, state: dict) -> dict:
-        out, losses, suspect = {}, [], []
-        sims = state.get("similarity", {})
-        inputs, clean = step.inputs, step.clean
-        B = next(iter(clean.values()))["mask"].shape[0]
-        exclude = same_group(step.groups, B, next(iter(clean.values()))["mask"].device) \
-            if step.groups is not None else None
-        for a, b in combinations(inputs, 2):
-            pa, pb = present(inputs[a]), present(inputs[b])
-            sim = sims.get((a, b))
-            ia, ib, labels = matching_pairs(pa, pb, sim if self.hard_negatives else None, exclude=exclude)
-            if len(labels) == 0:
-                continue
-            # Pairs are re-assembled from this step's encoder outputs: no encoder runs again.
-            pooled = model.fuse({a: take(clean[a], ia), b: take(clean[b], ib)}).pooled
-            logit = self.head(pooled).squeeze(-1).float()                     # (N,)
-            loss = F.binary_cross_entropy_with_logits(logit, labels)
-            out[f"itm_{a}_{b}_loss"] = loss.detach()
-            out[f"itm_{a}_{b}_accuracy"] = ((logit > 0).float() == labels).float().mean().detach()
-            if sim is not None:
-                suspect.append(suspect_negatives(ia, ib, labels, sim, pa, pb))
-            losses.append(loss)
-        total = torch.stack(losses).mean() if losses else zero_loss(self.head.weight)
-        out.update(loss=total, itm_loss=total)
-        if suspect:
-            out["itm_suspect_negatives"] = torch.stack(suspect).mean().detach()
+        pairing, fused = step.pairing, step.joint
+        ok = pairing.scored
+        if not ok.any():
+            loss = zero_loss(self.head.weight)
+            return {"loss": loss, "itm_loss": loss}
+        logit = self.head(fused.pooled[ok]).squeeze(-1).float()               # (N,)
+        labels = pairing.labels[ok]
+        loss = F.binary_cross_entropy_with_logits(logit, labels)
+        out = {"loss": loss, "itm_loss": loss,
+               "itm_accuracy": ((logit > 0).float() == labels).float().mean().detach()}
+        if pairing.suspect is not None:
+            out["itm_suspect_negatives"] = pairing.suspect.detach()
         return out

@@ -39,7 +39,7 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, sel: torch.Tensor) -> t
 
 
 class MaskedPatch(nn.Module):
-    name, masks = "masked_patch", True
+    name, masks, joint = "masked_patch", True, True
     needs = Needs(modalities=("image", "audio"), own_encoder=True, fused_tokens=True)
 
     def __init__(self, cfg, modalities: list[str], ratio: float):
@@ -85,13 +85,13 @@ class MaskedPatch(nn.Module):
         return out
 
     def forward(self, model, step: Step, state: dict) -> dict:
-        fused = step.corrupted
+        fused = step.joint
         targets, hidden = step.masked[self.name]["targets"], step.masked[self.name]["hidden"]
         out, losses = {}, []
         for c, hide in hidden.items():
             a, b = fused.spans[c]
             n = b - a                                                       # the encoder may cap tokens
-            pred = self.decoder[step.inputs[c]["modality"]](fused.tokens[:, a:b])
+            pred = self.decoder[step.joint_inputs[c]["modality"]](fused.tokens[:, a:b])
             sel = hide[:, :n]
             if not sel.any():
                 continue

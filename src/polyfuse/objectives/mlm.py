@@ -28,7 +28,7 @@ def mask_tokens(ids: torch.Tensor, real: torch.Tensor, prob: float, mask_id: int
 
 
 class MLM(nn.Module):
-    name, masks = "mlm", True
+    name, masks, joint = "mlm", True, True
     needs = Needs(modalities=("text",), own_encoder=True, fused_tokens=True)
 
     def __init__(self, d_model: int, vocab_size: int, mask_id: int, first_normal_id: int, prob: float):
@@ -55,7 +55,7 @@ class MLM(nn.Module):
         return encoded          # [MASK] ids are the whole corruption
 
     def forward(self, model, step: Step, state: dict) -> dict:
-        fused, labels = step.corrupted, step.masked[self.name]
+        fused, labels = step.joint, step.masked[self.name]
         hs, ys = [], []
         for c, lab in labels.items():
             a, b = fused.spans[c]
