@@ -45,8 +45,8 @@ def test_hard_negatives_follow_similarity_either_way_round():
         for i in range(4):
             (c,) = swapped_columns(p, i)
             assert int(p.index[c][i]) == int(hardest[i])       # sim[i, j] for b swapped, sim[j, i] for a
-    uniform = torch.stack([pair_rows(present, None, 1.0, torch.Generator().manual_seed(s)).index["b"]
-                           for s in range(300)])
+    uniform = torch.stack([pair_rows(present, {("a", "b"): sim}, 1.0, torch.Generator().manual_seed(s),
+                                     hard_share=0.0).index["b"] for s in range(300)])
     drawn = uniform[:, 0][uniform[:, 0] != 0]
     assert len(set(drawn.tolist())) == 3
 
@@ -120,3 +120,30 @@ def test_masked_targets_follow_the_cells_itm_swapped_in(tiny):
     expect = normalised(patchify(pixels[index], cfg.image.patch))
     assert torch.allclose(step.masked["masked_patch"]["targets"]["image"], expect)
     assert torch.equal(step.joint_inputs["image"]["pixels"], pixels[index])
+
+
+def test_hard_negatives_come_in_as_contrastive_separates_the_pairs(tiny):
+    """Separation (contrastive's in-batch top-1) is the share of negatives drawn by similarity."""
+    cfg, processors, batch = tiny
+    itm = ITM(32)
+    step = Step(batch["inputs"], {})
+    B = len(batch["inputs"]["image"]["present"])
+    sim = torch.full((B, B), -50.0)
+    hardest = (torch.arange(B) + 1) % B
+    sim[torch.arange(B), hardest] = 50.0
+    cols = list(batch["inputs"])
+    sims = {(a, b): sim for i, a in enumerate(cols) for b in cols[i + 1:]}
+
+    def hard_share(separation):
+        torch.manual_seed(0)
+        hits = total = 0
+        for _ in range(30):
+            p = itm.pair(step, {"similarity": sims, "separation": {k: separation for k in sims}})
+            for i in range(B):
+                for c in swapped_columns(p, i):
+                    total += 1
+                    hits += int(p.index[c][i]) in (int(hardest[i]), int((i - 1) % B))
+        return hits / total
+    assert hard_share(1.0) > 0.85                  # (a missing cell can leave no look-alike to draw)
+    assert hard_share(0.0) < 0.3
+    assert 0.35 < hard_share(0.5) < 0.75

@@ -100,7 +100,16 @@ class Contrastive(nn.Module):
             if a in self.locked and b in self.locked:
                 continue                      # two fixed towers: nothing to learn between them
             # Hard negatives for ITM: this batch's similarities, no gradient.
-            state["similarity"][(a, b)] = (scale * emb[a] @ emb[b].T).detach()
+            sim = (scale * emb[a] @ emb[b].T).detach()
+            state["similarity"][(a, b)] = sim
+            # How well the embeddings already tell this batch's pairs apart (top-1 both ways):
+            # ITM draws that share of its negatives by similarity, the rest uniformly.
+            ok = pres[a] & pres[b]
+            if int(ok.sum()) >= 2:
+                s = sim[ok][:, ok]
+                target = torch.arange(len(s), device=s.device)
+                top1 = 0.5 * ((s.argmax(1) == target).float().mean() + (s.argmax(0) == target).float().mean())
+                state.setdefault("separation", {})[(a, b)] = float(top1)
             za, zb = gather_with_grad(emb[a]), gather_with_grad(emb[b])
             both = gather_with_grad((pres[a] & pres[b]).float()) > 0      # rows that have both columns
             if int(both.sum()) < 2:

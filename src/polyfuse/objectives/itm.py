@@ -1,11 +1,12 @@
 """Matching (image-text matching, for any columns): do a row's cells belong together? Scored from [CLS].
 
 Each step about half of the rows (`share`) become negatives: one of their present cells, chosen by
-a coin among the row's columns, is swapped for another row's cell of that column. The swap is
-uniform within the batch, or, once the contrastive objective has run this step, drawn in
-proportion to softmax(similarity between the swapped-in cell and the row's other cells): hard
-negatives, the pairs the embeddings confuse most. Rows with fewer than two cells are not scored.
-Loss: binary cross-entropy.
+a coin among the row's columns, is swapped for another row's cell of that column. With the
+contrastive objective on, a share of the swaps equal to how well its embeddings separate the
+batch's pairs (top-1 accuracy) is drawn in proportion to softmax(similarity between the swapped-in
+cell and the row's other cells): hard negatives, the pairs the embeddings confuse most; the rest
+are uniform within the batch, so hard negatives grow as the embeddings learn. Rows with fewer than
+two cells are not scored. Loss: binary cross-entropy.
 
 Matching adds no fused pass of its own: the re-paired rows are the rows of the step's one joint
 pass (`Pretrainer.joint_pass`), which masked language and patch modelling read too. So a positive
@@ -47,16 +48,19 @@ def pair_similarity(sims: dict, r: str, c: str) -> torch.Tensor | None:
 
 
 def draw_partners(rows: torch.Tensor, has: torch.Tensor, scores: torch.Tensor | None, generator=None,
-                  exclude: torch.Tensor | None = None) -> torch.Tensor:
+                  exclude: torch.Tensor | None = None, hard_share: float = 1.0) -> torch.Tensor:
     """For each row i in `rows`, a row j != i whose cell exists (has[j]) to swap in, or -1 when none
-    can be. scores (B, B), when given, weights j by softmax(scores[i]); exclude (B, B) marks known
-    matches (same match group), never drawn."""
+    can be. scores (B, B), when given, weights j by softmax(scores[i]) for a `hard_share` of the rows
+    (the others draw uniformly); exclude (B, B) marks known matches (same match group), never drawn."""
     B = len(has)
     cand = has[None, :].expand(len(rows), B).clone()                       # (R, B)
     cand[torch.arange(len(rows)), rows] = False
     if exclude is not None:
         cand &= ~exclude[rows]
-    logits = scores[rows].float() if scores is not None else torch.zeros(len(rows), B, device=has.device)
+    logits = torch.zeros(len(rows), B, device=has.device)
+    if scores is not None:
+        hard = (torch.rand(len(rows), generator=generator) < hard_share).to(has.device)
+        logits[hard] = scores[rows[hard]].float()
     logits = logits.masked_fill(~cand, float("-inf"))
     j = torch.full((len(rows),), -1, dtype=torch.long, device=has.device)
     ok = cand.any(1)
@@ -66,8 +70,9 @@ def draw_partners(rows: torch.Tensor, has: torch.Tensor, scores: torch.Tensor | 
 
 
 def pair_rows(present: dict, sims: dict | None = None, share: float = 0.5, generator=None,
-              exclude: torch.Tensor | None = None) -> Pairing:
-    """present {column: (B,) bool}; sims {(a, b): (B, B)} from contrastive (None or missing: uniform)."""
+              exclude: torch.Tensor | None = None, hard_share: float = 1.0) -> Pairing:
+    """present {column: (B,) bool}; sims {(a, b): (B, B)} from contrastive (None or missing: uniform);
+    hard_share: the share of negatives drawn by similarity, the others uniformly."""
     cols = list(present)
     P = torch.stack([present[c] for c in cols], 1)                            # (B, C)
     B, device = P.shape[0], P.device
@@ -91,7 +96,7 @@ def pair_rows(present: dict, sims: dict | None = None, share: float = 0.5, gener
         if parts:
             weight = sum(w for w, _ in parts).clamp_min(1.0)
             scores = sum(w * s for w, s in parts) / weight                           # (B, B)
-        j = draw_partners(mine, present[c], scores, generator, exclude)
+        j = draw_partners(mine, present[c], scores, generator, exclude, hard_share)
         got = j >= 0
         index[c][mine[got]] = j[got]
         labels[mine[got]] = 0.0
@@ -118,7 +123,12 @@ class ITM(nn.Module):
         device = next(iter(pres.values())).device
         exclude = same_group(step.groups, B, device) if step.groups is not None else None
         sims = state.get("similarity") if self.hard_negatives else None
-        return pair_rows(pres, sims, self.share, exclude=exclude)
+        # Hard negatives only as far as the embeddings separate pairs: drawn by similarity from the
+        # first step, they are no harder than random ones yet often true look-alikes, and ITM sat at
+        # chance (docs/benchmarks.md); a many-to-many pairing keeps separation, and so hardness, low.
+        separation = state.get("separation", {})
+        hard = sum(separation.values()) / len(separation) if separation else 1.0
+        return pair_rows(pres, sims, self.share, exclude=exclude, hard_share=hard)
 
     def forward(self, model, step: Step, state: dict) -> dict:
         pairing, fused = step.pairing, step.joint
