@@ -127,3 +127,23 @@ def test_validation_scores_sit_beside_the_nearest_neighbour_baseline(tmp_path, l
     assert 0.0 <= m["nearest_neighbour"]["exact_match"] <= 1.0
     from polyfuse.runfolder import RunFolder
     assert all("val_loss" in r for r in RunFolder(tmp_path / "run").log())     # the best epoch is chosen on it
+
+
+def test_the_report_shows_inputs_references_and_generations_best_first(trained, tmp_path):
+    import re
+    from polyfuse.cli.main import main
+    gen, _, train, root = trained
+    test = write_scenes(root, 14, seed=6)
+    test.loc[0, "caption"] = "a big star on top"                # one row the model cannot get right
+    test.to_csv(tmp_path / "test.csv", index=False)
+    assert main(["evaluate", str(root / "run"), "--data", str(tmp_path / "test.csv"), "--out",
+                 str(tmp_path / "m.json"), "--report"]) == 0
+    html = (tmp_path / "report.html").read_text()
+    assert 'id="best"' in html and 'id="worst"' in html and "CIDEr" in html
+    assert html.count('class="thumb"') >= 7 and "data:image/png;base64," in html
+    best, worst = html.split('id="worst"')
+    scores = lambda part: [float(x) for x in re.findall(r"ROUGE-L (\d\.\d\d)", part)]   # noqa: E731
+    assert min(scores(best)) >= max(scores(worst))
+    assert "a big star on top" in worst and "row 0 " in worst       # the impossible row is among the worst
+    generated = gen.generate(gen.encode(gen.read(test.iloc[:1])))[0]
+    assert f"generated <b>{generated}</b>" in worst

@@ -61,10 +61,17 @@ def run_generation(args):
         from ..errors import InputError
         raise InputError(f"the reference column '{g.schema.label}' is not in the table", table=table.name)
     data = g.encode(table, with_targets=True, progress=True)
-    result = g.evaluate(data, references_of(table, data.rows, g.schema.label), batch_size=min(args.batch_size, 16))
-    result["data"] = str(args.data)
+    references = references_of(table, data.rows, g.schema.label)
+    generated = g.generate(data, batch_size=min(args.batch_size, 16))
+    result = {**g.score(data, generated, references), "data": str(args.data)}
     print(format_metrics(result))
-    print(f"wrote {RunFolder(args.run).write_metrics(result, args.out)}")
+    out = RunFolder(args.run).write_metrics(result, args.out)
+    print(f"wrote {out}")
+    if args.report:
+        from ..evaluation.report.generation import write_generation_report
+        report = write_generation_report(out.parent / "report.html", g, Path(args.run), table, data, generated,
+                                         references, result)
+        print(f"wrote {report}")
 
 
 def format_groups(sl: dict) -> str:

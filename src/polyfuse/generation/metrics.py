@@ -42,6 +42,17 @@ def text_metrics(generated: list[str], references: list[list[str]]) -> dict:
 HEADLINE = "cider"
 
 
+def row_scores(generated: list[str], references: list[list[str]]) -> list[float]:
+    """Each row's ROUGE-L F (0-1, against its best reference): the report's best and worst rows."""
+    from pycocoevalcap.rouge.rouge import Rouge
+    if not generated:
+        return []
+    res = {i: [normalise(g) or "<empty>"] for i, g in enumerate(generated)}
+    gts = {i: [normalise(r) or "<empty>" for r in refs] for i, refs in enumerate(references)}
+    _, per_row = Rouge().compute_score(gts, res)
+    return [float(x) for x in per_row]
+
+
 def format_metrics(m: dict, baseline: dict | None = None) -> str:
     names = ("bleu4", "rouge_l", "cider", "wer", "cer", "exact_match")
     lines = [f"{'metric':<12} {'model':>8}" + (f" {'nearest':>8}" if baseline else "")]

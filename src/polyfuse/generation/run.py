@@ -104,7 +104,11 @@ class Generator:
         return np.concatenate(chunks) if chunks else np.zeros((0, self.cfg.model.d_model), np.float32)
 
     def evaluate(self, data: EncodedSet, references: list[list[str]], batch_size: int = 16) -> dict:
-        generated = self.generate(data, batch_size)
+        return self.score(data, self.generate(data, batch_size), references)
+
+    @staticmethod
+    def score(data: EncodedSet, generated: list[str], references: list[list[str]]) -> dict:
+        """The metrics of generated text (one per encoded row) against each row's references."""
         return {**text_metrics(generated, references), "task": "generation",
                 "examples": [{"row": int(r), "generated": g, "references": refs}
                              for r, g, refs in list(zip(data.rows, generated, references))[:20]]}

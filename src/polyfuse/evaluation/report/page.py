@@ -74,20 +74,24 @@ def write_report(path: Path, predictor, run_dir: Path, labelled, outputs: np.nda
     parts.append(sections.robustness(curves))
     parts.append(sections.groups(slices, task))
     parts.append(sections.examples(wrong_examples(predictor, labelled, outputs), labelled.unseen))
-    nav = "".join(f'<a href="#{i}">{t}</a>' for i, t in (
-        ("headline", "Headline"), ("confusion", "Confusion"), ("curves", "ROC / PR"), ("training", "Training"),
-        ("ablation", "Ablation"), ("robustness", "Robustness"), ("groups", "Slices"), ("wrong", "Errors"))
-        if f'id="{i}"' in "".join(parts))
+    nav = [("headline", "Headline"), ("confusion", "Confusion"), ("curves", "ROC / PR"), ("training", "Training"),
+           ("ablation", "Ablation"), ("robustness", "Robustness"), ("groups", "Slices"), ("wrong", "Errors")]
     sub = (f"{escape(str(result.get('data', '')))} · {result['n']:,} rows · {task} · {cfg.model.fusion} fusion · "
            f"d={cfg.model.d_model}, {cfg.model.n_layers} layers · {datetime.datetime.now():%Y-%m-%d %H:%M}")
-    html = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+    path.write_text(page(run_dir, sub, parts, nav), encoding="utf-8")
+    return path
+
+
+def page(run_dir: Path, sub: str, parts: list[str], nav: list[tuple[str, str]]) -> str:
+    """The whole self-contained page around the sections; nav lists only the sections present."""
+    body = "".join(parts)
+    links = "".join(f'<a href="#{i}">{t}</a>' for i, t in nav if f'id="{i}"' in body)
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f'<title>Polyfuse report · {escape(run_dir.name)}</title><style>{CSS}</style></head><body>'
             f'<header><h1>Evaluation report · {escape(run_dir.name)}</h1><div class="sub">{sub}</div></header>'
-            f'<nav>{nav}</nav><main>{"".join(parts)}</main>'
+            f'<nav>{links}</nav><main>{body}</main>'
             f'<footer>Written by polyfuse evaluate --report</footer></body></html>')
-    path.write_text(html, encoding="utf-8")
-    return path
 
 
 def read_log(run_dir: Path) -> list[dict]:
@@ -113,16 +117,16 @@ def wrong_examples(predictor, labelled, outputs: np.ndarray, n: int = N_EXAMPLES
         order = list(np.argsort(-err)[:n])
         info = [(f"{y[i]:.3g}", f"{outputs[i, 0]:.3g}", min(1.0, float(err[i] / (np.abs(y).max() + 1e-9))))
                 for i in order]
-    return [dict(row=labelled.data.rows[i], true=t, pred=p, confidence=c, **inputs_of(predictor, labelled, i))
+    return [dict(row=labelled.data.rows[i], true=t, pred=p, confidence=c, **inputs_of(predictor.cfg, labelled.table, labelled.data, i))
             for i, (t, p, c) in zip(order, info)]
 
 
-def inputs_of(predictor, labelled, i: int) -> dict:
+def inputs_of(cfg, table, data, i: int) -> dict:
     """Thumbnails of what the model read for encoded row i: image tensors, spectrograms, raw text."""
     out = {"images": [], "audio": [], "texts": []}
-    item, row = labelled.data.inputs[i], labelled.data.rows[i]
-    mean, std = np.array(predictor.cfg.image.mean), np.array(predictor.cfg.image.std)
-    for col, m in predictor.schema.streams():
+    item, row = data.inputs[i], data.rows[i]
+    mean, std = np.array(cfg.image.mean), np.array(cfg.image.std)
+    for col, m in cfg.schema.streams():
         if item.get(col) is None:
             continue
         if m == "image":
@@ -131,6 +135,6 @@ def inputs_of(predictor, labelled, i: int) -> dict:
         elif m == "audio":
             out["audio"].append(plots.spectrogram(item[col]["mel"].numpy()))
         else:
-            value = labelled.table.df.at[row, col]
+            value = table.df.at[row, col]
             out["texts"].append("" if is_missing(value) else str(value))
     return out

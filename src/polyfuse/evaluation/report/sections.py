@@ -10,11 +10,14 @@ from . import plots
 
 LABELS = {"accuracy": "Accuracy", "macro_f1": "Macro F1", "roc_auc": "ROC AUC", "ece": "Calibration error (ECE)",
           "subset_accuracy": "Subset accuracy", "micro_f1": "Micro F1", "mae": "MAE", "rmse": "RMSE", "r2": "R²",
-          "macro_precision": "Macro precision", "macro_recall": "Macro recall", "n": "Rows"}
+          "macro_precision": "Macro precision", "macro_recall": "Macro recall", "n": "Rows",
+          "cider": "CIDEr", "bleu4": "BLEU-4", "rouge_l": "ROUGE-L", "exact_match": "Exact match", "wer": "WER",
+          "cer": "CER"}
 SHORT = {**LABELS, "ece": "ECE", "macro_precision": "Macro prec.", "macro_recall": "Macro rec."}   # table headers
 HEADLINE_KEYS = {"classification": ["accuracy", "macro_f1", "roc_auc", "ece"],
                  "multilabel": ["subset_accuracy", "micro_f1", "macro_f1", "roc_auc"],
-                 "regression": ["mae", "rmse", "r2"]}
+                 "regression": ["mae", "rmse", "r2"],
+                 "generation": ["cider", "bleu4", "rouge_l", "exact_match", "wer", "cer"]}
 TABLE_KEYS = {"classification": ["accuracy", "macro_f1", "macro_precision", "macro_recall", "roc_auc", "ece"],
               "multilabel": ["subset_accuracy", "micro_f1", "macro_f1", "roc_auc"],
               "regression": ["mae", "rmse", "r2"]}
