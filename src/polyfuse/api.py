@@ -24,7 +24,7 @@ class Polyfuse:
     def __init__(self, label=None, text=None, image=None, audio=None, task=None, size=None, fusion=None,
                  epochs=None, batch_size=None, lr=None, seed=None, config=None, out=None, base_dir=None,
                  progress=False, init_from=None, allow_partial=False, max_minutes=None, preset=None,
-                 group_by=None, decoder=None):
+                 group_by=None, decoder=None, prompt=None):
         self.label, self.text, self.image, self.audio, self.task = label, text, image, audio, task
         self.size, self.fusion, self.epochs, self.batch_size, self.lr, self.seed = size, fusion, epochs, batch_size, lr, seed
         self.config, self.out, self.base_dir, self.progress = config, out, base_dir, progress
@@ -36,6 +36,7 @@ class Polyfuse:
         # whose values validation holds out whole ("auto": one that looks like a group; None: rows).
         self.max_minutes, self.preset, self.group_by = max_minutes, preset, group_by
         self.decoder = decoder          # task="generation": a Hugging Face causal LM folder
+        self.prompt = prompt            # task="generation": the decoder's prompt template, {column} from each row
 
     # -- the config a user asked for: only values they set override the defaults ----------
     def build_config(self) -> Config:
@@ -60,7 +61,7 @@ class Polyfuse:
             "model": {"size": self.size, "fusion": self.fusion},
             "train": {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed,
                       "max_minutes": self.max_minutes, "group_by": self.group_by},
-            "generate": {"decoder": self.decoder},
+            "generate": {"decoder": self.decoder, "prompt": self.prompt},
         }
         fixed = None if isinstance(self.config, Config) else set_keys(written, overrides)
         return base.merged(overrides), fixed

@@ -280,6 +280,23 @@ class AugmentConfig:
                 raise ConfigError(f"augment.{name} must be >= 0, got {getattr(self, name)}")
 
 
+def prompt_parts(template: str) -> list[tuple[str, str | None]]:
+    """generate.prompt as (literal text, column or None) pieces. ConfigError when malformed."""
+    import string
+    try:
+        return [(literal, field) for literal, field, _, _ in string.Formatter().parse(template)]
+    except ValueError as e:
+        raise ConfigError(f"generate.prompt {template!r}: {e} (write a literal brace as {{{{ or }}}})") from None
+
+
+def prompt_columns(template: str) -> list[str]:
+    """The columns generate.prompt names, in order. ConfigError for `{}` or a malformed template."""
+    fields = [f for _, f in prompt_parts(template) if f is not None]
+    if any(not f for f in fields):
+        raise ConfigError(f"generate.prompt {template!r}: each {{...}} must name a column")
+    return list(dict.fromkeys(fields))
+
+
 @dataclass
 class GenerateConfig:
     """Generation runs (schema.task generation, generation/): the decoder and how it decodes."""
@@ -293,9 +310,15 @@ class GenerateConfig:
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
+    # A prompt the decoder reads after the prefix and before the target, e.g. "Question: {question}
+    # Answer:"; {column} is that column's text in each row (a question, an instruction).
+    prompt: str | None = None
+    max_prompt_tokens: int = 64
 
     def validate(self):
-        _positive(self, "max_target_tokens", "max_new_tokens", "num_beams", "temperature")
+        _positive(self, "max_target_tokens", "max_new_tokens", "num_beams", "temperature", "max_prompt_tokens")
+        if self.prompt is not None:
+            prompt_columns(self.prompt)          # raises ConfigError on a malformed template
         if self.decoder_train not in ("frozen", "lora", "full"):
             raise ConfigError(f"generate.decoder_train must be frozen, lora or full, got {self.decoder_train!r}")
         if not 0.0 < self.top_p <= 1.0:

@@ -147,3 +147,46 @@ def test_the_report_shows_inputs_references_and_generations_best_first(trained, 
     assert "a big star on top" in worst and "row 0 " in worst       # the impossible row is among the worst
     generated = gen.generate(gen.encode(gen.read(test.iloc[:1])))[0]
     assert f"generated <b>{generated}</b>" in worst
+
+
+def write_questions(folder, n, seed):
+    """Scenes with a question only the decoder's prompt sees: 'red green blue' asks the colour,
+    'left right' the side; the image alone cannot say which answer is wanted."""
+    scenes = write_scenes(folder, n, seed)
+    rng = np.random.default_rng(seed + 100)
+    asks_colour = rng.random(n) < 0.5
+    scenes["question"] = np.where(asks_colour, "red green blue", "left right")
+    colour = scenes["caption"].str.split().str[1]
+    side = scenes["caption"].str.split().str[-1]
+    scenes["answer"] = np.where(asks_colour, colour, side)
+    return scenes
+
+
+def test_the_prompt_reaches_the_decoder_and_decides_the_answer(tmp_path, llama):
+    from polyfuse.config import Config
+    from polyfuse.errors import InputError
+    from polyfuse.generation.run import Generator
+    from polyfuse.recipes.generate import train_generation
+    torch.set_num_threads(1)
+    cfg = Config.from_dict({
+        "schema": {"image": ["image"], "label": "answer", "task": "generation"},
+        "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "dropout": 0.0},
+        "image": {"size": 16, "patch": 4},
+        "train": {"epochs": 40, "batch_size": 8, "lr": 3e-3, "patience": None, "val_fraction": 0.0},
+        "generate": {"decoder": str(llama), "max_new_tokens": 4, "decoder_train": "full", "prompt": "{question}"}})
+    train_generation(cfg, write_questions(tmp_path, 96, seed=0), out=tmp_path / "run", progress=False)
+    gen = Generator.load(tmp_path / "run")
+    test = write_questions(tmp_path, 24, seed=1)                  # unseen scenes, both questions
+    texts = gen.generate(gen.encode(gen.read(test)))
+    exact = np.mean([t == a for t, a in zip(texts, test["answer"])])
+    assert exact >= 0.8, list(zip(test["question"], texts, test["answer"]))[:6]
+    # The same image, the other question: the other answer.
+    swapped = test.assign(question=np.where(test["question"] == "left right", "red green blue", "left right"))
+    other = gen.generate(gen.encode(gen.read(swapped)))
+    assert np.mean([a != b for a, b in zip(texts, other)]) >= 0.8
+    with pytest.raises(InputError, match="question"):
+        gen.encode(gen.read(test.drop(columns=["question"])))
+    from polyfuse.errors import ConfigError
+    from polyfuse.serving.backend import load_backend
+    with pytest.raises(ConfigError, match="prompt"):
+        load_backend(tmp_path / "run")

@@ -20,6 +20,8 @@ def add_parser(sub, name: str = "train", help: str = "train a model on a labelle
                    help="generation: the label column is text to write, with --decoder")
     p.add_argument("--decoder", metavar="FOLDER", help="--task generation: a Hugging Face causal language model "
                    "folder; the fused tokens become its prefix (generate.decoder)")
+    p.add_argument("--prompt", metavar="TEMPLATE", help="--task generation: text the decoder reads after the prefix, "
+                   "{column} filled from each row, e.g. 'Question: {question} Answer:' (generate.prompt)")
     add_training_args(p, out_required)
     p.add_argument("--patience", type=int)
     p.add_argument("--modality-dropout", type=float)
@@ -102,7 +104,7 @@ def config_from_args(args) -> tuple[Config, set[str]]:
         "text": {"encoder": args.text_encoder}, "image": {"encoder": args.image_encoder},
         "audio": {"encoder": args.audio_encoder},
         "augment": {"enabled": args.augment},
-        "generate": {"decoder": args.decoder},
+        "generate": {"decoder": args.decoder, "prompt": args.prompt},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                   "patience": args.patience, "max_minutes": args.max_minutes, "bf16": args.bf16,
                   "on_bad_row": args.on_bad_row, "group_by": args.group_by, "val_fraction": args.val_fraction},

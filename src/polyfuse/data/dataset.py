@@ -23,6 +23,7 @@ class EncodedSet(torch.utils.data.Dataset):
     labels: list[torch.Tensor | None]
     rows: list[int]                         # the table row each sample came from
     skipped: list[dict] = field(default_factory=list)
+    prompts: list[torch.Tensor] | None = None   # generation with generate.prompt: each row's decoder prompt ids
 
     def __len__(self):
         return len(self.inputs)

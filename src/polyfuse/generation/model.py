@@ -77,20 +77,25 @@ class GenerationModel(nn.Module):
             self.lm.eval()              # a frozen decoder: no dropout, the same function every step
         return self
 
-    def prefix(self, inputs: dict, modality_dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, P, H) decoder-space prefix, (B, P) its real positions, packed to the left."""
+    def prefix(self, inputs: dict, modality_dropout: float = 0.0,
+               prompt: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, P, H) decoder-space prefix, (B, P) its real positions, packed to the left: the fused
+        tokens through the projector, then the prompt's token embeddings when there is a prompt."""
         fused = self.body.encode(inputs, modality_dropout=modality_dropout)
         if fused.tokens is not None:
             states, mask = fused.tokens, fused.mask                                   # (B, T, D)
         else:
             states = torch.stack(list(fused.per_column.values()), 1)                  # (B, C, D)
             mask = torch.stack([fused.present[c] for c in fused.per_column], 1)
-        states, mask = left_pack(states, mask)
-        return self.projector(states), mask
+        x = self.projector(states)                                                    # (B, T, H)
+        if prompt is not None:
+            x = torch.cat([x, self.lm.get_input_embeddings()(prompt["ids"])], 1)      # (B, T + Q, H)
+            mask = torch.cat([mask, prompt["mask"]], 1)
+        return left_pack(x, mask)
 
     def forward(self, batch: dict, modality_dropout: float = 0.0) -> dict:
         """{"loss": mean next-token cross-entropy over the target tokens, "tokens": how many}."""
-        prefix, pmask = self.prefix(batch["inputs"], modality_dropout)
+        prefix, pmask = self.prefix(batch["inputs"], modality_dropout, batch.get("prompt"))
         ids, tmask = batch["target"]["ids"], batch["target"]["mask"]                  # (B, L)
         x = torch.cat([prefix, self.lm.get_input_embeddings()(ids)], 1)               # (B, P + L, H)
         attn = torch.cat([pmask, tmask], 1).long()
@@ -101,9 +106,10 @@ class GenerationModel(nn.Module):
         return {"loss": loss, "tokens": int(tmask.sum())}
 
     @torch.no_grad()
-    def generate(self, inputs: dict, g: GenerateConfig, eos_id: int, pad_id: int, streamer=None) -> list[list[int]]:
+    def generate(self, inputs: dict, g: GenerateConfig, eos_id: int, pad_id: int, streamer=None,
+                 prompt: dict | None = None) -> list[list[int]]:
         """New token ids per row (transformers' generate: greedy, beam search or sampling, KV cache)."""
-        prefix, pmask = self.prefix(inputs)
+        prefix, pmask = self.prefix(inputs, prompt=prompt)
         attn = pmask.long()
         # transformers derives positions from the mask the same way `positions` does (checked in tests).
         out = self.lm.generate(inputs_embeds=prefix, attention_mask=attn,

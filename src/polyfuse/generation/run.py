@@ -16,18 +16,30 @@ from ..runfolder import RunFolder, RunMeta
 from ..util import state_dict_cpu, to_device
 from .metrics import text_metrics
 from .model import GenerationModel, load_decoder
+from .prompt import row_prompts
 from .targets import TextTargets
 
 
 def make_collate(processors, targets: TextTargets):
-    """Rows -> {"inputs", "target": {"ids", "mask"}} (target only when every row has one)."""
+    """Rows -> {"inputs", "target": {"ids", "mask"}, "prompt": {"ids", "mask"}} (target only when every
+    row has one; prompt when the run has generate.prompt)."""
     def collate(batch_idx, data: EncodedSet):
         batch = {"inputs": processors.collate([data.inputs[i] for i in batch_idx])}
         ys = [data.labels[i] for i in batch_idx]
         if ys and all(y is not None for y in ys):
             batch["target"] = targets.collate(ys)
+        if data.prompts is not None:
+            batch["prompt"] = targets.collate([data.prompts[i] for i in batch_idx])
         return batch
     return collate
+
+
+def add_prompts(cfg: Config, targets: TextTargets, table: Table, data: EncodedSet) -> EncodedSet:
+    """data with each row's decoder prompt (generate.prompt filled from its table row), if the run has one."""
+    g = cfg.generate
+    if g.prompt is not None:
+        data.prompts = [targets.encode_prompt(t, g.max_prompt_tokens) for t in row_prompts(g.prompt, table, data.rows)]
+    return data
 
 
 def build_generation_model(cfg: Config, processors, targets: TextTargets, pretrained_weights: bool) -> GenerationModel:
@@ -67,28 +79,32 @@ class Generator:
 
     def encode(self, table: Table, with_targets: bool = False, on_bad_row: str = "error",
                progress: bool = False) -> EncodedSet:
-        return encode_table(table, self.processors, self.targets if with_targets else None, on_bad_row, progress)
+        data = encode_table(table, self.processors, self.targets if with_targets else None, on_bad_row, progress)
+        return add_prompts(self.cfg, self.targets, table, data)
 
     @torch.no_grad()
     def generate(self, data: EncodedSet, batch_size: int = 16, **decoding) -> list[str]:
         """The generated text of every encoded row; `decoding` overrides config section generate."""
         out = []
         for i in range(0, len(data), batch_size):
-            out += self.generate_items(data.inputs[i:i + batch_size], **decoding)
+            prompts = data.prompts[i:i + batch_size] if data.prompts is not None else None
+            out += self.generate_items(data.inputs[i:i + batch_size], prompts=prompts, **decoding)
         return out
 
     @torch.no_grad()
     def generate_items(self, items: list[dict], streamer=None, limits: list[int] | None = None,
-                       **decoding) -> list[str]:
+                       prompts: list[torch.Tensor] | None = None, **decoding) -> list[str]:
         """Processed rows ({column: processed cell or None}, as EncodedSet.inputs and the server hold
         them) -> their text in one batch; `streamer` (a transformers streamer) sees each new token;
-        `limits`: each row's own token budget within the batch's max_new_tokens."""
+        `limits`: each row's own token budget within the batch's max_new_tokens; `prompts`: each
+        row's prompt ids (a run with generate.prompt)."""
         import dataclasses
         g = dataclasses.replace(self.cfg.generate, **decoding)
         self.model.eval()
         device = next(self.model.parameters()).device
         inputs = to_device(self.processors.collate(items), device)
-        ids = self.model.generate(inputs, g, self.targets.eos_id, self.targets.pad_id, streamer)
+        prompt = to_device(self.targets.collate(prompts), device) if prompts is not None else None
+        ids = self.model.generate(inputs, g, self.targets.eos_id, self.targets.pad_id, streamer, prompt)
         if limits is not None:
             ids = [row[:n] for row, n in zip(ids, limits)]
         return [self.targets.decode(row) for row in ids]

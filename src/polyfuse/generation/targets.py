@@ -58,6 +58,12 @@ class TextTargets:
         ids = self.tokenizer(str(value).strip(), add_special_tokens=False)["input_ids"][: self.max_length - 1]
         return torch.tensor(ids + [self.eos_id], dtype=torch.long)
 
+    def encode_prompt(self, text: str, max_length: int) -> torch.Tensor:
+        """(Q,) ids of a filled prompt (no end-of-text; may be empty), its last max_length tokens
+        (the end of a prompt, "Answer:", is what the target follows)."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        return torch.tensor(ids[-max_length:], dtype=torch.long)
+
     def collate(self, ys: list[torch.Tensor]) -> dict:
         """ids (B, L) right-padded, mask (B, L) True on real tokens."""
         L = max(len(y) for y in ys)

@@ -19,7 +19,8 @@ from ..data.manifest import read_table, resolve_schema
 from ..data.processors import Processors
 from ..errors import ConfigError
 from ..generation.metrics import text_metrics
-from ..generation.run import Generator, build_generation_model, make_collate, nearest_neighbour, references_of
+from ..generation.run import (Generator, add_prompts, build_generation_model, make_collate, nearest_neighbour,
+                              references_of)
 from ..generation.targets import TextTargets
 from ..planning import holdout
 from ..planning.run import budget_outcome, plan_config
@@ -67,8 +68,9 @@ def train_generation(cfg: Config, train, val=None, out: str | Path = "runs/gen",
 
     # 4. Every row decoded and checked before the first step.
     on_bad, show = cfg.train.on_bad_row, progress and acc.is_main_process
-    train_set = encode_table(train_t, processors, targets, on_bad, show, "reading")
-    val_set = encode_table(read_table_with(val_t, schema), processors, targets, on_bad, show, "reading") \
+    train_set = add_prompts(cfg, targets, train_t, encode_table(train_t, processors, targets, on_bad, show, "reading"))
+    val_set = add_prompts(cfg, targets, val_t,
+                          encode_table(read_table_with(val_t, schema), processors, targets, on_bad, show, "reading")) \
         if val_t is not None else None
 
     # 5. Model and training: the projector (and LoRA or the whole decoder, by generate.decoder_train).

@@ -25,6 +25,7 @@ from fastapi import Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from ..errors import ConfigError
 from .batcher import BatchTimeout
 from .protocol import ApiError, column_names, decode_rows, load_json, parse_form, parse_rows, read_form_values
 from .settings import ServeConfig
@@ -49,6 +50,9 @@ class GenerationBackend:
         from ..generation.run import Generator
         self.generator = Generator.load(run_dir, "cpu")
         self.cfg, self.processors = self.generator.cfg, self.generator.processors
+        if self.cfg.generate.prompt is not None:
+            raise ConfigError(f"{run_dir} reads a prompt (generate.prompt {self.cfg.generate.prompt!r}); "
+                              "/v1/generate does not take prompt columns yet: use `polyfuse predict` or the Python API")
         self.streams = self.cfg.schema.streams()
 
     def run(self, items: list) -> dict[str, np.ndarray]:
