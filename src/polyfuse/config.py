@@ -300,7 +300,8 @@ def prompt_columns(template: str) -> list[str]:
 @dataclass
 class GenerateConfig:
     """Generation runs (schema.task generation, generation/): the decoder and how it decodes."""
-    decoder: str | None = None       # a Hugging Face causal LM folder (or a hub id already cached)
+    decoder: str | None = None       # a Hugging Face causal LM folder (or a hub id already cached), or
+    #                                  "scratch": a small decoder and tokenizer trained from the targets
     # frozen: only the projector trains (LLaVA's first stage); lora: LoRA adapters on the decoder too
     # (its second stage); full: every decoder weight trains.
     decoder_train: str = "frozen"

@@ -190,3 +190,19 @@ def test_the_prompt_reaches_the_decoder_and_decides_the_answer(tmp_path, llama):
     from polyfuse.serving.backend import load_backend
     with pytest.raises(ConfigError, match="prompt"):
         load_backend(tmp_path / "run")
+
+
+def test_a_scratch_decoder_learns_its_vocabulary_from_the_targets_and_reloads(tmp_path):
+    """--decoder scratch: no language model folder at all; the tokenizer comes from the captions."""
+    from polyfuse.generation.run import Generator
+    from polyfuse.recipes.generate import train_generation
+    torch.set_num_threads(1)
+    cfg = cfg_for("scratch")                                     # decoder_train stays 'frozen': ignored
+    cfg.text.vocab_size = 60
+    gen, _ = train_generation(cfg, write_scenes(tmp_path, 96, seed=0), out=tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "processors" / "decoder" / "tokenizer.json").exists()
+    again = Generator.load(tmp_path / "run")
+    test = write_scenes(tmp_path, 24, seed=1)
+    texts = again.generate(again.encode(again.read(test)))
+    assert np.mean([t == c for t, c in zip(texts, test["caption"])]) >= 0.8, list(zip(texts, test["caption"]))[:6]
+    assert texts == gen.generate(gen.encode(gen.read(test)))

@@ -19,7 +19,8 @@ def add_parser(sub, name: str = "train", help: str = "train a model on a labelle
     p.add_argument("--task", choices=["classification", "multilabel", "regression", "generation"],
                    help="generation: the label column is text to write, with --decoder")
     p.add_argument("--decoder", metavar="FOLDER", help="--task generation: a Hugging Face causal language model "
-                   "folder; the fused tokens become its prefix (generate.decoder)")
+                   "folder (or 'scratch': a small one trained from the targets); the fused tokens become its prefix "
+                   "(generate.decoder)")
     p.add_argument("--prompt", metavar="TEMPLATE", help="--task generation: text the decoder reads after the prefix, "
                    "{column} filled from each row, e.g. 'Question: {question} Answer:' (generate.prompt)")
     add_training_args(p, out_required)

@@ -20,6 +20,8 @@ from ..errors import ConfigError
 from ..fusion.transformer import init_weights
 from ..model import PolyfuseModel
 
+SCRATCH = "scratch"      # generate.decoder: a small decoder and tokenizer trained from the targets
+
 # Attention projections LoRA adapts in common decoder families; others get every linear layer.
 LORA_TARGETS = {"llama": ["q_proj", "v_proj"], "mistral": ["q_proj", "v_proj"], "qwen2": ["q_proj", "v_proj"],
                 "gpt2": ["c_attn"], "gpt_neox": ["query_key_value"]}
@@ -35,6 +37,11 @@ def load_decoder(path_or_config, with_weights: bool):
         return transformers.AutoModelForCausalLM.from_config(path_or_config)
     except (OSError, ValueError, KeyError) as e:
         raise ConfigError(f"model.decoder: cannot build a causal language model: {str(e).splitlines()[0]}") from None
+
+
+def decoder_training(cfg: Config) -> str:
+    """What of the decoder trains: generate.decoder_train, but all of a scratch decoder (nothing in it to keep)."""
+    return "full" if cfg.generate.decoder == SCRATCH else cfg.generate.decoder_train
 
 
 def left_pack(states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,7 +69,7 @@ class GenerationModel(nn.Module):
         self.projector = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, hidden))
         init_weights(self.projector)
         self.lm = lm
-        how = cfg.generate.decoder_train
+        how = decoder_training(cfg)
         if how == "lora":
             from peft import LoraConfig, inject_adapter_in_model
             targets = LORA_TARGETS.get(lm.config.model_type, "all-linear")
@@ -73,7 +80,7 @@ class GenerationModel(nn.Module):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if self.cfg.generate.decoder_train == "frozen":
+        if decoder_training(self.cfg) == "frozen":
             self.lm.eval()              # a frozen decoder: no dropout, the same function every step
         return self
 

@@ -15,7 +15,7 @@ from ..model import load_state
 from ..runfolder import RunFolder, RunMeta
 from ..util import state_dict_cpu, to_device
 from .metrics import text_metrics
-from .model import GenerationModel, load_decoder
+from .model import SCRATCH, GenerationModel, load_decoder
 from .prompt import row_prompts
 from .targets import TextTargets
 
@@ -43,7 +43,8 @@ def add_prompts(cfg: Config, targets: TextTargets, table: Table, data: EncodedSe
 
 
 def build_generation_model(cfg: Config, processors, targets: TextTargets, pretrained_weights: bool) -> GenerationModel:
-    lm = load_decoder(cfg.generate.decoder if pretrained_weights else targets.model_config, pretrained_weights)
+    fresh = pretrained_weights and cfg.generate.decoder != SCRATCH
+    lm = load_decoder(cfg.generate.decoder if fresh else targets.model_config, fresh)
     text = processors.text
     return GenerationModel(cfg, cfg.schema, lm, text.vocab_size if text is not None else None,
                            towers=tower_sources(processors, pretrained_weights))

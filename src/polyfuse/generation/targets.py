@@ -40,6 +40,29 @@ class TextTargets:
                               f"{str(e).splitlines()[0]}") from None
         return cls(tok, config, max_length)
 
+    @classmethod
+    def scratch(cls, texts: list[str], cfg) -> "TextTargets":
+        """`--decoder scratch`: a WordPiece tokenizer learned from the training targets and a small
+        Llama-style decoder config (width, depth and heads of the run's model), trained from nothing.
+        Saved like any decoder, so the run reloads the same way."""
+        from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+        from transformers import LlamaConfig, PreTrainedTokenizerFast
+        specials = ["<pad>", "<eos>", "<unk>"]
+        tok = Tokenizer(models.WordPiece(unk_token="<unk>"))
+        tok.normalizer = normalizers.NFKC()
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+        tok.train_from_iterator([t for t in texts if t], trainers.WordPieceTrainer(
+            vocab_size=cfg.text.vocab_size, special_tokens=specials, show_progress=False))
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+        m = cfg.model
+        config = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=m.d_model,
+                             intermediate_size=int(m.d_model * m.mlp_ratio), num_hidden_layers=m.n_layers,
+                             num_attention_heads=m.n_heads, num_key_value_heads=m.n_heads,
+                             max_position_embeddings=1024, pad_token_id=0, eos_token_id=1, bos_token_id=1,
+                             tie_word_embeddings=True)
+        return cls(fast, config, cfg.generate.max_target_tokens)
+
     def save(self, processors_dir: Path):
         out = Path(processors_dir) / FOLDER
         out.mkdir(parents=True, exist_ok=True)

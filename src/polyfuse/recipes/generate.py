@@ -15,10 +15,11 @@ import torch
 
 from ..config import Config
 from ..data.dataset import encode_table
-from ..data.manifest import read_table, resolve_schema
+from ..data.manifest import is_missing, read_table, resolve_schema
 from ..data.processors import Processors
 from ..errors import ConfigError
 from ..generation.metrics import text_metrics
+from ..generation.model import SCRATCH, decoder_training
 from ..generation.run import (Generator, add_prompts, build_generation_model, make_collate, nearest_neighbour,
                               references_of)
 from ..generation.targets import TextTargets
@@ -47,7 +48,7 @@ def train_generation(cfg: Config, train, val=None, out: str | Path = "runs/gen",
         raise ConfigError("a generation run needs the target text column (--label)")
     cfg = dataclasses.replace(cfg, schema=schema).validate()
     say(f"schema: text={schema.text} image={schema.image} audio={schema.audio} target={schema.label!r} "
-        f"decoder={cfg.generate.decoder} ({cfg.generate.decoder_train})")
+        f"decoder={cfg.generate.decoder} ({decoder_training(cfg)})")
     split_note = None
     if val_t is None:
         train_t, val_t, split_note = holdout(train_t, schema, cfg.train.val_fraction, cfg.train.group_by,
@@ -57,7 +58,14 @@ def train_generation(cfg: Config, train, val=None, out: str | Path = "runs/gen",
         cfg = plan_config(cfg, train_t, folder, fixed, preset, resume, None, split_note, say, acc.is_main_process)
 
     # 2. The decoder's tokenizer reads the targets; 3. processors read the inputs.
-    targets = TextTargets.from_decoder(cfg.generate.decoder, cfg.generate.max_target_tokens)
+    if cfg.generate.decoder == SCRATCH:
+        if resume and folder.has_processors():
+            targets = TextTargets.load(folder.file(folder.PROCESSORS), cfg.generate.max_target_tokens)
+        else:
+            texts = [str(v) for r in range(len(train_t)) if not is_missing(v := train_t.df.at[r, schema.label])]
+            targets = TextTargets.scratch([p.strip() for t in texts for p in t.split("|")], cfg)
+    else:
+        targets = TextTargets.from_decoder(cfg.generate.decoder, cfg.generate.max_target_tokens)
     with acc.main_process_first():
         if acc.is_main_process and not (resume and folder.has_processors()):
             processors = Processors.build(cfg, schema).fit(train_t)
