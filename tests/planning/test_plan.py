@@ -164,3 +164,16 @@ def test_a_pretrained_tower_is_frozen_and_keeps_its_own_preprocessing(tmp_path):
     assert "sample_rate" not in plan.settings["audio"] and "n_mels" not in plan.settings["audio"]  # the tower's own
     best = make_plan(profile_table(table, SCHEMA), cfg, len(table), preset="best")
     assert best.settings["model"]["unfreeze_top_k"] == 1
+
+
+def test_a_transcript_target_gets_no_crops_or_shifts_of_its_audio(tmp_path):
+    """The target of a generation run follows the clip in order; a label does not."""
+    import dataclasses
+    path = _table(tmp_path)
+    table = read_table(path)
+    gen_schema = dataclasses.replace(SCHEMA, task="generation", label="text", text=[])
+    cfg = Config.from_dict({"schema": vars(gen_schema), "generate": {"decoder": "scratch"}})
+    gen = make_plan(profile_table(table, gen_schema), cfg, len(table))
+    assert gen.settings["augment"]["audio_crop"] == 0.0 and gen.settings["augment"]["audio_shift"] == 0.0
+    plan, _ = _plan(path)
+    assert "audio_crop" not in plan.settings.get("augment", {})       # classification keeps the defaults

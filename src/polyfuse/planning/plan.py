@@ -55,6 +55,12 @@ def make_plan(profile: dict, cfg: Config, train_rows: int, preset: str | None = 
         seconds = _clip_length(plan, by_mod["audio"])
         if not is_tower(cfg.audio.encoder):
             _audio(plan, by_mod["audio"], seconds)
+        if cfg.schema.task == "generation":
+            # A transcript follows the whole clip in order: a crop would drop words, a circular
+            # shift reorder them; the target would no longer say what the clip says.
+            why = "the target text follows the whole clip in order"
+            plan.set("augment.audio_crop", 0.0, why + ": no random crops")
+            plan.set("augment.audio_shift", 0.0, why + ": no circular shifts")
     if by_mod["text"]:
         _text(plan, by_mod["text"], tower=is_tower(cfg.text.encoder))
     _model(plan, profile, cfg, train_rows, preset, supervised)
