@@ -145,8 +145,9 @@ async def request(reader, writer, raw: bytes) -> int:
     return status
 
 
-async def load(port: int, payloads: list[bytes], clients: int, total: int, seconds: float) -> dict:
-    raws = [(f"POST /v1/predict HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
+async def load(port: int, payloads: list[bytes], clients: int, total: int, seconds: float,
+               path: str = "/v1/predict") -> dict:
+    raws = [(f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
              f"Content-Length: {len(b)}\r\n\r\n").encode() + b for b in payloads]
     latencies, errors, sent = [], 0, 0
     stop = time.perf_counter() + seconds
