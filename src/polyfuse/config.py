@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 import dataclasses
+import string
 import difflib
 import json
 import typing
@@ -282,7 +283,6 @@ class AugmentConfig:
 
 def prompt_parts(template: str) -> list[tuple[str, str | None]]:
     """generate.prompt as (literal text, column or None) pieces. ConfigError when malformed."""
-    import string
     try:
         return [(literal, field) for literal, field, _, _ in string.Formatter().parse(template)]
     except ValueError as e:

@@ -16,6 +16,14 @@ def normalise(text: str) -> str:
     return " ".join(_PUNCT.sub(" ", str(text).lower()).split())
 
 
+def scorer_inputs(generated: list[str], references: list[list[str]]) -> tuple[dict, dict]:
+    """({row: [hypothesis]}, {row: [references]}) normalised, as the COCO scorers take them. The
+    scorers need a non-empty hypothesis; an empty generation scores as a lone unknown word."""
+    res = {i: [normalise(g) or "<empty>"] for i, g in enumerate(generated)}
+    gts = {i: [normalise(r) or "<empty>" for r in refs] for i, refs in enumerate(references)}
+    return res, gts
+
+
 def text_metrics(generated: list[str], references: list[list[str]]) -> dict:
     """{"n", "bleu4", "rouge_l", "cider", "wer", "cer", "exact_match"} over the rows."""
     if len(generated) != len(references):
@@ -26,9 +34,7 @@ def text_metrics(generated: list[str], references: list[list[str]]) -> dict:
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
     import jiwer
-    # The scorers need a non-empty hypothesis; an empty generation scores as a lone unknown word.
-    res = {i: [normalise(g) or "<empty>"] for i, g in enumerate(generated)}
-    gts = {i: [normalise(r) or "<empty>" for r in refs] for i, refs in enumerate(references)}
+    res, gts = scorer_inputs(generated, references)
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     rouge, _ = Rouge().compute_score(gts, res)
     cider, _ = Cider().compute_score(gts, res)
@@ -47,8 +53,7 @@ def row_scores(generated: list[str], references: list[list[str]]) -> list[float]
     from pycocoevalcap.rouge.rouge import Rouge
     if not generated:
         return []
-    res = {i: [normalise(g) or "<empty>"] for i, g in enumerate(generated)}
-    gts = {i: [normalise(r) or "<empty>" for r in refs] for i, refs in enumerate(references)}
+    res, gts = scorer_inputs(generated, references)
     _, per_row = Rouge().compute_score(gts, res)
     return [float(x) for x in per_row]
 
