@@ -186,10 +186,21 @@ def test_the_prompt_reaches_the_decoder_and_decides_the_answer(tmp_path, llama):
     assert np.mean([a != b for a, b in zip(texts, other)]) >= 0.8
     with pytest.raises(InputError, match="question"):
         gen.encode(gen.read(test.drop(columns=["question"])))
-    from polyfuse.errors import ConfigError
-    from polyfuse.serving.backend import load_backend
-    with pytest.raises(ConfigError, match="prompt"):
-        load_backend(tmp_path / "run")
+    # The server fills the prompt from each request row's `question`, as predict does from the table.
+    import anyio
+    from .test_serve_generate import app_for, rows_of
+    from ..serving.conftest import client_for
+
+    async def served(table):
+        async with client_for(app_for(tmp_path / "run")) as client:
+            rows = [{**r, "question": q} for r, q in zip(rows_of(table.assign(note="")), table["question"])]
+            answer = await client.post("/v1/generate", json=[{k: v for k, v in r.items() if k != "note"} for r in rows])
+            missing = await client.post("/v1/generate", json={"image": rows[0]["image"], "colour": "red"})
+        return [g["text"] for g in answer.json()["generated"]], missing
+    got, missing = anyio.run(served, test)
+    assert got == texts
+    assert missing.status_code == 422 and "question" in missing.text     # unknown key: the error lists the prompt's
+    assert anyio.run(served, swapped)[0] == other
 
 
 def test_a_scratch_decoder_learns_its_vocabulary_from_the_targets_and_reloads(tmp_path):
