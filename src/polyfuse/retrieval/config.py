@@ -16,6 +16,7 @@ KINDS = ("auto", "flat", "ivf", "hnsw")
 @dataclass
 class RetrievalConfig:
     batch_size: int = 64             # rows embedded per forward pass (and per resumable step)
+    chunk_rows: int = 4096           # table rows read at a time: embed holds one chunk, never the table
     on_bad_row: str = "error"        # error | skip: a skipped row gets no vectors (present=False)
     kind: str = "auto"               # auto: flat below exact_below vectors, else ivf; flat: exact; ivf / hnsw
     exact_below: int = 50_000        # flat answers ~1,600 queries per CPU-second at 50k x 128 (benchmarks.md)
@@ -36,7 +37,7 @@ class RetrievalConfig:
             raise ConfigError(f"index kind must be one of {KINDS}, got {self.kind!r}")
         if self.on_bad_row not in ("error", "skip"):
             raise ConfigError(f"on_bad_row must be 'error' or 'skip', got {self.on_bad_row!r}")
-        for name in ("batch_size", "k", "exact_below", "recall_queries"):
+        for name in ("batch_size", "chunk_rows", "k", "exact_below", "recall_queries"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"retrieval {name} must be > 0, got {getattr(self, name)}")
         for name in ("nlist", "nprobe", "hnsw_m", "ef_construction", "ef_search"):
