@@ -8,12 +8,13 @@ in the same space as the text of the collection. Which vector the pass yields:
 The fused row vector is the pooled output with every column present (with projection heads: the
 normalised mean of the row's column vectors).
 
-`embed_table` embeds into memory; `embed_to_folder` streams a collection into memory-mapped .npy
-files with a progress bar and resumes where it stopped.
+`embed_table` embeds into memory; `embed_to_folder` streams a collection into .npy files (read
+back memory-mapped) with a progress bar and resumes where it stopped.
 """
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -213,9 +214,8 @@ def embed_to_folder(embedder: Embedder, data, out: str | Path, batch_size: int |
             "base_dir": str(scan.base_dir)}
     done = _resume_point(out, meta)
     out.mkdir(parents=True, exist_ok=True)
-    mode = "r+" if done else "w+"
-    arrays = {n: (np.lib.format.open_memmap(out / f"{file_stem(n)}.npy", mode, np.float32, (N, D)),
-                  np.lib.format.open_memmap(out / f"{file_stem(n)}.present.npy", mode, np.bool_, (N,)))
+    arrays = {n: (NpyRows(out / f"{file_stem(n)}.npy", np.float32, (N, D), create=not done),
+                  NpyRows(out / f"{file_stem(n)}.present.npy", np.bool_, (N,), create=not done))
               for n in embedder.names}
     if not done:
         atomic_write_text(out / "meta.json", json.dumps(meta, indent=2))
@@ -233,17 +233,38 @@ def embed_to_folder(embedder: Embedder, data, out: str | Path, batch_size: int |
             rows = list(range(a, min(a + cfg.batch_size, end)))
             got, sk = embedder.embed_rows(chunk, rows, cfg.on_bad_row)
             for n, (v, p) in got.items():
-                arrays[n][0][a:a + len(rows)], arrays[n][1][a:a + len(rows)] = v, p
-                arrays[n][0].flush(), arrays[n][1].flush()
+                arrays[n][0].write(a, v), arrays[n][1].write(a, p)
             skipped += sk
-            # Progress is written after the vectors are flushed: a crash redoes at most one batch.
+            # Progress is written after the vectors: a crash redoes at most one batch.
             if sk:
                 atomic_write_text(out / "skipped.json", json.dumps(skipped))
             atomic_write_text(out / "progress.json", json.dumps({"done": rows[-1] + 1}))
             bar.update(len(rows))
     rows_out.close()
     bar.close()
+    for vec, present in arrays.values():
+        vec.close(), present.close()
     return {"rows": N, "dim": D, "names": list(embedder.names), "skipped": len(skipped), "resumed_at": done}
+
+
+class NpyRows:
+    """An (N, ...) .npy file written a block of rows at a time with plain writes: the rows go to the
+    OS's page cache, whereas a memory map's written pages count in this process's resident memory
+    until the map is closed (gigabytes for millions of rows)."""
+
+    def __init__(self, path: Path, dtype, shape: tuple, create: bool):
+        if create:          # header and a sparse file of the full size; no page is touched
+            np.lib.format.open_memmap(path, "w+", dtype, shape).flush()
+        self.dtype = np.dtype(dtype)
+        self.offset = np.load(path, mmap_mode="r").offset            # where the header ends
+        self.row_bytes = self.dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+        self.fd = os.open(path, os.O_WRONLY)
+
+    def write(self, start: int, block: np.ndarray):
+        os.pwrite(self.fd, np.ascontiguousarray(block, self.dtype).tobytes(), self.offset + start * self.row_bytes)
+
+    def close(self):
+        os.close(self.fd)
 
 
 class RowsWriter:
