@@ -36,6 +36,7 @@ def test_csv_chunks_are_the_whole_read(synth):
     whole = read_table(synth["train"]).df
     df, chunks = gathered(synth["train"], 7)
     pd.testing.assert_frame_equal(df, whole)
+    assert scan_table(synth["train"], 7).fingerprint == scan_table(synth["train"], 1000).fingerprint
     assert len(chunks) == -(-len(whole) // 7) and chunks[0].name == str(synth["train"])
 
 
@@ -114,3 +115,16 @@ def test_corrupt_member_is_named_by_shard_and_key(tmp_path):
         list(iter_table(truncated, 10))
     with pytest.raises(InputError, match="tar shard not found"):
         list(iter_table(str(tmp_path / "s-{0..1}.tar"), 10))
+
+
+def test_scan_counts_labels_across_chunks_of_different_dtypes(tmp_path):
+    path = tmp_path / "t.jsonl"
+    # rows 0-2 read as ints; rows 3-5 include a missing label, so pandas reads that chunk as floats
+    pd.DataFrame({"x": list("abcdef"), "y": [1, 2, 1, 2, None, 1]}).to_json(path, orient="records", lines=True)
+    scan = scan_table(path, 3, label="y")
+    assert scan.rows == 6 and scan.columns == ["x", "y"] and scan.labels == {"1": 3, "2": 2}
+    assert scan.fingerprint == scan_table(path, 2).fingerprint == scan_table(path, 100).fingerprint
+    empty = tmp_path / "empty.csv"
+    empty.write_text("a,b\n")
+    with pytest.raises(InputError, match="table is empty"):
+        list(iter_table(empty, 10))

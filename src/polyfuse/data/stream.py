@@ -73,9 +73,13 @@ def scan_table(source, chunk_rows: int, label: str | None = None, base_dir=None)
 
 def chunk_digest(digest, chunk: Table) -> None:
     """Fold a chunk into a running sha256: its cells as text with their row numbers, then the
-    contents of any file held as bytes (its text is only a name). For a table read in one chunk
-    this equals retrieval.embed's historical table fingerprint."""
-    digest.update(pd.util.hash_pandas_object(chunk.strings(), index=True).values.tobytes())
+    contents of any file held as bytes (its text is only a name). It does not depend on how the
+    table is cut into chunks, so an embedding resumed with another --chunk-rows still matches."""
+    text = chunk.strings()
+    for col in chunk.df.columns:       # 3 and 3.0 alike: the dtype of a JSON chunk depends on its rows
+        if pd.api.types.is_float_dtype(chunk.df[col]):
+            text[col] = chunk.df[col].map(lambda v: None if np.isnan(v) else label_text(v)).astype("string")
+    digest.update(pd.util.hash_pandas_object(text, index=True).values.tobytes())
     for col in chunk.df.columns:
         if chunk.df[col].dtype == object:
             for value in chunk.df[col]:
