@@ -102,6 +102,21 @@ def say(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
+def parse_common(p: argparse.ArgumentParser, argv) -> tuple[argparse.Namespace, np.random.Generator]:
+    """The mixture, timing and output flags bench/search.py and bench/ann.py share; sets FAISS's threads."""
+    p.add_argument("--clusters", type=int, default=200, help="mixture components (not tied to IVF's cells)")
+    p.add_argument("--spread", type=float, default=0.08, help="per-dimension noise around a cluster centre")
+    p.add_argument("--target-recall", type=float, default=0.95)
+    p.add_argument("--repeats", type=int, default=2, help="timed repeats per setting (best is kept)")
+    p.add_argument("--threads", type=int, help="FAISS threads (default: all cores)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args(argv)
+    if args.threads:
+        faiss.omp_set_num_threads(args.threads)
+    return args, np.random.default_rng(args.seed)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
@@ -109,19 +124,9 @@ def main(argv=None):
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--kinds", nargs="+", default=["ivf", "hnsw"], choices=["ivf", "hnsw"])
     p.add_argument("--data", choices=["clustered", "uniform"], default="clustered")
-    p.add_argument("--clusters", type=int, default=200, help="mixture components (not tied to IVF's cells)")
-    p.add_argument("--spread", type=float, default=0.08, help="per-dimension noise around a cluster centre")
     p.add_argument("--nlist", type=int, help="IVF cells (default sqrt(n))")
     p.add_argument("--hnsw-m", type=int, default=32)
-    p.add_argument("--target-recall", type=float, default=0.95)
-    p.add_argument("--repeats", type=int, default=2, help="timed repeats per setting (best is kept)")
-    p.add_argument("--threads", type=int, help="FAISS threads (default: all cores)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", help="write the rows here")
-    args = p.parse_args(argv)
-    if args.threads:
-        faiss.omp_set_num_threads(args.threads)
-    rng = np.random.default_rng(args.seed)
+    args, rng = parse_common(p, argv)
     rows = []
     for n in args.sizes:
         rows += bench_size(n, args, rng)

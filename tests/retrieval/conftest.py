@@ -9,12 +9,12 @@ from polyfuse.model import PolyfuseModel
 from tests.conftest import tiny_config
 
 
-def save_untrained_run(out, train_csv, seed=0):
+def save_untrained_run(out, train_csv, seed=0, cfg=None):
     """A run folder with fitted processors and seeded random weights: enough to embed, no training."""
-    cfg = tiny_config()
+    cfg = cfg or tiny_config()
     table = read_table(train_csv)
     procs = Processors.build(cfg, cfg.schema).fit(table)
-    labels = LabelCodec("classification").fit(table.df["label"])
+    labels = LabelCodec("classification").fit(table.df[cfg.schema.label])
     torch.manual_seed(seed)
     model = PolyfuseModel(cfg, cfg.schema, labels.n_outputs, procs.text.vocab_size).eval()
     Predictor(cfg, procs, labels, model).save(out)

@@ -142,3 +142,13 @@ def test_file_stems_that_collide_are_refused():
     assert file_stem("../../etc/passwd") == "_.._etc_passwd" and file_stem("...") == "_"
     with pytest.raises(PolyfuseError, match="would share the file name"):
         check_file_stems(["a b", "a_b"])
+
+
+def test_index_reports_recall_of_approximate_kinds(emb, tmp_path, capsys):
+    assert main(["index", str(emb), "--out", str(tmp_path / "exact")]) == 0
+    assert "(exact)" in capsys.readouterr().out                       # a small collection: auto is flat
+    assert main(["index", str(emb), "--out", str(tmp_path / "ivf"), "--kind", "ivf", "--target-recall", "0.9"]) == 0
+    printed = capsys.readouterr().out
+    meta = json.loads((tmp_path / "ivf" / "image" / "meta.json").read_text())
+    assert meta["kind"] == "ivf" and meta["recall"]["target"] == 0.9 and meta["recall"]["queries"] > 0
+    assert f"image: {meta['count']} vectors, ivf, recall@{meta['recall']['k']} {meta['recall']['recall']:.4f}" in printed

@@ -11,6 +11,7 @@ import torch
 
 from ..config import AudioConfig
 from ..errors import InputError
+from .sources import source_name
 
 
 def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> torch.Tensor:
@@ -79,8 +80,8 @@ class AudioProcessor:
     # -- one value ---------------------------------------------------------------
     def decode(self, source) -> np.ndarray:
         """Mono float32 at cfg.sample_rate, cropped to cfg.max_seconds. Refuses over-long files unread."""
-        name = str(source) if isinstance(source, (str, Path)) else None
-        if name is not None and not Path(source).exists():
+        name = source_name(source)              # a path, or the shard and member of a file held as bytes
+        if isinstance(source, (str, Path)) and not Path(source).exists():
             raise InputError("audio file not found", file=name)
         try:
             info = sf.info(source)

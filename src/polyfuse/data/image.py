@@ -10,6 +10,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 from ..config import ImageConfig
 from ..errors import InputError
+from .sources import source_name
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False   # a truncated file is an error, never silently grey
 
@@ -31,8 +32,8 @@ class ImageProcessor:
 
     def load_pil(self, source) -> Image.Image:
         """Open a path or file-like object, refusing bombs before any pixel is decoded."""
-        name = str(source) if isinstance(source, (str, Path)) else None
-        if name is not None and not Path(source).exists():
+        name = source_name(source)              # a path, or the shard and member of a file held as bytes
+        if isinstance(source, (str, Path)) and not Path(source).exists():
             raise InputError("image file not found", file=name)
         try:
             with warnings.catch_warnings():

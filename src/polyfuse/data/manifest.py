@@ -1,11 +1,12 @@
 """Tables in, a schema out: which column is text, image, audio or the label.
 
 A `Table` is a DataFrame plus the folder its relative paths resolve against and a
-name used in error messages. Rows keep their position (0-based data row) as `row`.
+name used in error messages. Rows keep their position (0-based data row) as `row`: the
+DataFrame's index, which for a chunk of a streamed table (data/stream.py) starts where the
+chunk does. An image or audio cell holds a path, or the file's bytes (a tar shard's member).
 """
 from __future__ import annotations
 
-import codecs
 import gzip
 import io
 import os
@@ -17,9 +18,9 @@ import pandas as pd
 
 from ..config import MODALITIES, SchemaConfig
 from ..errors import InputError
+from .sources import AUDIO_EXT, BAD_BYTE, IMAGE_EXT, Blob, BlobFile, is_tar, read_chunks, source_base
 
-IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-AUDIO_EXT = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au"}
+WHOLE_CHUNK = 65_536            # rows per chunk when a folder or tar shards are read whole
 
 
 @dataclass
@@ -31,9 +32,16 @@ class Table:
     def __len__(self):
         return len(self.df)
 
-    def resolve(self, value: str) -> Path:
+    def resolve(self, value) -> Path | BlobFile:
+        if isinstance(value, bytes):         # the file itself, e.g. a tar shard's member
+            return BlobFile(value)
         p = Path(os.path.expanduser(str(value)))
         return p if p.is_absolute() else self.base_dir / p
+
+    def strings(self) -> pd.DataFrame:
+        """The cells as text (to store or hash); a file held as bytes becomes its shard and member name."""
+        return self.df.map(lambda v: v.name if isinstance(v, Blob) else f"<{len(v)} bytes>"
+                           if isinstance(v, bytes) else v).astype("string")
 
 
 def read_table(source, base_dir: str | Path | None = None) -> Table:
@@ -42,7 +50,12 @@ def read_table(source, base_dir: str | Path | None = None) -> Table:
         return source
     if isinstance(source, pd.DataFrame):
         df = source.reset_index(drop=True)
-        return _checked(Table(df, Path(base_dir or os.getcwd()), "DataFrame"))
+        return checked_table(Table(df, Path(base_dir or os.getcwd()), "DataFrame"))
+    if Path(source).is_dir() or is_tar(source):
+        # a folder of Parquet files or tar shards: the chunked reader (data/sources.py), gathered
+        parts = [df for _, df in read_chunks(source, WHOLE_CHUNK)]
+        df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+        return checked_table(Table(df, Path(base_dir) if base_dir else source_base(source), str(source)))
     path = Path(source)
     if not path.exists():
         raise InputError("table not found", table=str(path))
@@ -64,13 +77,7 @@ def read_table(source, base_dir: str | Path | None = None) -> Table:
     except Exception as e:  # pandas/pyarrow parse errors: keep their detail, add the file
         raise InputError(f"cannot parse table: {e}", table=str(path)) from e
     table = Table(df.reset_index(drop=True), Path(base_dir) if base_dir else path.resolve().parent, str(path))
-    return _checked(table)
-
-
-# Undecodable bytes become this private-use character, so the table still parses and the exact
-# cell can be named afterwards (lone surrogates would make the CSV parser itself fail).
-BAD_BYTE = "\U0010fffd"
-codecs.register_error("polyfuse_mark", lambda e: (BAD_BYTE, e.end))
+    return checked_table(table)
 
 
 def _decode(path: Path) -> str:
@@ -83,7 +90,7 @@ def _read_delimited(path: Path, sep: str) -> pd.DataFrame:
                        na_values=[""], skipinitialspace=False)
 
 
-def _checked(table: Table) -> Table:
+def checked_table(table: Table) -> Table:
     if len(table.df.columns) == 0 or len(table.df) == 0:
         raise InputError("table is empty (no rows)", table=table.name)
     for col in table.df.columns:
@@ -128,10 +135,12 @@ def resolve_schema(table: Table, schema: SchemaConfig) -> SchemaConfig:
 
 def infer_modality(series: pd.Series) -> str | None:
     """image/audio by file extension of most cells; text for other string columns with words."""
-    values = [str(v) for v in series if not is_missing(v)][:200]
+    values = [v for v in series if not is_missing(v)][:200]
     if not values:
         return None
-    exts = [Path(v).suffix.lower() for v in values]
+    # a cell holding the file's bytes (a tar member) has no path: its column is named by its extension
+    exts = [f".{series.name}".lower() if isinstance(v, bytes) else Path(str(v)).suffix.lower() for v in values]
+    values = [str(v) for v in values]
     if sum(e in IMAGE_EXT for e in exts) > len(values) / 2:
         return "image"
     if sum(e in AUDIO_EXT for e in exts) > len(values) / 2:

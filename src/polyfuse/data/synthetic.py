@@ -96,3 +96,29 @@ def write_splits(folder: str | Path, n: int = 600, seed: int = 0, fractions=(0.7
         paths[name] = folder / f"{name}.csv"
         part.to_csv(paths[name], index=False)
     return paths
+
+
+def write_shards(df: pd.DataFrame, base: str | Path, out: str | Path, per_shard: int,
+                 members: dict[str, str], prefix: str = "shard") -> list[Path]:
+    """The table's rows as WebDataset tar shards, as img2dataset writes them: row i becomes the
+    members {i:06d}.{ext} for each {column: ext} in `members` (a file column's file, a text
+    column's value as UTF-8; an empty cell writes no member). Returns the shard paths."""
+    import io
+    import tarfile
+    out, base = Path(out), Path(base)
+    out.mkdir(parents=True, exist_ok=True)
+    shards = []
+    for s, a in enumerate(range(0, len(df), per_shard)):
+        shards.append(out / f"{prefix}-{s:03d}.tar")
+        with tarfile.open(shards[-1], "w") as tar:
+            for i, row in df.iloc[a:a + per_shard].iterrows():
+                for col, ext in members.items():
+                    value = row[col]
+                    if value is None or (isinstance(value, float) and np.isnan(value)):
+                        continue
+                    is_file = ext in ("png", "jpg", "wav", "flac")
+                    data = (base / value).read_bytes() if is_file else str(value).encode()
+                    info = tarfile.TarInfo(f"{i:06d}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return shards

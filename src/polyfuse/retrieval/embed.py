@@ -8,13 +8,13 @@ in the same space as the text of the collection. Which vector the pass yields:
 The fused row vector is the pooled output with every column present (with projection heads: the
 normalised mean of the row's column vectors).
 
-`embed_table` embeds into memory; `embed_to_folder` streams a collection into memory-mapped .npy
-files with a progress bar and resumes where it stopped.
+`embed_table` embeds into memory; `embed_to_folder` streams a collection into .npy files (read
+back memory-mapped) with a progress bar and resumes where it stopped.
 """
 from __future__ import annotations
 
-import hashlib
 import json
+import os
 import re
 from pathlib import Path
 
@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ..data.stream import iter_table, scan_table
 from ..errors import InputError, PolyfuseError
 from ..runfolder import RunFolder
 from ..util import atomic_write_text, to_device
@@ -186,52 +187,107 @@ def _batch_size(inputs: dict) -> int:
 
 
 # -- a collection on disk ----------------------------------------------------------------
-def table_fingerprint(df: pd.DataFrame) -> str:
-    return hashlib.sha256(pd.util.hash_pandas_object(df.astype("string"), index=True).values.tobytes()).hexdigest()[:32]
-
-
 def embed_to_folder(embedder: Embedder, data, out: str | Path, batch_size: int | None = None,
-                    on_bad_row: str | None = None, id_column: str | None = None, progress: bool = True) -> dict:
+                    on_bad_row: str | None = None, id_column: str | None = None, progress: bool = True,
+                    chunk_rows: int | None = None) -> dict:
     """Stream a table into `out`: <name>.npy (N, D) float32 memmaps, <name>.present.npy, rows.parquet,
-    meta.json, progress.json. Started again on the same model and table, it goes on where it stopped."""
-    cfg = RetrievalConfig().merged(batch_size=batch_size, on_bad_row=on_bad_row)
+    meta.json, progress.json. Started again on the same model and table, it goes on where it stopped.
+
+    Two passes over the table, each holding one chunk of `chunk_rows` rows (data/stream.py): the
+    first counts rows and fingerprints the table (the memmaps' size, the resume check); the second
+    decodes and embeds a batch at a time, flushing vectors to disk, and writes the rows' text.
+    """
+    cfg = RetrievalConfig().merged(batch_size=batch_size, on_bad_row=on_bad_row, chunk_rows=chunk_rows)
     out = Path(out)
     check_file_stems(embedder.names)
-    table = embedder.predictor.read(data)
-    if id_column is not None and id_column not in table.df.columns:
-        raise InputError(f"id column '{id_column}' is not in the table", table=table.name, column=id_column)
-    N, D = len(table), embedder.dim
-    meta = {"format": FORMAT, "version": 1, "model_id": embedder.model_id, "run": str(embedder.run_dir),
-            "data": str(data), "table": table_fingerprint(table.df), "rows": N, "dim": D,
+    scan = scan_table(data, cfg.chunk_rows)
+    missing = [c for c in embedder.columns if c not in scan.columns]
+    if len(missing) == len(embedder.columns):
+        raise InputError(f"none of the model's input columns ({', '.join(embedder.columns)}) is in the table",
+                         table=str(data))
+    if id_column is not None and id_column not in scan.columns:
+        raise InputError(f"id column '{id_column}' is not in the table", table=str(data), column=id_column)
+    N, D = scan.rows, embedder.dim
+    meta = {"format": FORMAT, "version": 2, "model_id": embedder.model_id, "run": str(embedder.run_dir),
+            "data": str(data), "table": scan.fingerprint, "rows": N, "dim": D,
             "names": embedder.names, "projection_heads": embedder.heads is not None, "id_column": id_column,
-            "base_dir": str(table.base_dir)}
+            "base_dir": str(scan.base_dir)}
     done = _resume_point(out, meta)
     out.mkdir(parents=True, exist_ok=True)
-    mode = "r+" if done else "w+"
-    arrays = {n: (np.lib.format.open_memmap(out / f"{file_stem(n)}.npy", mode, np.float32, (N, D)),
-                  np.lib.format.open_memmap(out / f"{file_stem(n)}.present.npy", mode, np.bool_, (N,)))
+    arrays = {n: (NpyRows(out / f"{file_stem(n)}.npy", np.float32, (N, D), create=not done),
+                  NpyRows(out / f"{file_stem(n)}.present.npy", np.bool_, (N,), create=not done))
               for n in embedder.names}
     if not done:
-        rows = table.df.astype("string")
-        rows.insert(0, "_id", rows[id_column] if id_column else pd.Series(range(N)).astype("string"))
-        rows.to_parquet(out / "rows.parquet", index=False)
         atomic_write_text(out / "meta.json", json.dumps(meta, indent=2))
     skipped = json.loads((out / "skipped.json").read_text()) if done and (out / "skipped.json").exists() else []
+    if done == N and (out / "rows.parquet").exists():           # finished before: nothing to read again
+        return {"rows": N, "dim": D, "names": list(embedder.names), "skipped": len(skipped), "resumed_at": done}
+    columns = scan.columns + missing              # a model column the table lacks: empty in every row
+    rows_out = RowsWriter(out / "rows.parquet", columns)
     bar = tqdm(total=N, initial=done, desc="embedding", unit="row", disable=None if progress else True)
-    for a in range(done, N, cfg.batch_size):
-        rows_ = list(range(a, min(a + cfg.batch_size, N)))
-        got, sk = embedder.embed_rows(table, rows_, cfg.on_bad_row)
-        for n, (v, p) in got.items():
-            arrays[n][0][a:a + len(rows_)], arrays[n][1][a:a + len(rows_)] = v, p
-            arrays[n][0].flush(), arrays[n][1].flush()
-        skipped += sk
-        # Progress is written after the vectors are flushed: a crash redoes at most one batch.
-        if sk:
-            atomic_write_text(out / "skipped.json", json.dumps(skipped))
-        atomic_write_text(out / "progress.json", json.dumps({"done": rows_[-1] + 1}))
-        bar.update(len(rows_))
+    for chunk in iter_table(data, cfg.chunk_rows):
+        chunk.df = chunk.df.reindex(columns=columns)
+        rows_out.write(chunk, id_column)          # every chunk, also those embedded before a resume
+        first, end = max(done, chunk.df.index[0]), chunk.df.index[-1] + 1
+        for a in range(first, end, cfg.batch_size):
+            rows = list(range(a, min(a + cfg.batch_size, end)))
+            got, sk = embedder.embed_rows(chunk, rows, cfg.on_bad_row)
+            for n, (v, p) in got.items():
+                arrays[n][0].write(a, v), arrays[n][1].write(a, p)
+            skipped += sk
+            # Progress is written after the vectors: a crash redoes at most one batch.
+            if sk:
+                atomic_write_text(out / "skipped.json", json.dumps(skipped))
+            atomic_write_text(out / "progress.json", json.dumps({"done": rows[-1] + 1}))
+            bar.update(len(rows))
+    rows_out.close()
     bar.close()
+    for vec, present in arrays.values():
+        vec.close(), present.close()
     return {"rows": N, "dim": D, "names": list(embedder.names), "skipped": len(skipped), "resumed_at": done}
+
+
+class NpyRows:
+    """An (N, ...) .npy file written a block of rows at a time with plain writes: the rows go to the
+    OS's page cache, whereas a memory map's written pages count in this process's resident memory
+    until the map is closed (gigabytes for millions of rows)."""
+
+    def __init__(self, path: Path, dtype, shape: tuple, create: bool):
+        if create:          # header and a sparse file of the full size; no page is touched
+            np.lib.format.open_memmap(path, "w+", dtype, shape).flush()
+        self.dtype = np.dtype(dtype)
+        self.offset = np.load(path, mmap_mode="r").offset            # where the header ends
+        self.row_bytes = self.dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+        self.fd = os.open(path, os.O_WRONLY)
+
+    def write(self, start: int, block: np.ndarray):
+        os.pwrite(self.fd, np.ascontiguousarray(block, self.dtype).tobytes(), self.offset + start * self.row_bytes)
+
+    def close(self):
+        os.close(self.fd)
+
+
+class RowsWriter:
+    """rows.parquet a chunk at a time (every column as text, `_id` first), moved into place when complete."""
+
+    def __init__(self, path: Path, columns: list[str]):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        self.path, self.tmp = path, path.with_name(f".{path.name}.tmp")
+        self.schema = pa.schema([(c, pa.string()) for c in ["_id", *[c for c in columns if c != "_id"]]])
+        self.writer = pq.ParquetWriter(self.tmp, self.schema)
+
+    def write(self, chunk, id_column: str | None):
+        import pyarrow as pa
+        rows = chunk.strings()
+        ids = rows[id_column] if id_column else pd.Series(chunk.df.index.astype(str), index=rows.index)
+        rows = rows.drop(columns="_id", errors="ignore")
+        rows.insert(0, "_id", ids.astype("string"))
+        self.writer.write_table(pa.Table.from_pandas(rows, schema=self.schema, preserve_index=False))
+
+    def close(self):
+        self.writer.close()
+        self.tmp.replace(self.path)
 
 
 def file_stem(name: str) -> str:

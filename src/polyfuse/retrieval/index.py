@@ -14,7 +14,6 @@ collection.json; `Index.load(folder, target=...)` opens either.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import faiss
@@ -24,8 +23,12 @@ import pandas as pd
 from ..errors import PolyfuseError
 from ..util import atomic_write_text
 from .config import RetrievalConfig
+from .tune import plan, tune_search
 
 FORMAT = "polyfuse-index"
+SETTINGS = ("kind", "nlist", "nprobe", "hnsw_m", "ef_construction", "ef_search")   # kept in meta.json
+ADD_CHUNK = 100_000          # vectors converted and added at a time
+TRAIN_PER_CELL = 40          # IVF k-means training points per cell (FAISS warns below 39)
 
 
 class Index:
@@ -34,12 +37,16 @@ class Index:
         self.cfg = (config or RetrievalConfig()).merged(kind=kind, **params)
         if dim <= 0:
             raise PolyfuseError(f"index dimension must be > 0, got {dim}")
-        self.meta = {"format": FORMAT, "version": 1, "model_id": model_id, "name": name,
-                     "modality": modality or name, "dim": int(dim), "kind": self.cfg.kind,
-                     "nlist": self.cfg.nlist, "nprobe": self.cfg.nprobe, "hnsw_m": self.cfg.hnsw_m,
-                     "ef_construction": self.cfg.ef_construction, "ef_search": self.cfg.ef_search}
-        self.index = None if self.cfg.kind == "ivf" else _make(self.cfg, dim, 0)   # IVF waits for training data
+        self.meta = {"format": FORMAT, "version": 2, "model_id": model_id, "name": name,
+                     "modality": modality or name, "dim": int(dim),
+                     # the search knob was left to tuning (tune_search may raise it), not set by the user
+                     "search_tuned": (self.cfg.nprobe if self.cfg.kind == "ivf" else self.cfg.ef_search) is None}
+        self._note_settings()
+        self.index = None              # made by the first add, once the collection's size is known
         self.rows = pd.DataFrame({"_id": pd.Series([], dtype="string")})
+
+    def _note_settings(self):
+        self.meta.update({k: getattr(self.cfg, k) for k in SETTINGS})
 
     # -- building -------------------------------------------------------------------------
     @classmethod
@@ -52,20 +59,17 @@ class Index:
 
     def add(self, vectors, rows: pd.DataFrame | None = None, ids=None, model_id: str | None = None) -> "Index":
         """Append vectors (and their rows); ids default to positions continuing the existing ones."""
-        vectors = _as_matrix(vectors, "vectors to add")
+        vectors = _as_rows(vectors, "vectors to add")
         if len(vectors) == 0:
             return self
         self.check(model_id, vectors.shape[1])
         if rows is not None and len(rows) != len(vectors):
             raise PolyfuseError(f"{len(rows)} rows for {len(vectors)} vectors")
-        if self.index is None:           # IVF: its cells are learnt from the first vectors added
-            self.index = _make(self.cfg, self.dim, len(vectors))
-            self.meta["nlist"] = self.index.nlist
-            # k-means needs ~40-256 points per cell, not millions: train on an even sample.
-            step = max(1, len(vectors) // (64 * self.index.nlist))
-            self.index.train(vectors[::step])
+        if self.index is None:
+            self._create(vectors)
         start = len(self)
-        self.index.add(vectors)
+        for a in range(0, len(vectors), ADD_CHUNK):      # a memory-mapped input is read a chunk at a time
+            self.index.add(_as_matrix(vectors[a:a + ADD_CHUNK], "vectors to add"))
         new = (rows.reset_index(drop=True).astype("string") if rows is not None
                else pd.DataFrame(index=range(len(vectors))))
         if "_id" in new.columns:
@@ -73,6 +77,35 @@ class Index:
         new.insert(0, "_id", pd.Series(ids if ids is not None else range(start, start + len(vectors))).astype("string"))
         self.rows = new if start == 0 else pd.concat([self.rows, new], ignore_index=True)
         return self
+
+    def _create(self, vectors):
+        """Settings from the first vectors' count (tune.plan), then the FAISS index; IVF learns its cells."""
+        self.cfg = plan(self.cfg, len(vectors), self.dim)
+        self._note_settings()
+        if self.cfg.kind == "ivf" and len(vectors) < self.cfg.nlist:
+            raise PolyfuseError(f"an IVF index with {self.cfg.nlist} cells needs at least {self.cfg.nlist} vectors "
+                                f"to train, got {len(vectors)}; use --kind flat for small collections")
+        self.index = _make(self.cfg, self.dim)
+        if self.cfg.kind == "ivf":
+            # k-means needs ~40 points per cell, not millions: train on an even sample (its cost grows
+            # with points x cells, so at 1M vectors and 4,000 cells this keeps it to minutes).
+            step = max(1, len(vectors) // (TRAIN_PER_CELL * self.cfg.nlist))
+            self.index.train(_as_matrix(vectors[::step], "training vectors"))
+
+    def tune(self, vectors, first: int = 0) -> dict:
+        """Measure recall@k against exact search on queries drawn from `vectors` (this index's rows
+        first, first+1, ...) and, unless the search knob was set by hand, raise it until the target
+        recall is reached (retrieval/tune.py). The report is kept in meta["recall"]."""
+        return tune_search(self, vectors, first)
+
+    def exact_ids(self, queries: np.ndarray, k: int) -> np.ndarray:
+        """(Q, k) positions of the exact top-k, from the index's own storage (no second copy of the
+        vectors): flat as is, IVF with every cell visited, HNSW's flat storage."""
+        if self.meta["kind"] == "ivf":
+            return self.index.search(queries, k, params=faiss.SearchParametersIVF(nprobe=self.index.nlist))[1]
+        if self.meta["kind"] == "hnsw":
+            return faiss.downcast_index(self.index.storage).search(queries, k)[1]
+        return self.index.search(queries, k)[1]
 
     # -- checks ---------------------------------------------------------------------------
     @property
@@ -146,7 +179,7 @@ class Index:
     def set_search(self, nprobe: int | None = None, ef_search: int | None = None) -> "Index":
         """Trade speed for recall at query time (IVF nprobe, HNSW efSearch)."""
         self.cfg = self.cfg.merged(nprobe=nprobe, ef_search=ef_search)
-        self.meta["nprobe"], self.meta["ef_search"] = self.cfg.nprobe, self.cfg.ef_search
+        self._note_settings()
         return self
 
     # -- persistence ----------------------------------------------------------------------
@@ -175,9 +208,9 @@ class Index:
             raise PolyfuseError(f"{folder}/meta.json is not a Polyfuse index")
         self = cls.__new__(cls)
         self.meta = {k: v for k, v in meta.items() if k != "count"}
-        self.cfg = RetrievalConfig().merged(kind=meta["kind"], nlist=meta["nlist"], nprobe=meta["nprobe"],
-                                            hnsw_m=meta["hnsw_m"], ef_construction=meta["ef_construction"],
-                                            ef_search=meta["ef_search"])
+        # version 1 folders predate tuning: their settings were the user's (or fixed defaults)
+        self.meta.setdefault("search_tuned", False)
+        self.cfg = RetrievalConfig().merged(**{k: meta[k] for k in SETTINGS})
         self.index = faiss.read_index(str(folder / "index.faiss")) if (folder / "index.faiss").exists() else None
         self.rows = pd.read_parquet(folder / "rows.parquet").astype("string")
         if len(self) != meta["count"] or len(self.rows) != meta["count"]:
@@ -192,10 +225,12 @@ class Index:
 
 def index_collection(emb_dir: str | Path, out: str | Path, kind: str | None = None, add: bool = False,
                      **params) -> dict:
-    """Index every vector name of an embedding folder into `out` (one Index folder per name).
+    """Index every vector name of an embedding folder into `out` (one Index folder per name);
+    {name: {"count", "kind", "recall": tune report}}.
 
     add=True appends to the indexes already in `out` (same model and dimension required); rows
     without a name's modality (an empty cell, a skipped row) are left out of that name's index.
+    Every approximate index is tuned and measured on the rows just added (Index.tune).
     """
     from .embed import check_file_stems, file_stem, load_embeddings
     meta, vecs, present, rows = load_embeddings(emb_dir)
@@ -205,7 +240,7 @@ def index_collection(emb_dir: str | Path, out: str | Path, kind: str | None = No
         raise PolyfuseError(f"{out} holds no index to add to (no collection.json); drop --add to create it")
     if not add and (out / "collection.json").exists():
         raise PolyfuseError(f"{out} already holds an index; pass --add to add rows or choose another --out")
-    counts = {}
+    report = {}
     for name, modality in meta["names"].items():
         keep = np.flatnonzero(present[name])
         folder = out / file_stem(name)          # a column name is not trusted as a path
@@ -215,15 +250,18 @@ def index_collection(emb_dir: str | Path, out: str | Path, kind: str | None = No
             index = Index(meta["dim"], kind, meta["model_id"], name, modality, **params)
         else:
             continue
-        index.add(np.asarray(vecs[name][keep]), rows=rows.iloc[keep], ids=rows["_id"].iloc[keep].to_numpy(),
-                  model_id=meta["model_id"])
+        # Every row present: the memmap itself, so its pages are read as FAISS copies them.
+        block = vecs[name] if len(keep) == len(rows) else np.asarray(vecs[name][keep])
+        start = len(index)
+        index.add(block, rows=rows.iloc[keep], ids=rows["_id"].iloc[keep].to_numpy(), model_id=meta["model_id"])
+        recall = index.tune(block, first=start) if len(keep) else index.meta.get("recall")
         index.save(folder)
-        counts[name] = len(index)
-    names = {n: m for n, m in meta["names"].items() if n in counts}
+        report[name] = {"count": len(index), "kind": index.meta["kind"], "recall": recall}
+    names = {n: m for n, m in meta["names"].items() if n in report}
     atomic_write_text(out / "collection.json", json.dumps(
         {"format": FORMAT + "-collection", "model_id": meta["model_id"], "dim": meta["dim"], "names": names,
-         "counts": counts}, indent=2))
-    return counts
+         "counts": {n: r["count"] for n, r in report.items()}}, indent=2))
+    return report
 
 
 def resolve_target(collection: Path, target: str | None) -> str:
@@ -250,7 +288,7 @@ def default_target(folder: str | Path, query_modality: str) -> str | None:
     return others.pop() if len(others) == 1 else "fused"
 
 
-def _make(cfg: RetrievalConfig, dim: int, n_train: int):
+def _make(cfg: RetrievalConfig, dim: int):
     ip = faiss.METRIC_INNER_PRODUCT
     if cfg.kind == "flat":
         return faiss.IndexFlatIP(dim)
@@ -258,13 +296,14 @@ def _make(cfg: RetrievalConfig, dim: int, n_train: int):
         index = faiss.IndexHNSWFlat(dim, cfg.hnsw_m, ip)
         index.hnsw.efConstruction = cfg.ef_construction
         return index
-    # IVF: k-means wants ~39+ points per cell; sqrt(n) cells balances scanning cells against lists
-    # (bench/search.py: 0.9995 recall@10 at 1M with nprobe 8 of 1000).
-    nlist = cfg.nlist or max(1, min(int(math.sqrt(n_train)), n_train // 39))
-    if n_train < nlist:
-        raise PolyfuseError(f"an IVF index with {nlist} cells needs at least {nlist} vectors to train, "
-                            f"got {n_train}; use --kind flat for small collections")
-    return faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, ip)
+    return faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, cfg.nlist, ip)
+
+
+def _as_rows(x, what: str):
+    """A 2-d array as is (a memmap stays on disk), anything else as a float32 matrix."""
+    if isinstance(x, np.ndarray) and x.ndim == 2:
+        return x
+    return _as_matrix(x, what)
 
 
 def _as_matrix(x, what: str) -> np.ndarray:

@@ -72,6 +72,7 @@ def retrieval_metrics(queries: np.ndarray, targets: np.ndarray, rel: np.ndarray,
     out = {}
     for kind in kinds:
         index = Index.build(targets, kind=kind, **params)
+        index.tune(targets)           # the search setting `polyfuse index` would choose for this collection
         _, pos = index.search_ids(queries, k=len(index))
         out[kind] = rank_metrics(pos, rel)
         if kind == "flat":
