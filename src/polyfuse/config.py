@@ -251,6 +251,27 @@ class TrainConfig:
 
 
 @dataclass
+class DataConfig:
+    """How rows are decoded (data/dataset.py, data/loader.py) and where decoded inputs are kept (data/cache.py)."""
+    # DataLoader worker processes that decode and collate batches. None: min(4, CPUs - 1), and 0 for
+    # tables under data.loader.PARALLEL_ROWS rows, where starting processes costs more than it saves.
+    workers: int | None = None
+    prefetch: int = 2                # batches each worker keeps ready (bounded: workers x prefetch in flight)
+    # Decoded inputs (uint8 pixels, fp16 log-mel, int32 token ids) are stored once in an on-disk cache
+    # keyed by file content and processor settings, and read back by every later epoch and run
+    # (train, evaluate, embed, pretrain). False: rows are decoded again every time they are read.
+    cache: bool = True
+    cache_dir: str = "~/.cache/polyfuse/decoded"
+
+    def validate(self):
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(f"data.workers must be >= 0 (or null for the default), got {self.workers}")
+        _positive(self, "prefetch")
+        if not isinstance(self.cache_dir, str) or not self.cache_dir.strip():
+            raise ConfigError("data.cache_dir must be a folder")
+
+
+@dataclass
 class AugmentConfig:
     """Training-time augmentations (data/augment.py), drawn from the global RNG seeded by train.seed."""
     enabled: bool = False
@@ -369,6 +390,7 @@ class Config:
     audio: AudioConfig = field(default_factory=AudioConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)

@@ -28,7 +28,8 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
 from tqdm.auto import tqdm
 
-from ..config import OBJECTIVES, TrainConfig
+from ..config import OBJECTIVES, DataConfig, TrainConfig
+from ..data.loader import BatchStream, worker_count
 from ..runfolder import RunFolder
 from ..util import state_dict_cpu, to_device
 from .schedule import warmup_cosine
@@ -109,14 +110,18 @@ class Trainer:
     progress: bool = True
     desc: str = "epoch"
     spent_s: float = 0.0      # seconds of max_minutes already used before fit (reading the tables)
+    data: DataConfig = field(default_factory=DataConfig)     # DataLoader workers and prefetch
     log: list[dict] = field(default_factory=list)
 
     def fit(self, module: torch.nn.Module, n_rows: int, batch: Callable[[list[int]], dict], step: Step,
             validate: Callable[[torch.nn.Module], dict] | None = None,
-            on_epoch: Callable[[torch.nn.Module, dict, bool], None] | None = None, resume: bool = False) -> dict:
-        """Train `module` on rows 0..n_rows-1; batch(indices) collates them. Returns the final TrainState
-        (as a dict) plus steps_per_epoch and world_size. The best weights (by validation) are loaded
-        back into the module at the end."""
+            on_epoch: Callable[[torch.nn.Module, dict, bool], None] | None = None, resume: bool = False,
+            augment: Callable[[dict], dict] | None = None) -> dict:
+        """Train `module` on rows 0..n_rows-1; batch(indices) reads and collates them, in DataLoader
+        workers (data.workers), so it must not draw random numbers; augment(batch) runs here, in the
+        training process, on the global RNG that checkpoints save (so resuming stays exact). Returns
+        the final TrainState (as a dict) plus steps_per_epoch and world_size. The best weights (by
+        validation) are loaded back into the module at the end."""
         tc, acc = self.cfg, self.accelerator
         rank, world = acc.process_index, acc.num_processes
         steps_per_epoch = len(epoch_batches(n_rows, tc.batch_size, tc.seed, 0, rank, world))
@@ -135,6 +140,8 @@ class Trainer:
         wrapped, opt = acc.prepare(module, opt)
         raw = acc.unwrap_model(wrapped)
 
+        # Workers stay up across epochs; each epoch hands them its own seeded order.
+        stream = BatchStream(batch, worker_count(self.data, n_rows), self.data.prefetch, persistent=True)
         t_start = time.perf_counter() - state.elapsed_s - self.spent_s
         fill = tc.fill_budget and tc.max_minutes is not None
         while state.epoch < (state.epochs or tc.epochs) and state.stopped is None:
@@ -143,8 +150,8 @@ class Trainer:
             bar = tqdm(batches, desc=f"{self.desc} {state.epoch + 1}/{state.epochs or tc.epochs}", leave=False,
                        mininterval=0.5, disable=None if self.progress and acc.is_main_process else True)
             t_epoch, seen, sums = time.perf_counter(), 0, {}
-            for idx in bar:
-                b = to_device(batch(idx), acc.device)
+            for idx, made in zip(bar, stream(batches)):
+                b = to_device(made if augment is None else augment(made), acc.device)
                 with acc.autocast():
                     out = step(wrapped, b)
                 self._optimizer_step(wrapped, opt, sched, out["loss"])
