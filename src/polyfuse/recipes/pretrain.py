@@ -69,7 +69,8 @@ def pretrain_run(cfg: Config, data, out: str | Path = "runs/pre", base_dir=None,
             folder.write_preprocessing(processors)
         else:
             processors = folder.processors(cfg)
-    rows = encode_table(table, processors, None, cfg.train.on_bad_row, progress and acc.is_main_process)
+    with acc.main_process_first():      # the main process fills the decode cache; the others find it filled
+        rows = encode_table(table, processors, None, cfg.train.on_bad_row, progress and acc.is_main_process)
     groups = match_groups(table, rows, pcfg.match_column)
     val_rows = val_groups = None
     if val_t is not None:

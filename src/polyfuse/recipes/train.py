@@ -86,9 +86,10 @@ def train_run(cfg: Config, train, val=None, out: str | Path = "runs/exp", resume
     # 4. Every row checked before the first step (decoded into the cache, or found there).
     on_bad = cfg.train.on_bad_row
     show = progress and acc.is_main_process
-    train_set = encode_table(train_t, processors, labels, on_bad, show, "reading")
-    val_set = encode_table(read_table_with(val_t, schema), processors, labels, on_bad, show, "reading") \
-        if val_t is not None else None
+    with acc.main_process_first():      # the main process fills the decode cache; the others find it filled
+        train_set = encode_table(train_t, processors, labels, on_bad, show, "reading")
+        val_set = encode_table(read_table_with(val_t, schema), processors, labels, on_bad, show, "reading") \
+            if val_t is not None else None
     skipped = [dict(s, table=train_t.name) for s in train_set.skipped]
     if val_set is not None:
         skipped += [dict(s, table=val_t.name) for s in val_set.skipped]
