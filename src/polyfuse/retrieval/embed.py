@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ..data.loader import BatchStream, worker_count
 from ..errors import InputError, PolyfuseError
 from ..runfolder import RunFolder
 from ..util import atomic_write_text, to_device
@@ -133,15 +134,16 @@ class Embedder:
             except InputError as e:
                 if on_bad_row != "skip":
                     raise
-                skipped.append({"row": row, "column": e.column or "", "reason": e.reason})
+                skipped.append({"row": row, "column": e.column or "", "file": e.file or "", "reason": e.reason})
                 item = None
             items.append(item)
         return items, skipped
 
-    def embed_rows(self, table, rows, on_bad_row: str = "error", names=None) -> tuple[dict, list[dict]]:
-        """Rows of a Table -> {name: (vectors, present)}; a skipped row is absent from every name."""
+    def embed_rows(self, table, rows, on_bad_row: str = "error", names=None, read=None) -> tuple[dict, list[dict]]:
+        """Rows of a Table -> {name: (vectors, present)}; a skipped row is absent from every name.
+        read: those rows' read_rows result, when a DataLoader worker has already decoded them."""
         names = list(names or self.names)
-        items, skipped = self.read_rows(table, rows, on_bad_row)
+        items, skipped = read if read is not None else self.read_rows(table, rows, on_bad_row)
         good = [i for i, it in enumerate(items) if it is not None]
         out = {n: (np.zeros((len(rows), self.dim), np.float32), np.zeros(len(rows), bool)) for n in names}
         if good:
@@ -218,9 +220,19 @@ def embed_to_folder(embedder: Embedder, data, out: str | Path, batch_size: int |
         atomic_write_text(out / "meta.json", json.dumps(meta, indent=2))
     skipped = json.loads((out / "skipped.json").read_text()) if done and (out / "skipped.json").exists() else []
     bar = tqdm(total=N, initial=done, desc="embedding", unit="row", disable=None if progress else True)
-    for a in range(done, N, cfg.batch_size):
-        rows_ = list(range(a, min(a + cfg.batch_size, N)))
-        got, sk = embedder.embed_rows(table, rows_, cfg.on_bad_row)
+    # Rows are decoded in DataLoader workers (data.workers) while this process runs the model.
+    data_cfg = embedder.predictor.cfg.data
+    batches = [list(range(a, min(a + cfg.batch_size, N))) for a in range(done, N, cfg.batch_size)]
+    # Workers skip and report; the error (with on_bad_row error) is raised here, whole, not as a worker's traceback.
+    stream = BatchStream(lambda rows: embedder.read_rows(table, rows, "skip"), worker_count(data_cfg, N - done),
+                         data_cfg.prefetch)
+    for rows_, read in zip(batches, stream(batches)):
+        if read[1] and cfg.on_bad_row != "skip":
+            bad = read[1][0]
+            raise InputError(bad["reason"], table=table.name, row=bad["row"], column=bad["column"] or None,
+                             file=bad["file"] or None)
+        got, sk = embedder.embed_rows(table, rows_, cfg.on_bad_row, read=read)
+        a = rows_[0]
         for n, (v, p) in got.items():
             arrays[n][0][a:a + len(rows_)], arrays[n][1][a:a + len(rows_)] = v, p
             arrays[n][0].flush(), arrays[n][1].flush()
