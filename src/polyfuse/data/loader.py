@@ -9,6 +9,7 @@ process holds only those, never the table's decoded rows.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Callable, Iterable, Iterator
 
 import torch
@@ -21,10 +22,11 @@ PARALLEL_ROWS = 1000
 
 
 def worker_count(cfg: DataConfig, n_rows: int) -> int:
-    """data.workers, or by default min(4, CPUs - 1): one core stays with the training process."""
+    """data.workers, or by default min(4, CPUs - 1): one core stays with the training process.
+    Elsewhere than Linux the default is 0 (forking a process that has started threads is unsafe on macOS)."""
     if cfg.workers is not None:
         return cfg.workers
-    if n_rows < PARALLEL_ROWS:
+    if n_rows < PARALLEL_ROWS or sys.platform != "linux":     # workers are forked: safe by default on Linux only
         return 0
     return max(0, min(4, len(os.sched_getaffinity(0)) - 1))
 
