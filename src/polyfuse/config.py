@@ -326,6 +326,10 @@ class GenerateConfig:
     # frozen: only the projector trains (LLaVA's first stage); lora: LoRA adapters on the decoder too
     # (its second stage); full: every decoder weight trains.
     decoder_train: str = "frozen"
+    # With decoder_train lora or full: the share of the planned epochs that trains the projector
+    # alone first (LLaVA's two stages in one run): a fresh projector's prefix is noise, and
+    # adapting the decoder to noise unlearns language before the prefix means anything.
+    first_stage: float = 0.3
     max_target_tokens: int = 48      # target texts are cut to this many tokens (end-of-text included)
     max_new_tokens: int = 48
     num_beams: int = 1               # 1: greedy (or sampling with do_sample)
@@ -343,6 +347,8 @@ class GenerateConfig:
             prompt_columns(self.prompt)          # raises ConfigError on a malformed template
         if self.decoder_train not in ("frozen", "lora", "full"):
             raise ConfigError(f"generate.decoder_train must be frozen, lora or full, got {self.decoder_train!r}")
+        if not 0.0 <= self.first_stage < 1.0:
+            raise ConfigError(f"generate.first_stage must be in [0, 1), got {self.first_stage}")
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"generate.top_p must be in (0, 1], got {self.top_p}")
 

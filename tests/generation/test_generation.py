@@ -186,10 +186,21 @@ def test_the_prompt_reaches_the_decoder_and_decides_the_answer(tmp_path, llama):
     assert np.mean([a != b for a, b in zip(texts, other)]) >= 0.8
     with pytest.raises(InputError, match="question"):
         gen.encode(gen.read(test.drop(columns=["question"])))
-    from polyfuse.errors import ConfigError
-    from polyfuse.serving.backend import load_backend
-    with pytest.raises(ConfigError, match="prompt"):
-        load_backend(tmp_path / "run")
+    # The server fills the prompt from each request row's `question`, as predict does from the table.
+    import anyio
+    from .test_serve_generate import app_for, rows_of
+    from ..serving.conftest import client_for
+
+    async def served(table):
+        async with client_for(app_for(tmp_path / "run")) as client:
+            rows = [{**r, "question": q} for r, q in zip(rows_of(table.assign(note="")), table["question"])]
+            answer = await client.post("/v1/generate", json=[{k: v for k, v in r.items() if k != "note"} for r in rows])
+            missing = await client.post("/v1/generate", json={"image": rows[0]["image"], "colour": "red"})
+        return [g["text"] for g in answer.json()["generated"]], missing
+    got, missing = anyio.run(served, test)
+    assert got == texts
+    assert missing.status_code == 422 and "question" in missing.text     # unknown key: the error lists the prompt's
+    assert anyio.run(served, swapped)[0] == other
 
 
 def test_a_scratch_decoder_learns_its_vocabulary_from_the_targets_and_reloads(tmp_path):
@@ -206,3 +217,40 @@ def test_a_scratch_decoder_learns_its_vocabulary_from_the_targets_and_reloads(tm
     texts = again.generate(again.encode(again.read(test)))
     assert np.mean([t == c for t, c in zip(texts, test["caption"])]) >= 0.8, list(zip(texts, test["caption"]))[:6]
     assert texts == gen.generate(gen.encode(gen.read(test)))
+
+
+def test_two_stages_train_the_projector_first_then_the_decoders_adapters(tmp_path, llama, monkeypatch):
+    """generate.first_stage: LLaVA's two stages in one run, on the one trainer."""
+    from polyfuse.generation.model import GenerationModel
+    from polyfuse.recipes.generate import train_generation
+    torch.set_num_threads(1)
+    seen = []                       # (stage on?, LoRA weights, projector weights) at each epoch's start
+    original = GenerationModel.train_decoder
+
+    def record(self, on):
+        original(self, on)
+        lora = {n: p.detach().clone() for n, p in self.lm.named_parameters() if "lora_" in n}
+        seen.append((self.decoder_trains, lora, [p.detach().clone() for p in self.projector.parameters()]))
+    monkeypatch.setattr(GenerationModel, "train_decoder", record)
+    cfg = cfg_for(llama, decoder_train="lora", first_stage=0.34)
+    cfg.train.epochs = 3
+    gen, _ = train_generation(cfg, write_scenes(tmp_path, 16, seed=3), out=tmp_path / "run", progress=False)
+    stages = [on for on, _, _ in seen[1:]]            # seen[0]: the model's construction
+    assert stages == [False, True, True]              # round(0.34 * 3) = 1 epoch of stage 1
+    _, lora0, proj0 = seen[1]
+    _, lora1, proj1 = seen[2]
+    assert lora0 and all(torch.equal(lora0[n], lora1[n]) for n in lora0)          # stage 1: adapters untouched
+    assert not all(torch.equal(a, b) for a, b in zip(proj0, proj1))                # ... while the projector learns
+    final = dict(gen.model.lm.named_parameters())
+    assert any(not torch.equal(lora1[n], final[n]) for n in lora1)                 # stage 2: adapters learn
+
+
+@pytest.mark.parametrize("task, decoder_train, tower_lora", [("generation", "lora", False),
+                                                              ("classification", "frozen", True)])
+def test_lora_flag_adapts_the_decoder_of_a_generation_run_and_the_towers_otherwise(task, decoder_train, tower_lora):
+    from polyfuse.cli.main import build_parser
+    from polyfuse.cli.train import config_from_args
+    args = build_parser().parse_args(["train", "--train", "t.csv", "--label", "y", "--task", task, "--lora",
+                                      "--text", "q", "--text-encoder", "some/tower", "--decoder", "some/lm", "--out", "r"])
+    cfg, _ = config_from_args(args)
+    assert cfg.generate.decoder_train == decoder_train and bool(cfg.model.lora) == tower_lora

@@ -59,7 +59,8 @@ def add_tower_args(p):
                                "or 'scratch'" if m == "image" else ", or 'scratch'"))
     g.add_argument("--freeze-encoders", action="store_true", default=None, help="keep pretrained towers fixed")
     g.add_argument("--unfreeze-top", type=int, metavar="K", help="train the top K layers of frozen towers")
-    g.add_argument("--lora", action="store_true", default=None, help="train LoRA adapters on frozen towers")
+    g.add_argument("--lora", action="store_true", default=None, help="train LoRA adapters on frozen towers; with --task generation: "
+                   "on the decoder, after a first stage that trains the projector alone")
     g.add_argument("--feature-cache-dir", help="where frozen towers' outputs are cached")
 
 
@@ -111,18 +112,20 @@ def config_from_args(args) -> tuple[Config, set[str]]:
     if args.init_from and not args.config:   # the earlier run's architecture
         from ..recipes.transfer import base_config
         cfg = base_config(args.init_from)
+    # A generation run's --lora adapts its decoder (LLaVA's second stage), not its towers.
+    gen_lora = bool(args.lora) and args.task == "generation"
     overrides = {
         "schema": {"label": args.label, "text": args.text, "image": args.image, "audio": args.audio,
                    "task": args.task},
         "model": {"size": args.size, "fusion": args.fusion, "modality_dropout": args.modality_dropout,
                   "freeze_encoders": True if args.unfreeze_top else args.freeze_encoders,
-                  "unfreeze_top_k": args.unfreeze_top, "lora": args.lora,
+                  "unfreeze_top_k": args.unfreeze_top, "lora": None if gen_lora else args.lora,
                   "feature_cache_dir": args.feature_cache_dir},
         "text": {"encoder": args.text_encoder}, "image": {"encoder": args.image_encoder},
         "audio": {"encoder": args.audio_encoder},
         "augment": {"enabled": args.augment},
         "data": data_overrides(args),
-        "generate": {"decoder": args.decoder, "prompt": args.prompt},
+        "generate": {"decoder": args.decoder, "prompt": args.prompt, "decoder_train": "lora" if gen_lora else None},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                   "patience": args.patience, "max_minutes": args.max_minutes, "bf16": args.bf16,
                   "on_bad_row": args.on_bad_row, "group_by": args.group_by, "val_fraction": args.val_fraction},

@@ -32,6 +32,11 @@ class NetworkTower:
     mean: tuple[float, float, float]            # per channel, on pixels in [0, 1]
     std: tuple[float, float, float]
     width: int                                   # channels (or features) of the output
+    # What `model.unfreeze_top_k` trains again: the dotted path of the network's ordered block
+    # list (bottom to top) and the modules after the last block (final conv, norm). None: the
+    # network declares no blocks, and unfreeze_top_k on it is an error (freeze or LoRA it).
+    layers: str | None = None
+    after: tuple[str, ...] = ()
 
 
 def load_network(reference: str, pretrained: bool) -> NetworkTower:

@@ -75,10 +75,12 @@ class TowerEncoder(Encoder):
         if is_network(source.path):       # any PyTorch network (data/network.py)
             net = load_network(source.path, source.with_weights)
             self.tower, self.model_type, width, self.hf = net.network, None, net.width, False
+            self.layers = (net.layers, net.after) if net.layers else None
         else:
             self.tower, self.hf = load_tower(source, modality), True
             self.model_type = self.tower.config.model_type
             width = getattr(self.tower.config, "hidden_size", None) or self.tower.config.hidden_sizes[-1]
+            self.layers = LAYERS.get(self.model_type)
         self.proj = nn.Linear(width, mc.d_model)
         self.drop = nn.Dropout(mc.dropout)
         self.fully_frozen = mc.towers_fully_frozen
@@ -93,10 +95,12 @@ class TowerEncoder(Encoder):
 
     # -- adaptation ------------------------------------------------------------------
     def _unfreeze_top(self, k: int):
-        if self.model_type not in LAYERS:
-            raise ConfigError(f"model.unfreeze_top_k: no known layer list for model type {self.model_type!r} "
-                              f"(known: {', '.join(sorted(LAYERS))}); use model.lora or freeze_encoders alone")
-        path, after = LAYERS[self.model_type]
+        if self.layers is None:
+            what = f"model type {self.model_type!r} (known: {', '.join(sorted(LAYERS))})" if self.hf else \
+                "this network (its factory's NetworkTower sets no `layers`)"
+            raise ConfigError(f"model.unfreeze_top_k: no known layer list for {what}; "
+                              "use model.lora or freeze_encoders alone")
+        path, after = self.layers
         layers = _submodule(self.tower, path)
         if k > len(layers):
             raise ConfigError(f"model.unfreeze_top_k is {k} but the {self.modality} tower has {len(layers)} layers")

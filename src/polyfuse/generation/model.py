@@ -44,6 +44,14 @@ def decoder_training(cfg: Config) -> str:
     return "full" if cfg.generate.decoder == SCRATCH else cfg.generate.decoder_train
 
 
+def first_stage_epochs(cfg: Config, planned: int) -> int:
+    """Epochs that train the projector before a pretrained decoder learns too (0: one stage).
+    At least one epoch is left for the second stage."""
+    if decoder_training(cfg) == "frozen" or cfg.generate.decoder == SCRATCH or planned < 2:
+        return 0
+    return min(planned - 1, max(1, round(cfg.generate.first_stage * planned))) if cfg.generate.first_stage else 0
+
+
 def left_pack(states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T, D), (B, T) -> the same tokens with each row's real ones moved to the right end, in order."""
     B, T = mask.shape
@@ -75,13 +83,26 @@ class GenerationModel(nn.Module):
             targets = LORA_TARGETS.get(lm.config.model_type, "all-linear")
             self.lm = inject_adapter_in_model(LoraConfig(r=cfg.model.lora_rank, lora_alpha=cfg.model.lora_alpha,
                                                          target_modules=targets), lm)
-        for name, p in self.lm.named_parameters():
-            p.requires_grad_(how == "full" or (how == "lora" and "lora_" in name))
+        # The decoder weights this run may train (none, its LoRA adapters, or all of them).
+        self._decoder_params = [p for name, p in self.lm.named_parameters()
+                                if how == "full" or (how == "lora" and "lora_" in name)]
+        for p in self.lm.parameters():
+            p.requires_grad_(False)
+        self.decoder_trains = False
+        self.train_decoder(bool(self._decoder_params))
+
+    def train_decoder(self, on: bool):
+        """Two-stage training: off, only the encoders, fusion and projector learn (the decoder's
+        trainable weights get no gradient, so the optimizer leaves them as they are); on, they learn too."""
+        self.decoder_trains = on and bool(self._decoder_params)
+        for p in self._decoder_params:
+            p.requires_grad_(self.decoder_trains)
+        self.train(self.training)
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if decoder_training(self.cfg) == "frozen":
-            self.lm.eval()              # a frozen decoder: no dropout, the same function every step
+        if not self.decoder_trains:
+            self.lm.eval()              # a decoder that does not learn: no dropout, the same function every step
         return self
 
     def prefix(self, inputs: dict, modality_dropout: float = 0.0,

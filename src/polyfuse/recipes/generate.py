@@ -19,7 +19,7 @@ from ..data.manifest import is_missing, read_table, resolve_schema
 from ..data.processors import Processors
 from ..errors import ConfigError
 from ..generation.metrics import text_metrics
-from ..generation.model import SCRATCH, decoder_training
+from ..generation.model import SCRATCH, decoder_training, first_stage_epochs
 from ..generation.run import (Generator, add_prompts, build_generation_model, make_collate, nearest_neighbour,
                               references_of)
 from ..generation.targets import TextTargets
@@ -113,6 +113,13 @@ def train_generation(cfg: Config, train, val=None, out: str | Path = "runs/gen",
         loss = total / max(1, tokens)
         return {"val_loss": loss, "score": -loss}
 
+    def before_epoch(raw, epoch, planned):
+        # LLaVA's two stages in one run: the projector alone, then the decoder's adapters too.
+        first = first_stage_epochs(cfg, planned)
+        if raw.decoder_trains != (epoch >= first) and acc.is_main_process and first:
+            say(f"epoch {epoch + 1}: stage {'2, the decoder learns too' if epoch >= first else '1, projector first'}")
+        raw.train_decoder(epoch >= first)
+
     def on_epoch(raw, record, improved):
         if improved:
             gen.save_weights(folder.path, {"epoch": record["epoch"], "n_parameters": n_params,
@@ -120,7 +127,7 @@ def train_generation(cfg: Config, train, val=None, out: str | Path = "runs/gen",
 
     trainer = Trainer(cfg.train, acc, folder, progress=progress, spent_s=time.perf_counter() - t0, data=cfg.data)
     summary = trainer.fit(model, len(train_set), lambda idx: collate(idx, train_set), step,
-                          validate if val_set is not None else None, on_epoch, resume, augment)
+                          validate if val_set is not None else None, on_epoch, resume, augment, before_epoch)
     gen.model = model.cpu().eval()
     summary.update(n_parameters=n_params, is_main_process=acc.is_main_process, task="generation",
                    budget=budget_outcome(cfg.train, summary, val_set is not None))

@@ -20,7 +20,8 @@ from starlette.concurrency import run_in_threadpool
 from .backend import Backend
 from .batcher import Batcher, BatchTimeout
 from .metrics import Metrics
-from .protocol import ApiError, decode_rows, embeddings, parse_form, parse_json, predictions, read_form_values
+from .protocol import (TEXTUAL, ApiError, decode_rows, embeddings, parse_form, parse_json, predictions,
+                       read_form_values)
 from .schemas import EmbedResponse, PredictResponse, Status, error_reference, error_responses
 from .settings import ServeConfig
 
@@ -223,7 +224,7 @@ def request_schema(backend: Backend, settings: ServeConfig) -> dict:
     """The OpenAPI request body, from the model's columns: JSON (base64 for files) and multipart."""
     json_props, form_props = {}, {}
     for c, m in backend.streams:
-        if m == "text":
+        if m in TEXTUAL:
             json_props[c] = {"type": "string", "maxLength": settings.max_text_chars, "nullable": True}
             form_props[c] = {"type": "string"}
         else:

@@ -6,6 +6,10 @@
     -> {"generated": [{"text": ...}, ...]}, or with stream: text/event-stream, one event per new
        piece of text {"row": i, "text": "..."} and a last {"done": true, "generated": [...]}
 
+A run with a prompt (generate.prompt, e.g. "Question: {question} Answer:") takes the template's
+columns as text keys of each row: filled into the prompt the decoder reads, and encoded as well
+when they are also encoder inputs (exactly as `polyfuse predict` does from a table).
+
 Concurrent requests share one batcher (serving/batcher.py): their rows run through one
 `generate` call; a row stops at its own end-of-text and at its request's `max_new_tokens`
 (the batch decodes for the largest, and greedy decoding's first N tokens do not depend on how
@@ -14,6 +18,7 @@ many follow, so a shorter request's text is the same as when it runs alone).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +30,11 @@ from fastapi import Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from ..errors import ConfigError
+from ..config import prompt_columns
+from ..generation.prompt import fill
 from .batcher import BatchTimeout
-from .protocol import ApiError, column_names, decode_rows, load_json, parse_form, parse_rows, read_form_values
+from .protocol import (PROMPT, ApiError, column_names, decode_rows, load_json, parse_form, parse_rows,
+                       read_form_values)
 from .settings import ServeConfig
 
 OPTIONS = ("stream", "max_new_tokens")      # request keys that are not columns
@@ -39,6 +46,7 @@ class Wanted:
     max_new_tokens: int
     sink: Callable[[int, str], None] | None = None     # (row within the request, new text)
     first_row: int = 0                                  # this row's index within its request
+    prompt: torch.Tensor | None = None                  # (Q,) the row's decoder prompt ids (runs with a prompt)
 
 
 class GenerationBackend:
@@ -50,10 +58,18 @@ class GenerationBackend:
         from ..generation.run import Generator
         self.generator = Generator.load(run_dir, "cpu")
         self.cfg, self.processors = self.generator.cfg, self.generator.processors
-        if self.cfg.generate.prompt is not None:
-            raise ConfigError(f"{run_dir} reads a prompt (generate.prompt {self.cfg.generate.prompt!r}); "
-                              "/v1/generate does not take prompt columns yet: use `polyfuse predict` or the Python API")
-        self.streams = self.cfg.schema.streams()
+        self.inputs = self.cfg.schema.streams()                     # what the encoders read
+        template = self.cfg.generate.prompt
+        self.prompt_columns = prompt_columns(template) if template is not None else []
+        # Accepted request keys: the encoders' columns, then prompt-only ones (passed on as text).
+        self.streams = self.inputs + [(c, PROMPT) for c in self.prompt_columns if c not in dict(self.inputs)]
+
+    def prompt_of(self, row: dict) -> torch.Tensor | None:
+        """A parsed request row {column: (value, field)} -> its prompt ids (None: the run has no prompt)."""
+        if self.cfg.generate.prompt is None:
+            return None
+        text = fill(self.cfg.generate.prompt, {c: row[c][0] for c in self.prompt_columns if c in row})
+        return self.generator.targets.encode_prompt(text, self.cfg.generate.max_prompt_tokens)
 
     def run(self, items: list) -> dict[str, np.ndarray]:
         from ..generation.run import RowStreamer
@@ -65,7 +81,8 @@ class GenerationBackend:
                 if wanted[i].sink is not None:
                     wanted[i].sink(wanted[i].first_row, text)
             streamer = RowStreamer(self.generator.targets, on_text, limits)
-        texts = self.generator.generate_items(rows, streamer=streamer, limits=limits,
+        prompts = [w.prompt for w in wanted] if self.cfg.generate.prompt is not None else None
+        texts = self.generator.generate_items(rows, streamer=streamer, limits=limits, prompts=prompts,
                                               max_new_tokens=max(limits))
         return {"text": np.array(texts, dtype=object)}
 
@@ -73,9 +90,8 @@ class GenerationBackend:
     def warm_up(self):
         """One token for one row with every column absent (the prefix is [CLS] alone): lazy init paid
         before the server reports ready. decode_rows refuses such a row from a client."""
-        import dataclasses
         gen = self.generator
-        parts = {c: {**self.processors.by_modality[m].collate([None]), "modality": m} for c, m in self.streams}
+        parts = {c: {**self.processors.by_modality[m].collate([None]), "modality": m} for c, m in self.inputs}
         gen.model.eval()
         gen.model.generate(parts, dataclasses.replace(self.cfg.generate, max_new_tokens=1),
                            gen.targets.eos_id, gen.targets.pad_id)
@@ -83,6 +99,7 @@ class GenerationBackend:
     def describe(self) -> dict:
         g = self.cfg.generate
         return {"backend": self.name, "task": "generation", "columns": {c: m for c, m in self.streams},
+                "prompt": self.cfg.generate.prompt,
                 "decoding": {"max_new_tokens": g.max_new_tokens, "num_beams": g.num_beams,
                              "do_sample": g.do_sample, "temperature": g.temperature, "top_p": g.top_p}}
 
@@ -200,7 +217,9 @@ def event(data: dict, name: str | None = None) -> str:
 
 
 def prepare_items(items: list, backend: GenerationBackend, settings: ServeConfig) -> list:
-    """The batcher's prepare step for /v1/generate: decode each request's rows, keep what it wants."""
-    decoded = decode_rows([r for r, _ in items], backend, settings)
-    return list(zip(decoded, [w for _, w in items]))
+    """The batcher's prepare step for /v1/generate: decode each request's rows (prompt-only columns
+    go into the prompt, not to an encoder), keep what it wants."""
+    encoded = dict(backend.inputs)
+    decoded = decode_rows([{c: v for c, v in r.items() if c in encoded} for r, _ in items], backend, settings)
+    return [(d, dataclasses.replace(w, prompt=backend.prompt_of(r))) for d, (r, w) in zip(decoded, items)]
 

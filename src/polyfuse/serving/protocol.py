@@ -35,10 +35,16 @@ class ApiError(Exception):
         return {"error": self.message, "field": self.field, "status": self.status}
 
 
+# The "modality" of a column a generation run reads only into its decoder prompt: plain text the
+# server passes on as it is (serving/generate.py), never through an encoder.
+PROMPT = "prompt"
+TEXTUAL = ("text", PROMPT)
+
+
 def column_names(backend: Backend) -> dict[str, str]:
     """Every accepted request key -> its column: column names, plus modality names where unambiguous."""
     names = {c: c for c, _ in backend.streams}
-    for m in {m for _, m in backend.streams}:
+    for m in {m for _, m in backend.streams if m != PROMPT}:
         cols = [c for c, mm in backend.streams if mm == m]
         if len(cols) == 1 and m not in names:
             names[m] = cols[0]
@@ -74,7 +80,7 @@ def parse_rows(data, backend: Backend, limits: ServeConfig) -> list[dict]:
                 continue       # an absent cell, as an empty table cell is
             field = _where(i, key, len(rows))
             modality = dict(backend.streams)[col]
-            if modality == "text":
+            if modality in TEXTUAL:
                 if isinstance(value, bool) or not isinstance(value, (str, int, float)):
                     raise ApiError(422, f"a text value must be a string, got {type(value).__name__}", field)
                 cells[col] = (str(value), field)
@@ -114,13 +120,13 @@ async def read_form_values(rows: list[dict], backend: Backend) -> list[dict]:
         for col, (value, field) in list(row.items()):
             if hasattr(value, "read"):
                 data = await value.read()
-                if modality[col] == "text":
+                if modality[col] in TEXTUAL:
                     try:
                         data = data.decode("utf-8")
                     except UnicodeDecodeError:
                         raise ApiError(400, "a text file must be UTF-8", field) from None
                 row[col] = (data, field)
-            elif modality[col] != "text":
+            elif modality[col] not in TEXTUAL:
                 raise ApiError(422, f"an {modality[col]} field must be a file upload", field)
             if row[col][0] in ("", b""):
                 del row[col]       # an empty field is an absent cell, as an empty table cell is

@@ -116,12 +116,15 @@ class Trainer:
     def fit(self, module: torch.nn.Module, n_rows: int, batch: Callable[[list[int]], dict], step: Step,
             validate: Callable[[torch.nn.Module], dict] | None = None,
             on_epoch: Callable[[torch.nn.Module, dict, bool], None] | None = None, resume: bool = False,
-            augment: Callable[[dict], dict] | None = None) -> dict:
+            augment: Callable[[dict], dict] | None = None,
+            before_epoch: Callable[[torch.nn.Module, int, int], None] | None = None) -> dict:
         """Train `module` on rows 0..n_rows-1; batch(indices) reads and collates them, in DataLoader
         workers (data.workers), so it must not draw random numbers; augment(batch) runs here, in the
         training process, on the global RNG that checkpoints save (so resuming stays exact). Returns
         the final TrainState (as a dict) plus steps_per_epoch and world_size. The best weights (by
-        validation) are loaded back into the module at the end."""
+        validation) are loaded back into the module at the end. before_epoch(raw, epoch, planned_epochs)
+        runs on every rank before each epoch (a resumed run included): recipes with stages switch what
+        trains there."""
         tc, acc = self.cfg, self.accelerator
         rank, world = acc.process_index, acc.num_processes
         steps_per_epoch = len(epoch_batches(n_rows, tc.batch_size, tc.seed, 0, rank, world))
@@ -145,6 +148,8 @@ class Trainer:
         t_start = time.perf_counter() - state.elapsed_s - self.spent_s
         fill = tc.fill_budget and tc.max_minutes is not None
         while state.epoch < (state.epochs or tc.epochs) and state.stopped is None:
+            if before_epoch is not None:
+                before_epoch(raw, state.epoch, state.epochs or tc.epochs)
             wrapped.train()
             batches = epoch_batches(n_rows, tc.batch_size, tc.seed, state.epoch, rank, world)
             bar = tqdm(batches, desc=f"{self.desc} {state.epoch + 1}/{state.epochs or tc.epochs}", leave=False,
