@@ -233,9 +233,14 @@ class TrainConfig:
     # 0 = train on every row.
     val_fraction: float = 0.1
     group_by: str = "none"
+    # Also checkpoint every this many optimizer steps inside an epoch (with the position in it), so
+    # a killed run on a long epoch loses at most these steps; None: after each epoch only.
+    checkpoint_every: int | None = None
 
     def validate(self):
         _positive(self, "epochs", "batch_size", "lr")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise ConfigError(f"train.checkpoint_every must be >= 1 (or null), got {self.checkpoint_every}")
         if self.fill_budget and self.max_minutes is None:
             raise ConfigError("train.fill_budget needs train.max_minutes (--max-minutes)")
         if not 0.0 <= self.val_fraction < 1.0:

@@ -76,6 +76,8 @@ def add_training_args(p, out_required: bool = True):
     p.add_argument("--max-minutes", type=float)
     p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast")
     p.add_argument("--on-bad-row", choices=["error", "skip"])
+    p.add_argument("--checkpoint-every", type=int, metavar="STEPS", help="also checkpoint every STEPS steps "
+                   "inside an epoch, so --resume continues mid-epoch (train.checkpoint_every)")
     add_data_args(p)
     add_tower_args(p)
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -128,7 +130,8 @@ def config_from_args(args) -> tuple[Config, set[str]]:
         "generate": {"decoder": args.decoder, "prompt": args.prompt, "decoder_train": "lora" if gen_lora else None},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                   "patience": args.patience, "max_minutes": args.max_minutes, "bf16": args.bf16,
-                  "on_bad_row": args.on_bad_row, "group_by": args.group_by, "val_fraction": args.val_fraction},
+                  "on_bad_row": args.on_bad_row, "group_by": args.group_by, "val_fraction": args.val_fraction,
+                  "checkpoint_every": args.checkpoint_every},
     }
     for item in args.set:
         key, sep, value = item.partition("=")

@@ -83,6 +83,12 @@ class TrainState:
     stopped: str | None = None       # "max_minutes", "early_stopping", or None (ran every epoch)
     epochs: int | None = None        # fill_budget: the epochs chosen to fill the budget
     epoch_times: list = field(default_factory=list)   # fill_budget: seconds per epoch, validation included
+    # A mid-epoch checkpoint (train.checkpoint_every): the batches of epoch `epoch` already trained
+    # (its order is a seeded permutation, so this index is the whole data position), and the rows
+    # and summed step values so far, so the epoch's logged means equal an unbroken run's.
+    batch: int = 0
+    epoch_seen: int = 0
+    epoch_sums: dict = field(default_factory=dict)
 
     def better(self, record: dict) -> bool:
         """A validation score above the best seen by more than its noise, or one within that noise at
@@ -147,20 +153,25 @@ class Trainer:
         stream = BatchStream(batch, worker_count(self.data, n_rows), self.data.prefetch, persistent=True)
         t_start = time.perf_counter() - state.elapsed_s - self.spent_s
         fill = tc.fill_budget and tc.max_minutes is not None
+        t_probe, probe_from = time.perf_counter(), max(1, state.step)    # a run resumed mid-probe times from here
         while state.epoch < (state.epochs or tc.epochs) and state.stopped is None:
             if before_epoch is not None:
                 before_epoch(raw, state.epoch, state.epochs or tc.epochs)
             wrapped.train()
             batches = epoch_batches(n_rows, tc.batch_size, tc.seed, state.epoch, rank, world)
-            bar = tqdm(batches, desc=f"{self.desc} {state.epoch + 1}/{state.epochs or tc.epochs}", leave=False,
-                       mininterval=0.5, disable=None if self.progress and acc.is_main_process else True)
-            t_epoch, seen, sums = time.perf_counter(), 0, {}
-            for idx, made in zip(bar, stream(batches)):
+            todo = batches[state.batch:]        # all of them, unless resuming mid-epoch
+            bar = tqdm(todo, desc=f"{self.desc} {state.epoch + 1}/{state.epochs or tc.epochs}", leave=False,
+                       initial=state.batch, total=len(batches), mininterval=0.5,
+                       disable=None if self.progress and acc.is_main_process else True)
+            t_epoch, seen, sums = time.perf_counter(), state.epoch_seen, dict(state.epoch_sums)
+            seen_before = seen
+            for idx, made in zip(bar, stream(todo)):
                 b = to_device(made if augment is None else augment(made), acc.device)
                 with acc.autocast():
                     out = step(wrapped, b)
                 self._optimizer_step(wrapped, opt, sched, out["loss"])
                 state.step += 1
+                state.batch += 1
                 seen += len(idx)
                 for k, v in out.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
@@ -168,18 +179,26 @@ class Trainer:
                 if fill and state.epoch == 0 and state.step == min(PROBE_STEPS, steps_per_epoch - 1) >= 2:
                     # Steps after the first (which pays one-off costs), scaled to an epoch; 10% on top
                     # for validation and the checkpoint until the first whole epoch is measured.
-                    per_step = (time.perf_counter() - t_probe) / max(1, state.step - 1)
+                    per_step = (time.perf_counter() - t_probe) / max(1, state.step - probe_from)
                     self._fill(state, total, steps_per_epoch, 1.1 * per_step * steps_per_epoch, self.spent_s)
                 if state.step == 1:
-                    t_probe = time.perf_counter()
+                    t_probe, probe_from = time.perf_counter(), 1
                 if tc.max_minutes is not None and self._over_budget(t_start):
                     state.stopped = "max_minutes"
                     break
+                if tc.checkpoint_every and state.step % tc.checkpoint_every == 0 and state.batch < len(batches):
+                    state.epoch_seen, state.epoch_sums = seen, sums
+                    state.elapsed_s = time.perf_counter() - t_start
+                    if acc.is_main_process and self.folder is not None:
+                        self.folder.save_checkpoint(state_dict_cpu(raw), best, opt, vars(state))
+                    acc.wait_for_everyone()
+                after_step(vars(state))
             state.epoch += 1
+            state.batch, state.epoch_seen, state.epoch_sums = 0, 0, {}
             record = {"epoch": state.epoch, "step": state.step, "train_loss": sums.get("loss", 0.0) / max(1, seen)}
             record.update({k: v / max(1, seen) for k, v in sums.items() if k != "loss"})
             record.update(lr=sched.get_last_lr()[0], world_size=world,
-                          samples_per_s=seen * world / max(1e-9, time.perf_counter() - t_epoch))
+                          samples_per_s=(seen - seen_before) * world / max(1e-9, time.perf_counter() - t_epoch))
             if validate is not None:
                 record.update(validate(raw))
             improved = state.better(record)
@@ -258,7 +277,8 @@ class Trainer:
             warnings.simplefilter("ignore", UserWarning)
             for _ in range(state.step):
                 sched.step()
-        self.accelerator.print(f"resuming after epoch {state.epoch} (step {state.step})")
+        where = f"in epoch {state.epoch + 1} after batch {state.batch}" if state.batch else f"after epoch {state.epoch}"
+        self.accelerator.print(f"resuming {where} (step {state.step})")
 
     def _optimizer_step(self, module, opt, sched, loss: torch.Tensor):
         acc = self.accelerator
@@ -287,3 +307,7 @@ def epoch_line(r: dict) -> str:
 
 def after_epoch(state: dict):
     """Hook for tests (interrupt a run after an epoch to check that --resume continues it exactly)."""
+
+
+def after_step(state: dict):
+    """Hook for tests (kill a run mid-epoch, after a mid-epoch checkpoint)."""
