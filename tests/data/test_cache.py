@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from polyfuse.data.cache import FILE_NAME, DecodeCache
-from polyfuse.data.dataset import RowInputs, encode_table, make_collate
+from polyfuse.data.dataset import RowInputs, encode_table, make_collate, take
 from polyfuse.data.loader import BatchStream
 from polyfuse.data.manifest import read_table, resolve_schema
 from polyfuse.data.processors import Processors
@@ -43,7 +43,11 @@ def _processors(folder, **data):
 
 def _same_rows(a, b):
     assert a.rows == b.rows
-    for x, y in zip(a.inputs, b.inputs):
+    _same_items(a.inputs, b.inputs)
+
+
+def _same_items(xs, ys):
+    for x, y in zip(xs, ys, strict=True):
         assert x.keys() == y.keys()
         for col in x:
             assert (x[col] is None) == (y[col] is None), col
@@ -67,8 +71,13 @@ def test_a_cache_hit_equals_a_fresh_decode(folder):
     assert DecodeCache(folder / "cache").info()["items"] == n_items     # nothing decoded the second time
     _same_rows(fresh, cold)
     _same_rows(fresh, warm)
-    stored = DecodeCache(folder / "cache").get(warm.inputs.keys[0, 1].tobytes())     # the first image
-    assert stored["pixels"].dtype == np.uint8 and stored["pixels"].shape == (16, 16, 3)
+    key = warm.inputs.keys[0, 1].tobytes()      # the first image
+    stored = DecodeCache(folder / "cache").get_many([key, bytes(len(key))])
+    assert list(stored) == [key]                # a key never stored is left out
+    assert stored[key]["pixels"].dtype == np.uint8 and stored[key]["pixels"].shape == (16, 16, 3)
+    # A batch read in one query (what collate does) is the rows read one by one.
+    batch = [3, 0, 5, 3]
+    _same_items(take(warm.inputs, batch), [fresh.inputs[i] for i in batch])
 
 
 def test_a_changed_file_is_a_miss(folder):

@@ -31,6 +31,7 @@ from ..errors import InputError
 
 FILE_NAME = "decoded.sqlite"
 KEY_BYTES = 16
+QUERY_KEYS = 500        # keys per SELECT ... IN (...): under SQLite's oldest limit on bound values (999)
 SCHEMA = ("CREATE TABLE IF NOT EXISTS files(path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, digest BLOB)",
           "CREATE TABLE IF NOT EXISTS items(key BLOB PRIMARY KEY, proc TEXT, value BLOB)")
 
@@ -95,9 +96,15 @@ class DecodeCache:
     def has(self, key: bytes) -> bool:
         return self.db.execute("SELECT 1 FROM items WHERE key = ?", (key,)).fetchone() is not None
 
-    def get(self, key: bytes) -> dict[str, np.ndarray] | None:
-        row = self.db.execute("SELECT value FROM items WHERE key = ?", (key,)).fetchone()
-        return None if row is None else st_load(row[0])
+    def get_many(self, keys: list[bytes]) -> dict[bytes, dict[str, np.ndarray]]:
+        """The stored ones of `keys` (a batch's cells), one query per QUERY_KEYS: a query per cell
+        cost a training epoch on the warm cache a fifth of its time."""
+        found = {}
+        for a in range(0, len(keys), QUERY_KEYS):
+            part = keys[a:a + QUERY_KEYS]
+            query = f"SELECT key, value FROM items WHERE key IN ({','.join('?' * len(part))})"
+            found.update((key, st_load(value)) for key, value in self.db.execute(query, part))
+        return found
 
     def write(self, items: list[tuple[bytes, str, dict]], files: list[tuple]):
         """One transaction: a build killed between two of them keeps every earlier one."""

@@ -57,16 +57,31 @@ class RowInputs(Sequence):
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        row, out = int(self.rows[i]), {}
-        for c, (column, modality) in enumerate(self.streams):
-            if not self.present[i, c]:
-                out[column] = None
-                continue
-            packed = self.cache.get(self.keys[i, c].tobytes()) if self.cache is not None else None
-            out[column] = self.processors.by_modality[modality].unpack(packed) if packed is not None \
-                else self.processors.process_cell(self.table, row, column, modality)
+            return self.take(range(*i.indices(len(self))))
+        return self.take([i])[0]
+
+    def take(self, idx) -> list[dict]:
+        """Rows idx (a batch), every cached cell of them read in one query."""
+        idx = list(idx)
+        cells = [(i, c) for i in idx for c in range(len(self.streams)) if self.present[i, c]]
+        found = self.cache.get_many([self.keys[i, c].tobytes() for i, c in cells]) if self.cache is not None else {}
+        out = []
+        for i in idx:
+            row, item = int(self.rows[i]), {}
+            for c, (column, modality) in enumerate(self.streams):
+                if not self.present[i, c]:
+                    item[column] = None
+                    continue
+                packed = found.get(self.keys[i, c].tobytes()) if found else None     # no cache: keys is None
+                item[column] = self.processors.by_modality[modality].unpack(packed) if packed is not None \
+                    else self.processors.process_cell(self.table, row, column, modality)
+            out.append(item)
         return out
+
+
+def take(inputs: Sequence[dict], idx: list[int]) -> list[dict]:
+    """Rows idx of EncodedSet.inputs: from RowInputs in one cache query, from a list one by one."""
+    return inputs.take(idx) if isinstance(inputs, RowInputs) else [inputs[i] for i in idx]
 
 
 def encode_table(table: Table, processors: Processors, labels: LabelCodec | None = None,
@@ -178,8 +193,7 @@ class Scan:
 
 def make_collate(processors: Processors):
     def collate(batch_idx, data: EncodedSet):
-        rows = [data.inputs[i] for i in batch_idx]
-        batch = {"inputs": processors.collate(rows)}
+        batch = {"inputs": processors.collate(take(data.inputs, batch_idx))}
         ys = [data.labels[i] for i in batch_idx]
         if all(y is not None for y in ys):
             batch["label"] = torch.stack(ys)
