@@ -1,4 +1,7 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -6,6 +9,9 @@ from polyfuse.config import Config
 from polyfuse.data.synthetic import write_splits
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The tiny configs' decode cache: one per test session, never the user's ~/.cache.
+DECODE_CACHE = tempfile.mkdtemp(prefix="polyfuse-decoded-")
+atexit.register(shutil.rmtree, DECODE_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +29,7 @@ def tiny_config(**sections) -> Config:
         "image": {"size": 16, "patch": 8},
         "audio": {"n_mels": 16, "max_seconds": 1.0},
         "train": {"epochs": 2, "batch_size": 16, "lr": 3e-3, "patience": None},
+        "data": {"cache_dir": DECODE_CACHE},
     }
     for name, values in sections.items():
         base.setdefault(name, {}).update(values)

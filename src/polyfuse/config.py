@@ -233,9 +233,14 @@ class TrainConfig:
     # 0 = train on every row.
     val_fraction: float = 0.1
     group_by: str = "none"
+    # Also checkpoint every this many optimizer steps inside an epoch (with the position in it), so
+    # a killed run on a long epoch loses at most these steps; None: after each epoch only.
+    checkpoint_every: int | None = None
 
     def validate(self):
         _positive(self, "epochs", "batch_size", "lr")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise ConfigError(f"train.checkpoint_every must be >= 1 (or null), got {self.checkpoint_every}")
         if self.fill_budget and self.max_minutes is None:
             raise ConfigError("train.fill_budget needs train.max_minutes (--max-minutes)")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -248,6 +253,27 @@ class TrainConfig:
             raise ConfigError("train.warmup_ratio must be in [0, 1)")
         if self.patience is not None and self.patience < 1:
             raise ConfigError("train.patience must be >= 1 (or null to never stop early)")
+
+
+@dataclass
+class DataConfig:
+    """How rows are decoded (data/dataset.py, data/loader.py) and where decoded inputs are kept (data/cache.py)."""
+    # DataLoader worker processes that decode and collate batches. None: min(4, CPUs - 1), and 0 for
+    # tables under data.loader.PARALLEL_ROWS rows, where starting processes costs more than it saves.
+    workers: int | None = None
+    prefetch: int = 2                # batches each worker keeps ready (bounded: workers x prefetch in flight)
+    # Decoded inputs (uint8 pixels, fp16 log-mel, int32 token ids) are stored once in an on-disk cache
+    # keyed by file content and processor settings, and read back by every later epoch and run
+    # (train, evaluate, embed, pretrain). False: rows are decoded again every time they are read.
+    cache: bool = True
+    cache_dir: str = "~/.cache/polyfuse/decoded"
+
+    def validate(self):
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(f"data.workers must be >= 0 (or null for the default), got {self.workers}")
+        _positive(self, "prefetch")
+        if not isinstance(self.cache_dir, str) or not self.cache_dir.strip():
+            raise ConfigError("data.cache_dir must be a folder")
 
 
 @dataclass
@@ -375,6 +401,7 @@ class Config:
     audio: AudioConfig = field(default_factory=AudioConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)

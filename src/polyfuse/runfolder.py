@@ -246,7 +246,16 @@ class RunFolder:
 
     # -- the resumable training state, without pickle --------------------------------------------
     def has_checkpoint(self) -> bool:
-        return (self.file(self.CHECKPOINT) / "trainer.json").exists()
+        final = self.file(self.CHECKPOINT)
+        if not (final / "trainer.json").exists():
+            # Killed between save_checkpoint's two renames: the new folder is whole once its
+            # trainer.json exists (written last), else the previous one still is.
+            for aside in (self.CHECKPOINT + ".tmp", self.CHECKPOINT + ".old"):
+                if (self.file(aside) / "trainer.json").exists():
+                    shutil.rmtree(final, ignore_errors=True)
+                    os.replace(self.file(aside), final)
+                    break
+        return (final / "trainer.json").exists()
 
     def save_checkpoint(self, model_state: dict, best_state: dict | None, opt: torch.optim.Optimizer, trainer: dict):
         final, tmp = self.file(self.CHECKPOINT), self.file(self.CHECKPOINT + ".tmp")

@@ -94,3 +94,16 @@ def test_best_epoch_follows_the_noise_rule_through_a_run():
         state.top_score = max(acc, state.top_score if state.top_score is not None else -1)
         chosen.append(state.best_epoch)
     assert chosen == [1, 2, 3, 3, 3]
+
+
+@pytest.mark.parametrize("aside", ["checkpoint.tmp", "checkpoint.old"])
+def test_a_kill_between_the_checkpoint_renames_keeps_a_whole_checkpoint(synth, tmp_path, aside):
+    """save_checkpoint moves the old folder aside, then the new one in: killed in between, the
+    folder aside (the new one if whole, else the old) is the checkpoint."""
+    from polyfuse.runfolder import RunFolder
+    cfg = tiny_config(train={"epochs": 1})
+    train_run(cfg, synth["train"], None, tmp_path / "r", progress=False)
+    (tmp_path / "r" / "checkpoint").rename(tmp_path / "r" / aside)
+    saved = RunFolder(tmp_path / "r").load_checkpoint()
+    assert saved is not None and saved["trainer"]["epoch"] == 1
+    assert not (tmp_path / "r" / aside).exists()

@@ -10,12 +10,14 @@ from . import pretrain
 from . import export, prune, serve
 from . import embed, evaluate_retrieval, index, search
 from . import compare, explain
+from . import cache
 
 COMMANDS = {"plan": plan, "train": train, "evaluate": evaluate, "predict": predict, "info": info, "demo": demo}
 COMMANDS.update({"pretrain": pretrain})
 COMMANDS.update({"serve": serve, "export": export, "prune": prune})
 COMMANDS.update({"embed": embed, "index": index, "search": search, "evaluate-retrieval": evaluate_retrieval})
 COMMANDS.update({"explain": explain, "compare": compare})
+COMMANDS.update({"cache": cache})
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -76,10 +76,28 @@ def add_training_args(p, out_required: bool = True):
     p.add_argument("--max-minutes", type=float)
     p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast")
     p.add_argument("--on-bad-row", choices=["error", "skip"])
+    p.add_argument("--checkpoint-every", type=int, metavar="STEPS", help="also checkpoint every STEPS steps "
+                   "inside an epoch, so --resume continues mid-epoch (train.checkpoint_every)")
+    add_data_args(p)
     add_tower_args(p)
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="any config value, e.g. --set image.stem=conv (repeatable)")
     p.add_argument("--out", required=out_required, help="run folder")
+
+
+def add_data_args(p):
+    """How rows are decoded and cached (config section data, docs/data.md)."""
+    g = p.add_argument_group("data loading")
+    g.add_argument("--workers", type=int, metavar="N", help="DataLoader worker processes that decode batches "
+                   "(data.workers; default min(4, CPUs - 1), 0 for tables under 1,000 rows)")
+    g.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep decoded inputs in the on-disk decode cache (data.cache, on by default); "
+                        "--no-cache decodes every row again each epoch")
+    g.add_argument("--cache-dir", metavar="DIR", help="where the decode cache lives (data.cache_dir)")
+
+
+def data_overrides(args) -> dict:
+    return {"workers": args.workers, "cache": args.cache, "cache_dir": args.cache_dir}
 
 
 def add_schema_args(p):
@@ -108,10 +126,12 @@ def config_from_args(args) -> tuple[Config, set[str]]:
         "text": {"encoder": args.text_encoder}, "image": {"encoder": args.image_encoder},
         "audio": {"encoder": args.audio_encoder},
         "augment": {"enabled": args.augment},
+        "data": data_overrides(args),
         "generate": {"decoder": args.decoder, "prompt": args.prompt, "decoder_train": "lora" if gen_lora else None},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                   "patience": args.patience, "max_minutes": args.max_minutes, "bf16": args.bf16,
-                  "on_bad_row": args.on_bad_row, "group_by": args.group_by, "val_fraction": args.val_fraction},
+                  "on_bad_row": args.on_bad_row, "group_by": args.group_by, "val_fraction": args.val_fraction,
+                  "checkpoint_every": args.checkpoint_every},
     }
     for item in args.set:
         key, sep, value = item.partition("=")

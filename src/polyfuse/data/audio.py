@@ -1,6 +1,7 @@
 """Audio processor: soundfile decode, mono, resample, log-mel, crop; normalised with training statistics."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -118,14 +119,28 @@ class AudioProcessor:
         mel = self.log_mel(wave)
         return mel - mel.mean() if self.cfg.level == "clip" else mel
 
-    def __call__(self, source) -> dict:
-        mel = (self.features(self.decode(source)) - self.mean) / self.std
+    def fingerprint(self) -> str:
+        """Every setting `pack` depends on (the decode cache's key); the training statistics are not:
+        they apply in `unpack`, so runs with different statistics share cached clips."""
+        return f"{type(self).__name__} {json.dumps(dataclasses.asdict(self.cfg), sort_keys=True)}"
+
+    def pack(self, source) -> dict:
+        """The compact decoded form the cache stores: {"mel": (n_mels, frames) fp16 log-mel}, not normalised.
+        fp16 keeps about 3 significant digits, far below the spread of any log-mel feature."""
+        return {"mel": self.features(self.decode(source)).numpy().astype(np.float16)}
+
+    def unpack(self, packed: dict) -> dict:
+        mel = (torch.from_numpy(packed["mel"].astype(np.float32)) - self.mean) / self.std
         # Pad each row to whole tokens here, not in the batch, so a row's last token never
         # depends on which other rows share its batch.
         k = self.cfg.frames_per_token
         frames = mel.shape[1]
         mel = torch.nn.functional.pad(mel, (0, (-frames) % k))
         return {"mel": mel}
+
+    def __call__(self, source) -> dict:
+        # Always through the packed form, so a cache hit and a fresh decode are the same tensors.
+        return self.unpack(self.pack(source))
 
     def collate(self, items: list[dict | None]) -> dict:
         """mel (B, n_mels, F) padded with zeros; mask (B, F) True on real frames."""

@@ -1,7 +1,7 @@
 """Training-time augmentations on collated batches, per modality (config section `augment`).
 
-They act on the tensors the processors made (rows are decoded once, before training), so a
-fresh variant of every row costs no decoding. Randomness comes from the global torch RNG, which
+They act on the tensors the processors made (read back from the decode cache), so a fresh
+variant of every row costs no decoding. Randomness comes from the global torch RNG, which
 the recipe seeds with train.seed and every checkpoint saves: augmented runs are reproducible and
 resume exactly. Only the training collate applies them; validation, evaluation and serving never do.
 """
@@ -180,9 +180,10 @@ def color_jitter(x: torch.Tensor, j: float) -> torch.Tensor:
     return grey + (x - grey) * factor()
 
 
-def augmenting(collate, augmenter: Augmenter):
-    """The training collate: the plain one, then augmentations on the batch's inputs."""
-    def collate_aug(batch_idx, data):
-        batch = collate(batch_idx, data)
+def augmenting(augmenter: Augmenter):
+    """The trainer's augment step: a collated batch -> the same batch with augmented inputs. It runs
+    in the training process, after DataLoader workers made the batch: the global RNG it draws from is
+    the one checkpoints save, so 0 or N workers and a resumed run augment alike."""
+    def augment(batch: dict) -> dict:
         return {**batch, "inputs": augmenter(batch["inputs"])}
-    return collate_aug
+    return augment

@@ -1,25 +1,35 @@
-"""A table encoded once into tensors: every cell decoded and checked before training starts.
+"""A table's rows as model inputs: checked once, decoded on demand.
 
-Decoding everything up front means a bad file is found before the first step (not in
-epoch 7), `--on-bad-row skip` knows every skipped row, and later epochs cost no decoding.
+`encode_table` reads the table once (in DataLoader workers for larger tables): every input cell
+is decoded, or found in the decode cache (data/cache.py) by its content, and bad rows are skipped
+or raised before the first step, so a bad file is found before training (not in epoch 7) and the
+rows an epoch permutes are known. Nothing decoded is kept in memory: `EncodedSet.inputs[i]` reads
+row i back from the cache (or, with data.cache off, decodes it again), in whichever process asks,
+so DataLoader workers do the reading and the training process holds only batches in flight.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ..errors import InputError
+from .cache import KEY_BYTES, DecodeCache, digest_bytes, item_key, proc_id
 from .labels import LabelCodec
-from .manifest import Table
+from .loader import BatchStream, in_order, worker_count
+from .manifest import Table, is_missing
 from .processors import Processors
+
+SCAN_ROWS = 64      # rows per scanned chunk: one batch of work for a worker, one transaction in the cache
 
 
 @dataclass
 class EncodedSet(torch.utils.data.Dataset):
-    inputs: list[dict]                      # per row: {column: tensors or None}
+    inputs: Sequence[dict]                  # per row: {column: tensors or None}; a list, or RowInputs
     labels: list[torch.Tensor | None]
     rows: list[int]                         # the table row each sample came from
     skipped: list[dict] = field(default_factory=list)
@@ -32,41 +42,158 @@ class EncodedSet(torch.utils.data.Dataset):
         return i
 
 
+class RowInputs(Sequence):
+    """The kept rows' inputs, each read when asked for: from the cache by the key the scan found,
+    else decoded from the table (data.cache off, or an entry cleared since)."""
+
+    def __init__(self, table: Table, processors: Processors, rows: np.ndarray, present: np.ndarray,
+                 keys: np.ndarray | None, cache: DecodeCache | None):
+        self.table, self.processors, self.cache = table, processors, cache
+        self.streams = processors.schema.streams()
+        self.rows, self.present, self.keys = rows, present, keys     # (N,), (N, C), (N, C, KEY_BYTES)
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return self.take(range(*i.indices(len(self))))
+        return self.take([i])[0]
+
+    def take(self, idx) -> list[dict]:
+        """Rows idx (a batch), every cached cell of them read in one query."""
+        idx = list(idx)
+        cells = [(i, c) for i in idx for c in range(len(self.streams)) if self.present[i, c]]
+        found = self.cache.get_many([self.keys[i, c].tobytes() for i, c in cells]) if self.cache is not None else {}
+        out = []
+        for i in idx:
+            row, item = int(self.rows[i]), {}
+            for c, (column, modality) in enumerate(self.streams):
+                if not self.present[i, c]:
+                    item[column] = None
+                    continue
+                packed = found.get(self.keys[i, c].tobytes()) if found else None     # no cache: keys is None
+                item[column] = self.processors.by_modality[modality].unpack(packed) if packed is not None \
+                    else self.processors.process_cell(self.table, row, column, modality)
+            out.append(item)
+        return out
+
+
+def take(inputs: Sequence[dict], idx: list[int]) -> list[dict]:
+    """Rows idx of EncodedSet.inputs: from RowInputs in one cache query, from a list one by one."""
+    return inputs.take(idx) if isinstance(inputs, RowInputs) else [inputs[i] for i in idx]
+
+
 def encode_table(table: Table, processors: Processors, labels: LabelCodec | None = None,
                  on_bad_row: str = "error", progress: bool = True, desc: str = "reading") -> EncodedSet:
-    """Decode every row. on_bad_row='error' raises the first InputError; 'skip' records it and goes on."""
-    schema = processors.schema
+    """Check every row (cells decoded or found in the cache; decoded ones stored). on_bad_row='error'
+    raises the first InputError; 'skip' records it and goes on."""
+    schema, data_cfg = processors.schema, processors.cfg.data
+    cache = DecodeCache.of(data_cfg)
     streams = schema.streams()
-    out = EncodedSet([], [], [])
-    for row in tqdm(range(len(table)), desc=f"{desc} {Path(table.name).name}", disable=None if progress else True,
-                    leave=False, mininterval=1.0):
-        try:
-            item = {c: processors.process_cell(table, row, c, m) for c, m in streams}
-            if all(v is None for v in item.values()):
-                raise InputError("row has no inputs (every input cell is empty)", table=table.name, row=row)
-            y = None
-            if labels is not None:
-                try:
-                    y = labels.encode(table.df.at[row, schema.label])
-                except InputError as e:
+    n = len(table)
+    present = np.zeros((n, len(streams)), dtype=bool)
+    keys = np.zeros((n, len(streams), KEY_BYTES), dtype=np.uint8) if cache is not None else None
+    ok = np.zeros(n, dtype=bool)
+    skipped = []
+    scan = Scan(table, processors, cache)
+    stream = BatchStream(scan, worker_count(data_cfg, n), data_cfg.prefetch)
+    bar = tqdm(total=n, desc=f"{desc} {Path(table.name).name}", disable=None if progress else True,
+               leave=False, mininterval=1.0)
+    for chunk in stream(in_order(n, SCAN_ROWS)):
+        if cache is not None:
+            cache.write(chunk["items"], chunk["files"])
+        for r in chunk["rows"]:
+            row = r["row"]
+            if r["error"] is None:
+                ok[row], present[row] = True, r["present"]
+                if keys is not None:
+                    keys[row] = r["keys"]
+            elif on_bad_row == "skip":
+                skipped.append({"row": row, **r["error"]})
+            else:
+                raise InputError(r["error"]["reason"], table=table.name, row=row,
+                                 column=r["error"]["column"] or None, file=r["error"]["file"] or None)
+        bar.update(len(chunk["rows"]))
+    bar.close()
+
+    kept, label_values = [], []
+    for row in np.flatnonzero(ok).tolist():
+        y = None
+        if labels is not None:
+            try:
+                y = labels.encode(table.df.at[row, schema.label])
+            except InputError as e:
+                if on_bad_row != "skip":
                     raise e.at(table=table.name, row=row, column=schema.label) from None
-        except InputError as e:
-            if on_bad_row != "skip":
-                raise
-            out.skipped.append({"row": row, "column": e.column or "", "file": e.file or "", "reason": e.reason})
-            continue
-        out.inputs.append(item)
-        out.labels.append(y)
-        out.rows.append(row)
-    if not out.inputs:
-        raise InputError(f"no usable rows ({len(out.skipped)} skipped)", table=table.name)
-    return out
+                skipped.append({"row": row, "column": schema.label, "file": e.file or "", "reason": e.reason})
+                ok[row] = False
+                continue
+        kept.append(row)
+        label_values.append(y)
+    if not kept:
+        raise InputError(f"no usable rows ({len(skipped)} skipped)", table=table.name)
+    skipped.sort(key=lambda s: s["row"])
+    idx = np.asarray(kept)
+    inputs = RowInputs(table, processors, idx, present[idx], keys[idx] if keys is not None else None, cache)
+    return EncodedSet(inputs, label_values, kept, skipped)
+
+
+class Scan:
+    """Worker side of encode_table: rows -> {"rows": [per row: present, keys or an error],
+    "items": packed cells new to the cache, "files": file digests to record}. Reads the cache, never
+    writes it (the main process does, one transaction per chunk)."""
+
+    def __init__(self, table: Table, processors: Processors, cache: DecodeCache | None):
+        self.table, self.processors, self.cache = table, processors, cache
+        self.streams = processors.schema.streams()
+        self.cells = {column: table.df[column].to_numpy() for column, _ in self.streams}   # faster than df.at
+        self.fingerprints = {m: p.fingerprint() for m, p in processors.by_modality.items()}
+        self.procs = {m: proc_id(m, f) for m, f in self.fingerprints.items()}
+
+    def __call__(self, rows: list[int]) -> dict:
+        out = {"rows": [], "items": [], "files": []}
+        for row in rows:
+            present = np.zeros(len(self.streams), dtype=bool)
+            keys = np.zeros((len(self.streams), KEY_BYTES), dtype=np.uint8)
+            error = None
+            for c, (column, modality) in enumerate(self.streams):
+                value = self.cells[column][row]
+                if is_missing(value):
+                    continue
+                present[c] = True
+                try:
+                    keys[c] = np.frombuffer(self._check(value, modality, out), dtype=np.uint8)
+                except InputError as e:
+                    error = {"column": column, "file": e.file or "", "reason": e.reason}
+                    break
+            if error is None and not present.any():
+                error = {"column": "", "file": "", "reason": "row has no inputs (every input cell is empty)"}
+            out["rows"].append({"row": row, "present": present, "keys": keys, "error": error})
+        return out
+
+    def _check(self, value, modality: str, out: dict) -> bytes:
+        """The cell's cache key, decoding (and adding to out["items"]) only on a miss."""
+        proc = self.processors.by_modality[modality]
+        source = value if modality == "text" else self.table.resolve(value)
+        if self.cache is None:
+            proc.pack(source)              # decoded to check it; read again when a batch needs it
+            return bytes(KEY_BYTES)
+        if modality == "text":
+            content = digest_bytes(str(value).encode())
+        else:
+            content, record = self.cache.file_digest(source, modality)
+            if record is not None:
+                out["files"].append(record)
+        key = item_key(self.fingerprints[modality], content)
+        if not self.cache.has(key):
+            out["items"].append((key, self.procs[modality], proc.pack(source)))
+        return key
 
 
 def make_collate(processors: Processors):
     def collate(batch_idx, data: EncodedSet):
-        rows = [data.inputs[i] for i in batch_idx]
-        batch = {"inputs": processors.collate(rows)}
+        batch = {"inputs": processors.collate(take(data.inputs, batch_idx))}
         ys = [data.labels[i] for i in batch_idx]
         if all(y is not None for y in ys):
             batch["label"] = torch.stack(ys)

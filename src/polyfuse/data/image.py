@@ -1,6 +1,8 @@
 """Image processor: Pillow decode (any mode to RGB), resize, normalise. Patches are cut by the encoder."""
 from __future__ import annotations
 
+import dataclasses
+import json
 import warnings
 from pathlib import Path
 
@@ -54,18 +56,35 @@ class ImageProcessor:
             raise InputError(f"corrupt or truncated image: {e}", file=name) from None
         return img
 
+    def fingerprint(self) -> str:
+        """Every setting `pack` depends on (the decode cache's key; mean and std too: pad fills with the mean)."""
+        return f"{type(self).__name__} {json.dumps(dataclasses.asdict(self.cfg), sort_keys=True)}"
+
+    def pack(self, source) -> dict:
+        """The compact decoded form the cache stores: {"pixels": (S, S, 3) uint8}, resized, not normalised."""
+        return {"pixels": self.to_uint8(self.load_pil(source))}
+
+    def unpack(self, packed: dict) -> dict:
+        return {"pixels": self.normalise(packed["pixels"])}
+
     def __call__(self, source) -> dict:
-        img = self.load_pil(source)
-        return {"pixels": self.from_pil(img)}
+        # Always through the packed form, so a cache hit and a fresh decode are the same tensors.
+        return self.unpack(self.pack(source))
 
     def from_pil(self, img: Image.Image) -> torch.Tensor:
+        return self.normalise(self.to_uint8(img))
+
+    def to_uint8(self, img: Image.Image) -> np.ndarray:
         if img.mode in ("RGBA", "LA", "P"):
             # Transparent pixels become white, as they are shown, not black.
             img = img.convert("RGBA")
             bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
             img = Image.alpha_composite(bg, img)
         img = fit_square(img.convert("RGB"), self.cfg.size, self.cfg.resize, tuple(self.cfg.mean))
-        x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, H, W)
+        return np.asarray(img, dtype=np.uint8)                                      # (S, S, 3)
+
+    def normalise(self, pixels: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.asarray(pixels, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, S, S)
         return (x - self.mean) / self.std
 
     def collate(self, items: list[dict | None]) -> dict:

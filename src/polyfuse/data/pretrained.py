@@ -14,6 +14,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -67,6 +68,22 @@ class _TowerProcessor:
     def fit(self, values):
         return self
 
+    def fingerprint(self) -> str:
+        """What `pack` depends on (the decode cache's key): the run's modality settings and the
+        checkpoint's own preprocessing config (content, not the path it was read from)."""
+        section = getattr(self.cfg, self.modality)      # cfg.text / cfg.image / cfg.audio: always there
+        return f"{type(self).__name__} {json.dumps(dataclasses.asdict(section), sort_keys=True)} {self.hf_settings()}"
+
+    def hf_settings(self) -> str:
+        return self.hf.to_json_string()
+
+    def pack(self, value) -> dict:
+        """The cache stores a tower's inputs as its processor makes them (floats, unrounded)."""
+        return {k: v.numpy() for k, v in self(value).items()}
+
+    def unpack(self, packed: dict) -> dict:
+        return {k: torch.from_numpy(np.array(v)) for k, v in packed.items()}
+
     def save(self, folder: Path):
         out = tower_folder(folder, self.modality)
         out.mkdir(parents=True, exist_ok=True)
@@ -103,12 +120,23 @@ class TowerTextProcessor(_TowerProcessor):
     def mask_id(self) -> int:
         return self.hf.mask_token_id if self.hf.mask_token_id is not None else self.vocab_size - 1
 
-    def __call__(self, value) -> dict:
+    def hf_settings(self) -> str:
+        # A fast tokenizer serialises whole; a slow one is known by its vocabulary and special tokens.
+        if self.hf.is_fast:
+            return self.hf.backend_tokenizer.to_str()
+        return json.dumps([sorted(self.hf.get_vocab().items()), self.hf.all_special_tokens])
+
+    def pack(self, value) -> dict:
         value = value if isinstance(value, str) else str(value)
         if not value.strip():
             raise InputError("text is empty (only whitespace)")
         ids = self.hf(value, truncation=True, max_length=self.cfg.text.max_length)["input_ids"]
-        return {"ids": torch.tensor(ids, dtype=torch.long)}
+        return {"ids": np.asarray(ids, dtype=np.int32)}
+
+    unpack = TextProcessor.unpack
+
+    def __call__(self, value) -> dict:
+        return self.unpack(self.pack(value))
 
     collate = TextProcessor.collate        # pads with self.pad_id, the tower tokenizer's own
 

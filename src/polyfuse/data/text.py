@@ -1,8 +1,11 @@
 """Text processor: a WordPiece/BPE tokenizer trained on the training texts, saved with the model."""
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
@@ -72,7 +75,13 @@ class TextProcessor:
         return default if i is None else i
 
     # -- one value, then a batch --------------------------------------------------
-    def __call__(self, value) -> dict:
+    def fingerprint(self) -> str:
+        """Every setting `pack` depends on (the decode cache's key): the config and the tokenizer itself."""
+        return f"{type(self).__name__} {json.dumps(dataclasses.asdict(self.cfg), sort_keys=True)} " \
+               f"{self.tokenizer.to_str()}"
+
+    def pack(self, value) -> dict:
+        """{"ids": (T,) int32} without special tokens, cut to text.max_length."""
         if not isinstance(value, str):
             value = str(value)
         if not value.strip():
@@ -80,7 +89,13 @@ class TextProcessor:
         ids = self.tokenizer.encode(value, add_special_tokens=False).ids[: self.cfg.max_length]
         if not ids:
             raise InputError(f"text {value[:40]!r} gives no tokens")
-        return {"ids": torch.tensor(ids, dtype=torch.long)}
+        return {"ids": np.asarray(ids, dtype=np.int32)}
+
+    def unpack(self, packed: dict) -> dict:
+        return {"ids": torch.from_numpy(packed["ids"].astype(np.int64))}
+
+    def __call__(self, value) -> dict:
+        return self.unpack(self.pack(value))
 
     def collate(self, items: list[dict | None]) -> dict:
         """Pad to the longest row; `mask` is True on real tokens. An absent row has an all-False mask."""

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..config import Config
-from ..data.dataset import EncodedSet, encode_table
+from ..data.dataset import EncodedSet, encode_table, take
 from ..data.manifest import Table
 from ..data.pretrained import tower_sources
 from ..model import load_state
@@ -24,7 +24,7 @@ def make_collate(processors, targets: TextTargets):
     """Rows -> {"inputs", "target": {"ids", "mask"}, "prompt": {"ids", "mask"}} (target only when every
     row has one; prompt when the run has generate.prompt)."""
     def collate(batch_idx, data: EncodedSet):
-        batch = {"inputs": processors.collate([data.inputs[i] for i in batch_idx])}
+        batch = {"inputs": processors.collate(take(data.inputs, batch_idx))}
         ys = [data.labels[i] for i in batch_idx]
         if ys and all(y is not None for y in ys):
             batch["target"] = targets.collate(ys)

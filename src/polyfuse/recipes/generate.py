@@ -74,7 +74,7 @@ def train_generation(cfg: Config, train, val=None, out: str | Path = "runs/gen",
         else:
             processors = folder.processors(cfg)
 
-    # 4. Every row decoded and checked before the first step.
+    # 4. Every row checked before the first step (decoded into the cache, or found there).
     on_bad, show = cfg.train.on_bad_row, progress and acc.is_main_process
     train_set = add_prompts(cfg, targets, train_t, encode_table(train_t, processors, targets, on_bad, show, "reading"))
     val_set = add_prompts(cfg, targets, val_t,
@@ -91,10 +91,10 @@ def train_generation(cfg: Config, train, val=None, out: str | Path = "runs/gen",
         f"all, {n_train / 1e6:.2f}M trained; {len(train_set)} training rows"
         + (f", {len(val_set)} validation rows" if val_set else ""))
     collate = make_collate(processors, targets)
-    train_collate = collate
+    augment = None
     if cfg.augment.enabled:
         from ..data.augment import Augmenter, augmenting
-        train_collate = augmenting(collate, Augmenter(cfg.augment, processors))
+        augment = augmenting(Augmenter(cfg.augment, processors))
     dropout = cfg.model.modality_dropout
 
     def step(m, batch):
@@ -125,9 +125,9 @@ def train_generation(cfg: Config, train, val=None, out: str | Path = "runs/gen",
             gen.save_weights(folder.path, {"epoch": record["epoch"], "n_parameters": n_params,
                                            "train_rows": len(train_set)})
 
-    trainer = Trainer(cfg.train, acc, folder, progress=progress, spent_s=time.perf_counter() - t0)
-    summary = trainer.fit(model, len(train_set), lambda idx: train_collate(idx, train_set), step,
-                          validate if val_set is not None else None, on_epoch, resume, before_epoch)
+    trainer = Trainer(cfg.train, acc, folder, progress=progress, spent_s=time.perf_counter() - t0, data=cfg.data)
+    summary = trainer.fit(model, len(train_set), lambda idx: collate(idx, train_set), step,
+                          validate if val_set is not None else None, on_epoch, resume, augment, before_epoch)
     gen.model = model.cpu().eval()
     summary.update(n_parameters=n_params, is_main_process=acc.is_main_process, task="generation",
                    budget=budget_outcome(cfg.train, summary, val_set is not None))

@@ -69,7 +69,8 @@ def pretrain_run(cfg: Config, data, out: str | Path = "runs/pre", base_dir=None,
             folder.write_preprocessing(processors)
         else:
             processors = folder.processors(cfg)
-    rows = encode_table(table, processors, None, cfg.train.on_bad_row, progress and acc.is_main_process)
+    with acc.main_process_first():      # the main process fills the decode cache; the others find it filled
+        rows = encode_table(table, processors, None, cfg.train.on_bad_row, progress and acc.is_main_process)
     groups = match_groups(table, rows, pcfg.match_column)
     val_rows = val_groups = None
     if val_t is not None:
@@ -85,10 +86,10 @@ def pretrain_run(cfg: Config, data, out: str | Path = "runs/pre", base_dir=None,
     say(f"model: {cfg.model.fusion} fusion, d={cfg.model.d_model}, {cfg.model.n_layers} layers, "
         f"{n_params / 1e6:.2f}M parameters; {len(rows)} unlabeled rows")
     collate = with_groups(make_collate(processors), groups)
-    train_collate = collate
+    augment = None
     if cfg.augment.enabled:
         from ..data.augment import Augmenter, augmenting
-        train_collate = with_groups(augmenting(make_collate(processors), Augmenter(cfg.augment, processors)), groups)
+        augment = augmenting(Augmenter(cfg.augment, processors))
 
     # 4. Trainer.fit with the objectives' summed loss as the step.
     def validate(raw):
@@ -111,9 +112,9 @@ def pretrain_run(cfg: Config, data, out: str | Path = "runs/pre", base_dir=None,
                 "match each other (a many-to-many pairing), ITM cannot learn: name the column that says which "
                 "rows match with pretrain.match_column (--match-column), or turn off pretrain.hard_negatives")
 
-    trainer = Trainer(cfg.train, acc, folder, progress=progress, desc="pretrain")
-    state = trainer.fit(pre, len(rows), lambda idx: train_collate(idx, rows), lambda m, b: m(b),
-                        validate if val_rows is not None else None, on_epoch, resume)
+    trainer = Trainer(cfg.train, acc, folder, progress=progress, desc="pretrain", data=cfg.data)
+    state = trainer.fit(pre, len(rows), lambda idx: collate(idx, rows), lambda m, b: m(b),
+                        validate if val_rows is not None else None, on_epoch, resume, augment)
     return {"epoch": state["epoch"], "step": state["step"], "stopped": state["stopped"], "rows": len(rows),
             "n_parameters": n_params, "world_size": state["world_size"], "elapsed_s": state["elapsed_s"],
             "log": trainer.log}

@@ -83,12 +83,13 @@ def train_run(cfg: Config, train, val=None, out: str | Path = "runs/exp", resume
         else:
             processors = folder.processors(cfg)
 
-    # 4. Every row decoded and checked before the first step.
+    # 4. Every row checked before the first step (decoded into the cache, or found there).
     on_bad = cfg.train.on_bad_row
     show = progress and acc.is_main_process
-    train_set = encode_table(train_t, processors, labels, on_bad, show, "reading")
-    val_set = encode_table(read_table_with(val_t, schema), processors, labels, on_bad, show, "reading") \
-        if val_t is not None else None
+    with acc.main_process_first():      # the main process fills the decode cache; the others find it filled
+        train_set = encode_table(train_t, processors, labels, on_bad, show, "reading")
+        val_set = encode_table(read_table_with(val_t, schema), processors, labels, on_bad, show, "reading") \
+            if val_t is not None else None
     skipped = [dict(s, table=train_t.name) for s in train_set.skipped]
     if val_set is not None:
         skipped += [dict(s, table=val_t.name) for s in val_set.skipped]
@@ -110,10 +111,10 @@ def train_run(cfg: Config, train, val=None, out: str | Path = "runs/exp", resume
         + (f", {len(val_set)} validation rows" if val_set else ""))
 
     collate = make_collate(processors)
-    train_collate = collate
+    augment = None
     if cfg.augment.enabled:
         from ..data.augment import Augmenter, augmenting
-        train_collate = augmenting(collate, Augmenter(cfg.augment, processors))
+        augment = augmenting(Augmenter(cfg.augment, processors))
     dropout = cfg.model.modality_dropout
 
     def step(m, batch):
@@ -128,9 +129,9 @@ def train_run(cfg: Config, train, val=None, out: str | Path = "runs/exp", resume
             predictor.save_weights(folder.path, {"epoch": record["epoch"], "n_parameters": n_params,
                                                  "train_rows": len(train_set)})
 
-    trainer = Trainer(cfg.train, acc, folder, progress=progress, spent_s=time.perf_counter() - t0)
-    summary = trainer.fit(model, len(train_set), lambda idx: train_collate(idx, train_set), step,
-                          validate if val_set is not None else None, on_epoch, resume)
+    trainer = Trainer(cfg.train, acc, folder, progress=progress, spent_s=time.perf_counter() - t0, data=cfg.data)
+    summary = trainer.fit(model, len(train_set), lambda idx: collate(idx, train_set), step,
+                          validate if val_set is not None else None, on_epoch, resume, augment)
     predictor.model = model.cpu().eval()
     summary.update(n_parameters=n_params, is_main_process=acc.is_main_process,
                    budget=budget_outcome(cfg.train, summary, val_set is not None))

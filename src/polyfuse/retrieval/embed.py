@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ..data.loader import BatchStream, worker_count
 from ..data.stream import iter_table, scan_table
 from ..errors import InputError, PolyfuseError
 from ..runfolder import RunFolder
@@ -134,15 +135,16 @@ class Embedder:
             except InputError as e:
                 if on_bad_row != "skip":
                     raise
-                skipped.append({"row": row, "column": e.column or "", "reason": e.reason})
+                skipped.append({"row": row, "column": e.column or "", "file": e.file or "", "reason": e.reason})
                 item = None
             items.append(item)
         return items, skipped
 
-    def embed_rows(self, table, rows, on_bad_row: str = "error", names=None) -> tuple[dict, list[dict]]:
-        """Rows of a Table -> {name: (vectors, present)}; a skipped row is absent from every name."""
+    def embed_rows(self, table, rows, on_bad_row: str = "error", names=None, read=None) -> tuple[dict, list[dict]]:
+        """Rows of a Table -> {name: (vectors, present)}; a skipped row is absent from every name.
+        read: those rows' read_rows result, when a DataLoader worker has already decoded them."""
         names = list(names or self.names)
-        items, skipped = self.read_rows(table, rows, on_bad_row)
+        items, skipped = read if read is not None else self.read_rows(table, rows, on_bad_row)
         good = [i for i, it in enumerate(items) if it is not None]
         out = {n: (np.zeros((len(rows), self.dim), np.float32), np.zeros(len(rows), bool)) for n in names}
         if good:
@@ -225,15 +227,28 @@ def embed_to_folder(embedder: Embedder, data, out: str | Path, batch_size: int |
     columns = scan.columns + missing              # a model column the table lacks: empty in every row
     rows_out = RowsWriter(out / "rows.parquet", columns)
     bar = tqdm(total=N, initial=done, desc="embedding", unit="row", disable=None if progress else True)
+    # Rows are decoded in DataLoader workers (data.workers) while this process runs the model;
+    # workers are forked per chunk, so each inherits that chunk's table (nothing is pickled).
+    data_cfg = embedder.predictor.cfg.data
     for chunk in iter_table(data, cfg.chunk_rows):
         chunk.df = chunk.df.reindex(columns=columns)
         rows_out.write(chunk, id_column)          # every chunk, also those embedded before a resume
         first, end = max(done, chunk.df.index[0]), chunk.df.index[-1] + 1
-        for a in range(first, end, cfg.batch_size):
-            rows = list(range(a, min(a + cfg.batch_size, end)))
-            got, sk = embedder.embed_rows(chunk, rows, cfg.on_bad_row)
+        batches = [list(range(a, min(a + cfg.batch_size, end))) for a in range(first, end, cfg.batch_size)]
+        if not batches:
+            continue
+        # Workers skip and report; the error (with on_bad_row error) is raised here, whole, not as a
+        # worker's traceback.
+        stream = BatchStream(lambda rows, t=chunk: embedder.read_rows(t, rows, "skip"),
+                             worker_count(data_cfg, end - first), data_cfg.prefetch)
+        for rows, read in zip(batches, stream(batches)):
+            if read[1] and cfg.on_bad_row != "skip":
+                bad = read[1][0]
+                raise InputError(bad["reason"], table=chunk.name, row=bad["row"], column=bad["column"] or None,
+                                 file=bad["file"] or None)
+            got, sk = embedder.embed_rows(chunk, rows, cfg.on_bad_row, read=read)
             for n, (v, p) in got.items():
-                arrays[n][0].write(a, v), arrays[n][1].write(a, p)
+                arrays[n][0].write(rows[0], v), arrays[n][1].write(rows[0], p)
             skipped += sk
             # Progress is written after the vectors: a crash redoes at most one batch.
             if sk:

@@ -43,7 +43,8 @@ def finetune(predictor, data, epochs: int, progress: bool = False) -> list[dict]
     """A short fine-tune on the one Trainer, with the pruning masks in place (pruned weights stay zero):
     the run's training settings at a tenth of its learning rate, no early stopping, no checkpoints."""
     tc = dataclasses.replace(predictor.cfg.train, epochs=epochs, patience=None, max_minutes=None)
-    trainer = Trainer(tc, make_accelerator(), lr_scale=FINETUNE_LR_SCALE, progress=progress, desc="fine-tune")
+    trainer = Trainer(tc, make_accelerator(), lr_scale=FINETUNE_LR_SCALE, progress=progress, desc="fine-tune",
+                      data=predictor.cfg.data)
     trainer.fit(predictor.model, len(data), lambda idx: predictor.collate(idx, data),
                 lambda m, b: {"loss": m(b)["loss"]})
     predictor.model.cpu().eval()

@@ -28,7 +28,8 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
 from tqdm.auto import tqdm
 
-from ..config import OBJECTIVES, TrainConfig
+from ..config import OBJECTIVES, DataConfig, TrainConfig
+from ..data.loader import BatchStream, worker_count
 from ..runfolder import RunFolder
 from ..util import state_dict_cpu, to_device
 from .schedule import warmup_cosine
@@ -82,6 +83,12 @@ class TrainState:
     stopped: str | None = None       # "max_minutes", "early_stopping", or None (ran every epoch)
     epochs: int | None = None        # fill_budget: the epochs chosen to fill the budget
     epoch_times: list = field(default_factory=list)   # fill_budget: seconds per epoch, validation included
+    # A mid-epoch checkpoint (train.checkpoint_every): the batches of epoch `epoch` already trained
+    # (its order is a seeded permutation, so this index is the whole data position), and the rows
+    # and summed step values so far, so the epoch's logged means equal an unbroken run's.
+    batch: int = 0
+    epoch_seen: int = 0
+    epoch_sums: dict = field(default_factory=dict)
 
     def better(self, record: dict) -> bool:
         """A validation score above the best seen by more than its noise, or one within that noise at
@@ -109,16 +116,21 @@ class Trainer:
     progress: bool = True
     desc: str = "epoch"
     spent_s: float = 0.0      # seconds of max_minutes already used before fit (reading the tables)
+    data: DataConfig = field(default_factory=DataConfig)     # DataLoader workers and prefetch
     log: list[dict] = field(default_factory=list)
 
     def fit(self, module: torch.nn.Module, n_rows: int, batch: Callable[[list[int]], dict], step: Step,
             validate: Callable[[torch.nn.Module], dict] | None = None,
             on_epoch: Callable[[torch.nn.Module, dict, bool], None] | None = None, resume: bool = False,
+            augment: Callable[[dict], dict] | None = None,
             before_epoch: Callable[[torch.nn.Module, int, int], None] | None = None) -> dict:
-        """Train `module` on rows 0..n_rows-1; batch(indices) collates them. Returns the final TrainState
-        (as a dict) plus steps_per_epoch and world_size. The best weights (by validation) are loaded
-        back into the module at the end. before_epoch(raw, epoch, planned_epochs) runs on every rank
-        before each epoch (a resumed run included): recipes with stages switch what trains there."""
+        """Train `module` on rows 0..n_rows-1; batch(indices) reads and collates them, in DataLoader
+        workers (data.workers), so it must not draw random numbers; augment(batch) runs here, in the
+        training process, on the global RNG that checkpoints save (so resuming stays exact). Returns
+        the final TrainState (as a dict) plus steps_per_epoch and world_size. The best weights (by
+        validation) are loaded back into the module at the end. before_epoch(raw, epoch, planned_epochs)
+        runs on every rank before each epoch (a resumed run included): recipes with stages switch what
+        trains there."""
         tc, acc = self.cfg, self.accelerator
         rank, world = acc.process_index, acc.num_processes
         steps_per_epoch = len(epoch_batches(n_rows, tc.batch_size, tc.seed, 0, rank, world))
@@ -137,22 +149,29 @@ class Trainer:
         wrapped, opt = acc.prepare(module, opt)
         raw = acc.unwrap_model(wrapped)
 
+        # Workers stay up across epochs; each epoch hands them its own seeded order.
+        stream = BatchStream(batch, worker_count(self.data, n_rows), self.data.prefetch, persistent=True)
         t_start = time.perf_counter() - state.elapsed_s - self.spent_s
         fill = tc.fill_budget and tc.max_minutes is not None
+        t_probe, probe_from = time.perf_counter(), max(1, state.step)    # a run resumed mid-probe times from here
         while state.epoch < (state.epochs or tc.epochs) and state.stopped is None:
             if before_epoch is not None:
                 before_epoch(raw, state.epoch, state.epochs or tc.epochs)
             wrapped.train()
             batches = epoch_batches(n_rows, tc.batch_size, tc.seed, state.epoch, rank, world)
-            bar = tqdm(batches, desc=f"{self.desc} {state.epoch + 1}/{state.epochs or tc.epochs}", leave=False,
-                       mininterval=0.5, disable=None if self.progress and acc.is_main_process else True)
-            t_epoch, seen, sums = time.perf_counter(), 0, {}
-            for idx in bar:
-                b = to_device(batch(idx), acc.device)
+            todo = batches[state.batch:]        # all of them, unless resuming mid-epoch
+            bar = tqdm(todo, desc=f"{self.desc} {state.epoch + 1}/{state.epochs or tc.epochs}", leave=False,
+                       initial=state.batch, total=len(batches), mininterval=0.5,
+                       disable=None if self.progress and acc.is_main_process else True)
+            t_epoch, seen, sums = time.perf_counter(), state.epoch_seen, dict(state.epoch_sums)
+            seen_before = seen
+            for idx, made in zip(bar, stream(todo)):
+                b = to_device(made if augment is None else augment(made), acc.device)
                 with acc.autocast():
                     out = step(wrapped, b)
                 self._optimizer_step(wrapped, opt, sched, out["loss"])
                 state.step += 1
+                state.batch += 1
                 seen += len(idx)
                 for k, v in out.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
@@ -160,18 +179,26 @@ class Trainer:
                 if fill and state.epoch == 0 and state.step == min(PROBE_STEPS, steps_per_epoch - 1) >= 2:
                     # Steps after the first (which pays one-off costs), scaled to an epoch; 10% on top
                     # for validation and the checkpoint until the first whole epoch is measured.
-                    per_step = (time.perf_counter() - t_probe) / max(1, state.step - 1)
+                    per_step = (time.perf_counter() - t_probe) / max(1, state.step - probe_from)
                     self._fill(state, total, steps_per_epoch, 1.1 * per_step * steps_per_epoch, self.spent_s)
                 if state.step == 1:
-                    t_probe = time.perf_counter()
+                    t_probe, probe_from = time.perf_counter(), 1
                 if tc.max_minutes is not None and self._over_budget(t_start):
                     state.stopped = "max_minutes"
                     break
+                if tc.checkpoint_every and state.step % tc.checkpoint_every == 0 and state.batch < len(batches):
+                    state.epoch_seen, state.epoch_sums = seen, sums
+                    state.elapsed_s = time.perf_counter() - t_start
+                    if acc.is_main_process and self.folder is not None:
+                        self.folder.save_checkpoint(state_dict_cpu(raw), best, opt, vars(state))
+                    acc.wait_for_everyone()
+                after_step(vars(state))
             state.epoch += 1
+            state.batch, state.epoch_seen, state.epoch_sums = 0, 0, {}
             record = {"epoch": state.epoch, "step": state.step, "train_loss": sums.get("loss", 0.0) / max(1, seen)}
             record.update({k: v / max(1, seen) for k, v in sums.items() if k != "loss"})
             record.update(lr=sched.get_last_lr()[0], world_size=world,
-                          samples_per_s=seen * world / max(1e-9, time.perf_counter() - t_epoch))
+                          samples_per_s=(seen - seen_before) * world / max(1e-9, time.perf_counter() - t_epoch))
             if validate is not None:
                 record.update(validate(raw))
             improved = state.better(record)
@@ -250,7 +277,8 @@ class Trainer:
             warnings.simplefilter("ignore", UserWarning)
             for _ in range(state.step):
                 sched.step()
-        self.accelerator.print(f"resuming after epoch {state.epoch} (step {state.step})")
+        where = f"in epoch {state.epoch + 1} after batch {state.batch}" if state.batch else f"after epoch {state.epoch}"
+        self.accelerator.print(f"resuming {where} (step {state.step})")
 
     def _optimizer_step(self, module, opt, sched, loss: torch.Tensor):
         acc = self.accelerator
@@ -279,3 +307,7 @@ def epoch_line(r: dict) -> str:
 
 def after_epoch(state: dict):
     """Hook for tests (interrupt a run after an epoch to check that --resume continues it exactly)."""
+
+
+def after_step(state: dict):
+    """Hook for tests (kill a run mid-epoch, after a mid-epoch checkpoint)."""
