@@ -93,18 +93,20 @@ class DecodeCache:
         return digest, (key, st.st_size, st.st_mtime_ns, digest)
 
     # -- items ------------------------------------------------------------------------------------
-    def has(self, key: bytes) -> bool:
-        return self.db.execute("SELECT 1 FROM items WHERE key = ?", (key,)).fetchone() is not None
-
-    def get_many(self, keys: list[bytes]) -> dict[bytes, dict[str, np.ndarray]]:
-        """The stored ones of `keys` (a batch's cells), one query per QUERY_KEYS: a query per cell
-        was a third of the time a batch took to read from the cache."""
-        found = {}
+    def _select(self, columns: str, keys: list[bytes]):
+        """Rows of `items` for keys, one query per QUERY_KEYS: a query per cell was a third of the
+        time a batch took to read from the cache."""
         for a in range(0, len(keys), QUERY_KEYS):
             part = keys[a:a + QUERY_KEYS]
-            query = f"SELECT key, value FROM items WHERE key IN ({','.join('?' * len(part))})"
-            found.update((key, st_load(value)) for key, value in self.db.execute(query, part))
-        return found
+            yield from self.db.execute(f"SELECT {columns} FROM items WHERE key IN ({','.join('?' * len(part))})", part)
+
+    def existing(self, keys: list[bytes]) -> set[bytes]:
+        """Which of `keys` are stored (a scanned chunk's cells), without reading their values."""
+        return {key for (key,) in self._select("key", keys)}
+
+    def get_many(self, keys: list[bytes]) -> dict[bytes, dict[str, np.ndarray]]:
+        """The stored ones of `keys` (a batch's cells)."""
+        return {key: st_load(value) for key, value in self._select("key, value", keys)}
 
     def write(self, items: list[tuple[bytes, str, dict]], files: list[tuple]):
         """One transaction: a build killed between two of them keeps every earlier one."""

@@ -153,31 +153,47 @@ class Scan:
 
     def __call__(self, rows: list[int]) -> dict:
         out = {"rows": [], "items": [], "files": []}
+        misses = []                    # (row's record, stream index, modality, source, key) to decode
         for row in rows:
             present = np.zeros(len(self.streams), dtype=bool)
             keys = np.zeros((len(self.streams), KEY_BYTES), dtype=np.uint8)
-            error = None
+            record = {"row": row, "present": present, "keys": keys, "error": None}
+            out["rows"].append(record)
             for c, (column, modality) in enumerate(self.streams):
                 value = self.cells[column][row]
                 if is_missing(value):
                     continue
                 present[c] = True
                 try:
-                    keys[c] = np.frombuffer(self._check(value, modality, out), dtype=np.uint8)
+                    source = value if modality == "text" else self.table.resolve(value)
+                    key = self._key(value, source, modality, out)
                 except InputError as e:
-                    error = {"column": column, "file": e.file or "", "reason": e.reason}
+                    record["error"], record["at"] = {"column": column, "file": e.file or "", "reason": e.reason}, c
                     break
-            if error is None and not present.any():
-                error = {"column": "", "file": "", "reason": "row has no inputs (every input cell is empty)"}
-            out["rows"].append({"row": row, "present": present, "keys": keys, "error": error})
+                keys[c] = np.frombuffer(key, dtype=np.uint8)
+                misses.append((record, c, modality, source, key))
+            if record["error"] is None and not present.any():
+                record["error"] = {"column": "", "file": "", "reason": "row has no inputs (every input cell is empty)"}
+        # One query for the whole chunk: only cells not stored yet are decoded (each once).
+        stored = self.cache.existing([m[4] for m in misses]) if self.cache is not None else set()
+        for record, c, modality, source, key in misses:
+            # A row reports its first bad cell in column order, as when each cell was read in turn.
+            if key in stored or record.get("at", len(self.streams)) < c:
+                continue
+            try:
+                packed = self.processors.by_modality[modality].pack(source)
+            except InputError as e:
+                record["error"], record["at"] = {"column": self.streams[c][0], "file": e.file or "", "reason": e.reason}, c
+                continue
+            if self.cache is not None:     # without a cache the cell is decoded to check it, read again when a batch needs it
+                out["items"].append((key, self.procs[modality], packed))
+                stored.add(key)
         return out
 
-    def _check(self, value, modality: str, out: dict) -> bytes:
-        """The cell's cache key, decoding (and adding to out["items"]) only on a miss."""
-        proc = self.processors.by_modality[modality]
-        source = value if modality == "text" else self.table.resolve(value)
+    def _key(self, value, source, modality: str, out: dict) -> bytes:
+        """The cell's cache key (content digest with the processor's fingerprint); file digests
+        to record go to out["files"]. Without a cache every key is zeros (never looked up)."""
         if self.cache is None:
-            proc.pack(source)              # decoded to check it; read again when a batch needs it
             return bytes(KEY_BYTES)
         if modality == "text":
             content = digest_bytes(str(value).encode())
@@ -185,10 +201,7 @@ class Scan:
             content, record = self.cache.file_digest(source, modality)
             if record is not None:
                 out["files"].append(record)
-        key = item_key(self.fingerprints[modality], content)
-        if not self.cache.has(key):
-            out["items"].append((key, self.procs[modality], proc.pack(source)))
-        return key
+        return item_key(self.fingerprints[modality], content)
 
 
 def make_collate(processors: Processors):

@@ -80,6 +80,6 @@ class BatchStream:
         return iter(self.loader)
 
 
-def in_order(n: int, size: int) -> list[list[int]]:
-    """Rows 0..n-1 as consecutive batches of `size`."""
-    return [list(range(a, min(a + size, n))) for a in range(0, n, size)]
+def in_order(n: int, size: int, start: int = 0) -> list[list[int]]:
+    """Rows start..n-1 as consecutive batches of `size`."""
+    return [list(range(a, min(a + size, n))) for a in range(start, n, size)]

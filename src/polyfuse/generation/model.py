@@ -47,9 +47,9 @@ def decoder_training(cfg: Config) -> str:
 def first_stage_epochs(cfg: Config, planned: int) -> int:
     """Epochs that train the projector before a pretrained decoder learns too (0: one stage).
     At least one epoch is left for the second stage."""
-    if decoder_training(cfg) == "frozen" or cfg.generate.decoder == SCRATCH or planned < 2:
+    if decoder_training(cfg) == "frozen" or cfg.generate.decoder == SCRATCH or not cfg.generate.first_stage:
         return 0
-    return min(planned - 1, max(1, round(cfg.generate.first_stage * planned))) if cfg.generate.first_stage else 0
+    return max(0, min(planned - 1, max(1, round(cfg.generate.first_stage * planned))))
 
 
 def left_pack(states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..data.loader import BatchStream, worker_count
+from ..data.loader import BatchStream, in_order, worker_count
 from ..data.stream import iter_table, scan_table
 from ..errors import InputError, PolyfuseError
 from ..runfolder import RunFolder
@@ -234,7 +234,7 @@ def embed_to_folder(embedder: Embedder, data, out: str | Path, batch_size: int |
         chunk.df = chunk.df.reindex(columns=columns)
         rows_out.write(chunk, id_column)          # every chunk, also those embedded before a resume
         first, end = max(done, chunk.df.index[0]), chunk.df.index[-1] + 1
-        batches = [list(range(a, min(a + cfg.batch_size, end))) for a in range(first, end, cfg.batch_size)]
+        batches = in_order(end, cfg.batch_size, first)
         if not batches:
             continue
         # Workers skip and report; the error (with on_bad_row error) is raised here, whole, not as a
