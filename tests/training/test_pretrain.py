@@ -96,3 +96,29 @@ def test_python_api_init_from_equals_the_cli(pretrained, tmp_path):
         assert torch.allclose(before[k], after[k], atol=1e-6), k
     assert est.build_config().model.d_model == 32            # the pretrained architecture, not the default
     assert est.score(paths["test"]) >= 0
+
+
+def test_pretraining_holds_out_rows_and_keeps_the_epoch_with_the_lowest_held_out_loss(tmp_path, capsys):
+    """Without --val, pretraining holds out train.val_fraction of the rows (as training does), and the
+    run folder holds the epoch whose summed held-out loss was lowest, not the last one."""
+    paths = write_splits(tmp_path / "data", n=300, seed=5, fractions=(1.0, 0.0, 0.0))
+    out = tmp_path / "pre"
+    # A tiny model on 270 rows: the held-out loss does not fall every epoch (here it is lowest at epoch 1).
+    rc = main(["pretrain", "--data", str(paths["train"]), "--image", "image", "--text", "caption",
+               "--objectives", "contrastive", "--epochs", "5", "--batch-size", "32", "--lr", "3e-3",
+               "--set", "train.patience=null", "--out", str(out), "--quiet", *TINY])
+    assert rc == 0
+    assert "held out 30 of 300 rows" in capsys.readouterr().out
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 5 and all("val_contrastive_loss" in r for r in log)
+    best = min(log, key=lambda r: r["val_loss"])["epoch"]
+    assert json.loads((out / "config.json").read_text())["info"]["epoch"] == best
+    # The saved weights are the trainer's best copy (that epoch's), not the last epoch's.
+    from polyfuse.runfolder import RunFolder
+    saved = load_file(str(out / "model.safetensors"))
+    kept = RunFolder(out).load_checkpoint()["best"]           # the Pretrainer's state: model.*, objectives.*
+    last = RunFolder(out).load_checkpoint()["model"]
+    for k, v in saved.items():
+        assert torch.equal(v, kept[k if k.startswith("objectives.") else f"model.{k}"]), k
+    if best != 5:       # the last epoch's weights differ from the kept ones
+        assert not all(torch.equal(v, last[f"model.{k}"]) for k, v in saved.items() if not k.startswith("objectives."))

@@ -2,10 +2,10 @@
 objectives -> Trainer.fit -> a run folder (kind `pretrained`) whose encoders and fusion
 `polyfuse train --init-from` starts from, and that `polyfuse embed` / `search` read.
 
-Same run folder as training: processors/ and schema.json first, then per epoch model.safetensors
-(encoders, fusion and the objectives' heads under `objectives.`) and config.json renamed into place
-last, and one log.jsonl line per epoch with every objective's loss (and, with a validation table,
-each one's loss on it). checkpoint/ holds the optimizer, schedule position and RNG after every
+Same run folder as training: processors/ and schema.json first, then, at each epoch that lowers the
+held-out loss, model.safetensors (encoders, fusion and the objectives' heads under `objectives.`)
+and config.json renamed into place last, and one log.jsonl line per epoch with every objective's
+loss and each one's loss on the held-out rows. checkpoint/ holds the optimizer, schedule position and RNG after every
 epoch, so `resume=True` continues an interrupted run exactly as an unbroken one.
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ from ..data.processors import Processors
 from ..errors import InputError
 from ..model import build_model
 from ..objectives import Pretrainer, build_objectives, resolve_objectives
+from ..planning import holdout
 from ..planning.run import plan_config
 from ..runfolder import RunFolder, RunMeta
 from ..training.trainer import Trainer, make_accelerator
@@ -36,9 +37,11 @@ SUSPECT_WARNING = 0.3
 
 def pretrain_run(cfg: Config, data, out: str | Path = "runs/pre", base_dir=None, progress: bool = True,
                  val=None, resume: bool = False, fixed: set[str] | None = None, preset: str | None = None) -> dict:
-    """cfg.pretrain says which objectives run (None: every one the columns allow). val: an optional
-    held-out table, scored with every objective after each epoch (logged as val_<name>_loss; masks and
-    negatives drawn from a fixed seed, so epochs compare). fixed, preset: as in recipes.train.train_run
+    """cfg.pretrain says which objectives run (None: every one the columns allow). val: a held-out
+    table (None: train.val_fraction of the rows, as in training), scored with every objective after
+    each epoch (logged as val_<name>_loss; masks and negatives drawn from a fixed seed, so epochs
+    compare); the epoch with the lowest summed loss on it is the run's result, and train.patience
+    epochs without a lower one stop the run. fixed, preset: as in recipes.train.train_run
     (the keys the user set; the plan chooses the rest from the table)."""
     folder = RunFolder(out)
     cfg = folder.start(cfg, resume)
@@ -51,6 +54,13 @@ def pretrain_run(cfg: Config, data, out: str | Path = "runs/pre", base_dir=None,
     cfg = resolve_objectives(dataclasses.replace(cfg, schema=schema).validate())
     pcfg = cfg.pretrain
     val_t = read_table(val, base_dir) if val is not None else None
+    if val_t is None:
+        # Contrastive heads on frozen towers memorise a few thousand pairs within a few epochs (emoji:
+        # held-out loss lowest at epoch 3 of 31, then rising while the training loss falls 100x), so
+        # the epochs are ranked on held-out rows as in training; too few rows: every row trains.
+        table, val_t, split_note = holdout(table, schema, cfg.train.val_fraction, cfg.train.group_by,
+                                           cfg.train.seed)
+        say(split_note)
     for t in [table] + ([val_t] if val_t is not None else []):
         if pcfg.match_column is not None and pcfg.match_column not in t.df.columns:
             raise InputError(f"pretrain.match_column '{pcfg.match_column}' is not in the table",
@@ -100,9 +110,10 @@ def pretrain_run(cfg: Config, data, out: str | Path = "runs/pre", base_dir=None,
     warned = []
 
     def on_epoch(raw, record, improved):
-        meta = RunMeta("pretrained", cfg, text.vocab_size if text is not None else None, None,
-                       {"epoch": record["epoch"], "rows": len(rows), "n_parameters": n_params})
-        folder.write_model(raw.encoder_state(), meta)
+        if improved:    # the folder holds the best epoch so far (the last one without validation rows)
+            meta = RunMeta("pretrained", cfg, text.vocab_size if text is not None else None, None,
+                           {"epoch": record["epoch"], "rows": len(rows), "n_parameters": n_params})
+            folder.write_model(raw.encoder_state(), meta)
         suspect = record.get("itm_suspect_negatives")
         # From the second epoch: at random initialisation hard negatives are close on any data.
         if (suspect is not None and suspect > SUSPECT_WARNING and record["epoch"] >= 2
@@ -157,4 +168,6 @@ def validation_losses(pre: Pretrainer, rows, collate, batch_size: int, device, s
                     sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
             seen += len(idx)
     pre.train(was_training)
-    return {f"val_{k}": v / max(1, seen) for k, v in sums.items()}
+    out = {f"val_{k}": v / max(1, seen) for k, v in sums.items()}
+    # The epochs are ranked by the summed held-out loss (Trainer keeps the best, patience stops).
+    return {**out, "score": -out["val_loss"]}

@@ -208,7 +208,7 @@ class Trainer:
                 state.best_score, state.best_val_loss = record.get("score"), record.get("val_loss")
                 state.best_epoch = state.epoch
                 # Only a validation score ranks epochs; without one the last epoch is the result,
-                # so there is no best copy to keep (pretraining's validation losses only report).
+                # so there is no best copy to keep.
                 best = state_dict_cpu(raw) if "score" in record else None
             # A plateau is neither the score nor the loss improving: near the top, accuracy on a few
             # hundred rows moves by single rows while the loss still falls as the schedule cools.
