@@ -370,6 +370,7 @@ class PretrainConfig:
     temperature: float = 0.07                     # contrastive temperature at the start (learned)
     hard_negatives: bool = True                   # ITM negatives from contrastive similarity
     lock_towers: bool = False                     # contrastive: frozen towers embed their columns alone (LiT)
+    lock_columns: list[str] | None = None         # with lock_towers: only these columns (None: every frozen one)
     # A column whose equal values mark rows that match each other (many-to-many pairings: any image
     # of a 7 matches any spoken 7): such rows are never each other's contrastive or ITM negatives.
     match_column: str | None = None

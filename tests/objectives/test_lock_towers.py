@@ -51,3 +51,24 @@ def test_lock_towers_needs_a_frozen_tower_and_the_contrastive_objective(synth, t
     with pytest.raises(ConfigError, match="add it to --objectives"):
         pretrain_run(_cfg(bert, objectives=["itm"], lock_towers=True), synth["train"],
                      tmp_path / "b", progress=False)
+
+
+def test_lock_columns_names_which_frozen_columns_are_locked(synth, tmp_path):
+    bert = write_bert(tmp_path / "bert")
+    with pytest.raises(ConfigError, match="not columns of this run"):
+        pretrain_run(_cfg(bert, objectives=["contrastive"], lock_towers=True, lock_columns=["nope"]),
+                     synth["train"], tmp_path / "a", progress=False)
+    with pytest.raises(ConfigError, match="not read by a fully frozen"):     # the image column is a scratch CNN
+        pretrain_run(_cfg(bert, objectives=["contrastive"], lock_towers=True, lock_columns=["image"]),
+                     synth["train"], tmp_path / "b", progress=False)
+    pretrain_run(_cfg(bert, objectives=["contrastive"], lock_towers=True, lock_columns=["caption"]),
+                 synth["train"], tmp_path / "c", progress=False)
+    weights = load_file(str(tmp_path / "c" / "model.safetensors"))
+    assert {k.split(".")[3] for k in weights if k.startswith("objectives.contrastive.proj.")} == {"1"}
+
+
+def test_cli_lock_towers_takes_optional_columns():
+    from polyfuse.cli.pretrain import lock_overrides
+    assert lock_overrides(None) == {}
+    assert lock_overrides("") == {"lock_towers": True, "lock_columns": None}
+    assert lock_overrides("text, title") == {"lock_towers": True, "lock_columns": ["text", "title"]}

@@ -100,18 +100,18 @@ def test_python_api_init_from_equals_the_cli(pretrained, tmp_path):
 
 def test_pretraining_holds_out_rows_and_keeps_the_epoch_with_the_lowest_held_out_loss(tmp_path, capsys):
     """Without --val, pretraining holds out train.val_fraction of the rows (as training does), and the
-    run folder holds the epoch whose summed held-out loss was lowest, not the last one."""
+    run folder holds the epoch that retrieved the held-out rows' partners best (val_mrr), not the last one."""
     paths = write_splits(tmp_path / "data", n=300, seed=5, fractions=(1.0, 0.0, 0.0))
     out = tmp_path / "pre"
-    # A tiny model on 270 rows: the held-out loss does not fall every epoch (here it is lowest at epoch 1).
+    # A tiny model on 270 rows: the held-out loss does not fall every epoch .
     rc = main(["pretrain", "--data", str(paths["train"]), "--image", "image", "--text", "caption",
                "--objectives", "contrastive", "--epochs", "5", "--batch-size", "32", "--lr", "3e-3",
                "--set", "train.patience=null", "--out", str(out), "--quiet", *TINY])
     assert rc == 0
     assert "held out 30 of 300 rows" in capsys.readouterr().out
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
-    assert len(log) == 5 and all("val_contrastive_loss" in r for r in log)
-    best = min(log, key=lambda r: r["val_loss"])["epoch"]
+    assert len(log) == 5 and all("val_contrastive_loss" in r and 0 < r["val_mrr"] <= 1 for r in log)
+    best = max(log, key=lambda r: r["val_mrr"])["epoch"]
     assert json.loads((out / "config.json").read_text())["info"]["epoch"] == best
     # The saved weights are the trainer's best copy (that epoch's), not the last epoch's.
     from polyfuse.runfolder import RunFolder
@@ -122,3 +122,42 @@ def test_pretraining_holds_out_rows_and_keeps_the_epoch_with_the_lowest_held_out
         assert torch.equal(v, kept[k if k.startswith("objectives.") else f"model.{k}"]), k
     if best != 5:       # the last epoch's weights differ from the kept ones
         assert not all(torch.equal(v, last[f"model.{k}"]) for k, v in saved.items() if not k.startswith("objectives."))
+
+
+def test_held_out_mrr_is_one_for_perfect_pairs_and_low_for_shuffled_ones():
+    """The retrieval score that ranks pretraining epochs: 1 when each row's partner is its nearest
+    neighbour, about the chance level when the pairing is random; rows of one match group do not compete."""
+    from polyfuse.recipes.pretrain import held_out_mrr
+
+    class Con(torch.nn.Module):
+        index, locked = {"a": "0", "b": "1"}, {}
+
+        def column_vector(self, model, col, part):
+            return part["v"], torch.ones(len(part["v"]), dtype=torch.bool)
+
+    class Pre(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.objectives, self.model = torch.nn.ModuleDict({"contrastive": Con()}), None
+
+    class Rows(tuple):
+        def __len__(self):
+            return len(self[0])
+
+    def collate(idx, rows):
+        return {"inputs": {"a": {"v": rows[0][idx]}, "b": {"v": rows[1][idx]}}, "group": rows[2][idx]}
+
+    def mrr(*rows):
+        return held_out_mrr(Pre(), Rows(rows), collate, 16, "cpu")
+
+    torch.manual_seed(0)
+    x = torch.randn(40, 8)
+    ones = torch.arange(40)
+    assert mrr(x, x, ones) == pytest.approx(1.0)
+    assert mrr(x, x[torch.randperm(40)], ones) < 0.3
+    # Two rows per group, each with its partner's twin closer than itself: the twin is not a competitor.
+    y = x.repeat_interleave(2, 0) + 0.01 * torch.randn(80, 8)
+    pairs = torch.arange(80) // 2
+    swapped = y.view(40, 2, 8).flip(1).reshape(80, 8)
+    assert mrr(y, swapped, pairs) == pytest.approx(1.0)
+    assert mrr(y, swapped, torch.arange(80)) < 0.6

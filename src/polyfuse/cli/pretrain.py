@@ -17,9 +17,10 @@ def add_parser(sub):
     p.add_argument("--weights", help="loss weights, e.g. mlm=1,itm=0.5 (others weigh 1)")
     p.add_argument("--mlm-prob", type=float, help="share of text tokens hidden (default: pretrain.mlm_prob)")
     p.add_argument("--mask-ratio", type=float, help="share of image patches / audio tokens hidden (default: pretrain.mask_ratio)")
-    p.add_argument("--lock-towers", action="store_true", default=None,
+    p.add_argument("--lock-towers", nargs="?", const="", default=None, metavar="COLUMNS",
                    help="contrastive: a column read by a frozen pretrained tower is embedded by the tower "
-                        "itself (mean of its outputs, no trained projection); the others learn to match it (LiT)")
+                        "itself (mean of its outputs, no trained projection); the others learn to match it "
+                        "(LiT). Optionally the columns to lock, comma-separated (default: every frozen one)")
     p.add_argument("--match-column", help="a column whose equal values mark rows that match each other "
                    "(many-to-many pairings, e.g. the digit of avdigits): such rows are never each other's "
                    "contrastive or ITM negatives")
@@ -48,8 +49,16 @@ def pretrain_overrides(args) -> dict:
     from ..objectives import parse_weights
     objectives = [o.strip() for o in args.objectives.split(",") if o.strip()] if args.objectives else None
     return {"objectives": objectives, "weights": parse_weights(args.weights) or None, "mlm_prob": args.mlm_prob,
-            "mask_ratio": args.mask_ratio, "lock_towers": args.lock_towers, "match_column": args.match_column,
+            "mask_ratio": args.mask_ratio, "match_column": args.match_column, **lock_overrides(args.lock_towers),
             "hard_negatives": False if args.no_hard_negatives else None}
+
+
+def lock_overrides(value: str | None) -> dict:
+    """--lock-towers (every frozen column), --lock-towers a,b (those columns), absent (no change)."""
+    if value is None:
+        return {}
+    columns = [c.strip() for c in value.split(",") if c.strip()]
+    return {"lock_towers": True, "lock_columns": columns or None}
 
 
 def run(args):

@@ -109,11 +109,22 @@ def locked_towers(cfg: Config, model) -> dict:
     streams = cfg.schema.streams()
     if not cfg.pretrain.lock_towers:
         return {}
-    locked = {c: model.encoders[m].feature_width for c, m in streams if model.encoders[m].fully_frozen}
+    named = cfg.pretrain.lock_columns
+    unknown = [c for c in named or [] if c not in dict(streams)]
+    if unknown:
+        raise ConfigError(f"pretrain.lock_columns: {unknown} are not columns of this run "
+                          f"({', '.join(c for c, _ in streams)})")
+    thawed = [c for c, m in streams if c in (named or []) and not model.encoders[m].fully_frozen]
+    if thawed:
+        raise ConfigError(f"pretrain.lock_columns: {thawed} are not read by a fully frozen pretrained tower "
+                          "(--freeze-encoders, no --unfreeze-top or --lora)")
+    locked = {c: model.encoders[m].feature_width for c, m in streams
+              if model.encoders[m].fully_frozen and (named is None or c in named)}
     if not locked:
         raise ConfigError("lock_towers needs a frozen pretrained tower, e.g. --text-encoder PATH --freeze-encoders")
     if len(locked) == len(streams):
-        raise ConfigError("lock_towers with every column on a frozen tower leaves nothing to train")
+        raise ConfigError("lock_towers with every column on a frozen tower leaves nothing to train: "
+                          "name the column(s) to lock, e.g. --lock-towers text")
     return locked
 
 

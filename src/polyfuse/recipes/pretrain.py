@@ -11,6 +11,7 @@ epoch, so `resume=True` continues an interrupted run exactly as an unbroken one.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -154,8 +155,10 @@ def with_groups(collate, groups: torch.Tensor | None):
 
 @torch.no_grad()
 def validation_losses(pre: Pretrainer, rows, collate, batch_size: int, device, seed: int) -> dict:
-    """{val_loss, val_<objective>_loss, ...} over held-out rows, eval mode. Masks and negatives come from
-    a generator seeded the same every epoch (the training RNG is left untouched, so resuming stays exact)."""
+    """{val_loss, val_<objective>_loss, ..., score} over held-out rows, eval mode. Masks and negatives
+    come from a generator seeded the same every epoch (the training RNG is left untouched, so resuming
+    stays exact). The score that ranks epochs: with the contrastive objective, held-out retrieval
+    (val_mrr, below); without it, the negative summed loss."""
     was_training = pre.training
     pre.eval()
     sums, seen = {}, 0
@@ -167,7 +170,49 @@ def validation_losses(pre: Pretrainer, rows, collate, batch_size: int, device, s
                 if k.endswith("loss"):
                     sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
             seen += len(idx)
-    pre.train(was_training)
     out = {f"val_{k}": v / max(1, seen) for k, v in sums.items()}
-    # The epochs are ranked by the summed held-out loss (Trainer keeps the best, patience stops).
-    return {**out, "score": -out["val_loss"]}
+    out["score"] = -out["val_loss"]
+    if "contrastive" in pre.objectives:
+        out["val_mrr"] = out["score"] = held_out_mrr(pre, rows, collate, batch_size, device)
+    pre.train(was_training)
+    return out
+
+
+def held_out_mrr(pre: Pretrainer, rows, collate, batch_size: int, device) -> float:
+    """Mean reciprocal rank of each held-out row's partner among all held-out rows, both directions,
+    averaged over the contrastive objective's column pairs (rows with an equal match column are not
+    counted as each other's competitors).
+
+    Why not the held-out contrastive loss: with a learned temperature the loss also pays for
+    confidence, and on emoji it climbed from epoch 3 while retrieval kept improving to epoch 31
+    (R@10 0.27 at the loss's best epoch, 0.39 at the last). Ranking is what embed and search use."""
+    con = pre.objectives["contrastive"]
+    vecs, present, groups = {}, {}, []
+    for a in range(0, len(rows), batch_size):
+        batch = to_device(collate(list(range(a, min(a + batch_size, len(rows)))), rows), device)
+        for col, part in batch["inputs"].items():
+            if col in con.index:
+                v, p = con.column_vector(pre.model, col, part)
+                vecs.setdefault(col, []).append(torch.nn.functional.normalize(v.float(), dim=-1))
+                present.setdefault(col, []).append(p)
+        if "group" in batch:
+            groups.append(batch["group"])
+    vecs = {c: torch.cat(v) for c, v in vecs.items()}
+    present = {c: torch.cat(p) for c, p in present.items()}
+    group = torch.cat(groups) if groups else None
+    scores = []
+    for a, b in itertools.combinations(vecs, 2):
+        if a in con.locked and b in con.locked:
+            continue
+        both = present[a] & present[b]
+        if int(both.sum()) < 2:
+            continue
+        sim = vecs[a][both] @ vecs[b][both].T                                   # (N, N)
+        others = ~torch.eye(len(sim), dtype=torch.bool, device=sim.device)
+        if group is not None:
+            g = group[both]
+            others &= g[:, None] != g[None, :]
+        for s in (sim, sim.T):
+            rank = 1 + ((s > s.diagonal()[:, None]) & others).sum(1)               # (N,) 1 = first
+            scores.append((1.0 / rank.float()).mean())
+    return float(torch.stack(scores).mean()) if scores else 0.0
