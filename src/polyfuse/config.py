@@ -179,6 +179,10 @@ class ModelConfig:
     lora_alpha: float = 16.0
     feature_cache: bool = True       # fully frozen towers: compute each input's tower output once
     feature_cache_dir: str = "~/.cache/polyfuse/features"
+    # Share of a pretrained tower's output tokens left out of each training row (at least one kept;
+    # FLIP's patch dropout, on features): the augmentation a cached frozen tower still allows, since
+    # its inputs must stay exact to hit the cache. Inference reads every token.
+    tower_token_drop: float = 0.0
 
     @property
     def towers_fully_frozen(self) -> bool:
@@ -198,7 +202,7 @@ class ModelConfig:
             raise ConfigError(f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
         if self.fusion not in FUSIONS:
             raise ConfigError(f"model.fusion must be one of {FUSIONS}, got {self.fusion!r}")
-        for name in ("dropout", "modality_dropout"):
+        for name in ("dropout", "modality_dropout", "tower_token_drop"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
         if self.aux_weight < 0 or self.ogm_alpha < 0:

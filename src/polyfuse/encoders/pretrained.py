@@ -83,6 +83,7 @@ class TowerEncoder(Encoder):
             self.layers = LAYERS.get(self.model_type)
         self.proj = nn.Linear(width, mc.d_model)
         self.drop = nn.Dropout(mc.dropout)
+        self.token_drop = mc.tower_token_drop
         self.fully_frozen = mc.towers_fully_frozen
         if mc.freeze_encoders or mc.lora:
             self.tower.requires_grad_(False)
@@ -143,6 +144,8 @@ class TowerEncoder(Encoder):
     # -- forward -----------------------------------------------------------------------
     def forward(self, part: dict) -> dict:
         h, mask = self.features(part)                              # (B, T, H), (B, T)
+        if self.training and self.token_drop > 0:
+            mask = drop_tokens(mask, self.token_drop)
         return {"tokens": self.drop(self.proj(h)), "mask": mask}
 
     def features(self, part: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -224,6 +227,17 @@ class TowerEncoder(Encoder):
         if fn is None:                   # fixed-length inputs (Whisper, AST): every frame is real
             return n_out
         return min(n_out, int(fn(torch.tensor(n_in))))
+
+
+def drop_tokens(mask: torch.Tensor, share: float) -> torch.Tensor:
+    """(B, T) mask with about `share` of each row's real tokens turned off, never its last one: the
+    kept tokens are the real ones with the highest random scores (the global RNG, so a resumed run
+    drops what an unbroken one would)."""
+    n = mask.sum(1, keepdim=True)                                            # (B, 1)
+    keep = torch.clamp(torch.round(n * (1 - share)), min=1)
+    score = torch.rand(mask.shape, device=mask.device).masked_fill(~mask, -1.0)
+    rank = score.argsort(1, descending=True).argsort(1)                      # 0 = highest score
+    return mask & (rank < keep)
 
 
 def _scatter(rows: list[torch.Tensor], idx: list[int], B: int, width: int, like: torch.Tensor):
