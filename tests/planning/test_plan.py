@@ -177,3 +177,22 @@ def test_a_transcript_target_gets_no_crops_or_shifts_of_its_audio(tmp_path):
     assert gen.settings["augment"]["audio_crop"] == 0.0 and gen.settings["augment"]["audio_shift"] == 0.0
     plan, _ = _plan(path)
     assert "audio_crop" not in plan.settings.get("augment", {})       # classification keeps the defaults
+
+
+def test_contrastive_pretraining_on_frozen_towers_locks_the_text_tower_and_drops_tower_tokens(tmp_path):
+    path = _table(tmp_path)
+    table = read_table(path)
+    schema = SchemaConfig(text=["text"], image=["image"], audio=[], label=None, task=None)
+    towers = {"text": {"encoder": str(tmp_path / "text_tower")}, "image": {"encoder": str(tmp_path / "image_tower")}}
+    cfg = Config.from_dict({"schema": vars(schema), **towers, "pretrain": {"objectives": ["contrastive"]}})
+    plan = make_plan(profile_table(table, schema), cfg, len(table), supervised=False)
+    assert plan.settings["pretrain"] == {"lock_towers": True, "lock_columns": ["text"]}
+    assert plan.settings["model"]["tower_token_drop"] == 0.5
+    # Not for supervised training, not without contrastive, and not when the text is learned from scratch.
+    assert "pretrain" not in make_plan(profile_table(table, schema), cfg, len(table)).settings
+    mlm = Config.from_dict({"schema": vars(schema), **towers, "pretrain": {"objectives": ["mlm"]}})
+    assert "pretrain" not in make_plan(profile_table(table, schema), mlm, len(table), supervised=False).settings
+    scratch_text = Config.from_dict({"schema": vars(schema), "image": towers["image"],
+                                     "pretrain": {"objectives": ["contrastive"]}})
+    plan = make_plan(profile_table(table, schema), scratch_text, len(table), supervised=False)
+    assert "pretrain" not in plan.settings and plan.settings["model"]["tower_token_drop"] == 0.5

@@ -67,6 +67,8 @@ def make_plan(profile: dict, cfg: Config, train_rows: int, preset: str | None = 
     towers = [m for m in ("text", "image", "audio") if by_mod[m] and is_tower(getattr(cfg, m).encoder)]
     if towers:
         _towers(plan, towers, preset)
+        if not supervised:
+            _pretrain_towers(plan, cfg, towers, preset)
     _train(plan, profile, cfg, train_rows, preset, max_minutes)
     if cfg.train.group_by == "none":
         for col, k in profile["group_candidates"].items():
@@ -124,6 +126,23 @@ def _towers(plan: Plan, towers: list[str], preset: str | None):
     plan.set("model.freeze_encoders", True, f"pretrained {which}: frozen, features cached after one pass")
     if preset == "best":
         plan.set("model.unfreeze_top_k", 1, "preset best: the top layer of each tower adapts")
+
+
+def _pretrain_towers(plan: Plan, cfg: Config, towers: list[str], preset: str | None):
+    """Contrastive pretraining on frozen towers. A frozen text tower already places sentences the table
+    never had: the other columns learn to land in its space (LiT) rather than both sides drifting
+    into one fitted to these rows. A cached tower's inputs cannot be augmented (an edited image
+    misses the cache), so half of its output tokens are left out of each training row instead
+    (FLIP's patch dropout). Measured on emoji: docs/benchmarks.md."""
+    if preset == "best" or "contrastive" not in (cfg.pretrain.objectives or []):
+        return          # `best` adapts the towers' top layers: nothing is locked or cached
+    text_cols = list(cfg.schema.text)
+    others = [c for c, m in cfg.schema.streams() if m != "text"]
+    if "text" in towers and text_cols and others and not cfg.pretrain.lock_towers:
+        plan.set("pretrain.lock_towers", True, "a frozen text tower: the other columns learn its sentence space (LiT)")
+        plan.set("pretrain.lock_columns", text_cols, "the text columns, on the frozen tower")
+    if any(m in towers for m in ("image", "audio")) and cfg.model.feature_cache:
+        plan.set("model.tower_token_drop", 0.5, "cached frozen tower: half its tokens left out per training row")
 
 
 def _audio(plan: Plan, columns: list[dict], seconds: float):
