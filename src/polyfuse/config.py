@@ -375,6 +375,9 @@ class PretrainConfig:
     hard_negatives: bool = True                   # ITM negatives from contrastive similarity
     lock_towers: bool = False                     # contrastive: frozen towers embed their columns alone (LiT)
     lock_columns: list[str] | None = None         # with lock_towers: only these columns (None: every frozen one)
+    # contrastive: columns embedded by one Linear on their pretrained tower's mean-pooled output (a
+    # linear probe) instead of through the fusion: fewer weights to fit a few thousand pairs.
+    pooled_columns: list[str] = field(default_factory=list)
     # A column whose equal values mark rows that match each other (many-to-many pairings: any image
     # of a 7 matches any spoken 7): such rows are never each other's contrastive or ITM negatives.
     match_column: str | None = None

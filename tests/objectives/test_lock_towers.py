@@ -72,3 +72,27 @@ def test_cli_lock_towers_takes_optional_columns():
     assert lock_overrides(None) == {}
     assert lock_overrides("") == {"lock_towers": True, "lock_columns": None}
     assert lock_overrides("text, title") == {"lock_towers": True, "lock_columns": ["text", "title"]}
+
+
+def test_pooled_columns_embed_a_tower_column_by_one_linear_map_of_its_mean_pooled_output(synth, tmp_path):
+    from transformers import AutoModel, AutoTokenizer
+    torch.manual_seed(0)
+    bert = write_bert(tmp_path / "bert")
+    pretrain_run(_cfg(bert, objectives=["contrastive"], pooled_columns=["caption"]), synth["train"],
+                 tmp_path / "pre", progress=False)
+    weights = load_file(str(tmp_path / "pre" / "model.safetensors"))
+    w, b = weights["objectives.contrastive.proj.0.weight"], weights["objectives.contrastive.proj.0.bias"]
+    assert w.shape == (128, 24)                                # tower width 24 -> proj_dim, one Linear
+    emb = Embedder.load(tmp_path / "pre", device="cpu")
+    texts = ["loud morning near the river", "quiet garden"]
+    got = np.concatenate([emb.embed_query(t, "text")[1] for t in texts])
+    tok, tower = AutoTokenizer.from_pretrained(str(bert)), AutoModel.from_pretrained(str(bert)).eval()
+    with torch.no_grad():
+        enc = tok(texts, padding=True, return_tensors="pt")
+        h = tower(**enc).last_hidden_state
+        m = enc["attention_mask"][..., None].float()
+        want = torch.nn.functional.normalize(((h * m).sum(1) / m.sum(1)) @ w.T + b, dim=-1).numpy()
+    assert np.allclose(got, want, atol=1e-5)
+    with pytest.raises(ConfigError, match="not read by a pretrained tower"):
+        pretrain_run(_cfg(bert, objectives=["contrastive"], pooled_columns=["image"]), synth["train"],
+                     tmp_path / "b", progress=False)

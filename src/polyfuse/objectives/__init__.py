@@ -92,7 +92,8 @@ def build_objectives(cfg: Config, model, processors) -> dict:
     made = {}
     for name in (o for o in OBJECTIVES if o in pcfg.objectives):
         if name == "contrastive":
-            made[name] = Contrastive(D, streams, pcfg.proj_dim, pcfg.temperature, locked_towers(cfg, model))
+            made[name] = Contrastive(D, streams, pcfg.proj_dim, pcfg.temperature, locked_towers(cfg, model),
+                                     pooled_towers(cfg, model))
         elif name == "itm":
             made[name] = ITM(D, pcfg.hard_negatives)
         elif name == "masked_patch":
@@ -126,6 +127,19 @@ def locked_towers(cfg: Config, model) -> dict:
         raise ConfigError("lock_towers with every column on a frozen tower leaves nothing to train: "
                           "name the column(s) to lock, e.g. --lock-towers text")
     return locked
+
+
+def pooled_towers(cfg: Config, model) -> dict:
+    """{column: tower width} of pretrain.pooled_columns (each must be read by a pretrained tower)."""
+    streams = dict(cfg.schema.streams())
+    out = {}
+    for col in cfg.pretrain.pooled_columns:
+        if col not in streams:
+            raise ConfigError(f"pretrain.pooled_columns: '{col}' is not a column of this run ({', '.join(streams)})")
+        if not is_tower(getattr(cfg, streams[col]).encoder):
+            raise ConfigError(f"pretrain.pooled_columns: '{col}' is not read by a pretrained tower")
+        out[col] = model.encoders[streams[col]].feature_width
+    return out
 
 
 class Pretrainer(nn.Module):

@@ -62,10 +62,12 @@ class Contrastive(nn.Module):
     needs = Needs(columns=2)
 
     def __init__(self, d_model: int, streams: list[tuple[str, str]], proj_dim: int, temperature: float,
-                 locked: dict | None = None):
-        """locked: {column: width of its frozen tower}; the embedding width is then the towers'."""
+                 locked: dict | None = None, pooled: dict | None = None):
+        """locked: {column: width of its frozen tower}; the embedding width is then the towers'.
+        pooled: {column: its tower's width}: one Linear on the tower's mean-pooled output."""
         super().__init__()
         self.locked = dict(locked or {})
+        self.pooled = {c: w for c, w in (pooled or {}).items() if c not in self.locked}
         widths = set(self.locked.values())
         if len(widths) > 1:
             raise ConfigError(f"locked towers must share one output width, got {self.locked}")
@@ -73,7 +75,8 @@ class Contrastive(nn.Module):
         self.index = {c: str(i) for i, (c, _) in enumerate(streams)}
         self.proj = nn.ModuleDict({i: nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(),
                                                     nn.Linear(d_model, self.out_dim))
-                                   for c, i in self.index.items() if c not in self.locked})
+                                   for c, i in self.index.items() if c not in self.locked and c not in self.pooled})
+        self.proj.update({self.index[c]: nn.Linear(w, self.out_dim) for c, w in self.pooled.items()})
         # CLIP's learnable temperature, as log(1 / t); the scale is capped at 100 to stay stable.
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
 
@@ -85,6 +88,9 @@ class Contrastive(nn.Module):
         encoded: the column's encoder output when the caller has it already (a pretraining step)."""
         if col in self.locked:
             return model.encoders[part["modality"]].pooled_features(part)   # the tower's own mean pooling
+        if col in self.pooled:
+            h, present = model.encoders[part["modality"]].pooled_features(part)
+            return self.proj[self.index[col]](h), present
         fused = model.fuse({col: encoded if encoded is not None else model.encode_columns({col: part})[col]})
         return self.proj[self.index[col]](fused.per_column[col]), fused.present[col]
 
