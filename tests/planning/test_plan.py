@@ -196,3 +196,7 @@ def test_contrastive_pretraining_on_frozen_towers_locks_the_text_tower_and_drops
                                      "pretrain": {"objectives": ["contrastive"]}})
     plan = make_plan(profile_table(table, schema), scratch_text, len(table), supervised=False)
     assert "pretrain" not in plan.settings and plan.settings["model"]["tower_token_drop"] == 0.5
+    adapted = Config.from_dict({"schema": vars(schema), **towers, "pretrain": {"objectives": ["contrastive"]},
+                                "model": {"freeze_encoders": True, "unfreeze_top_k": 1}})
+    plan = make_plan(profile_table(table, schema), adapted, len(table), supervised=False)
+    assert "pretrain" not in plan.settings and "tower_token_drop" not in plan.settings["model"]

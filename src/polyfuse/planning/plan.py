@@ -134,8 +134,9 @@ def _pretrain_towers(plan: Plan, cfg: Config, towers: list[str], preset: str | N
     into one fitted to these rows. A cached tower's inputs cannot be augmented (an edited image
     misses the cache), so half of its output tokens are left out of each training row instead
     (FLIP's patch dropout). Measured on emoji: docs/benchmarks.md."""
-    if preset == "best" or "contrastive" not in (cfg.pretrain.objectives or []):
-        return          # `best` adapts the towers' top layers: nothing is locked or cached
+    adapted = preset == "best" or cfg.model.unfreeze_top_k or cfg.model.lora
+    if adapted or "contrastive" not in (cfg.pretrain.objectives or []):
+        return          # adapted towers (`best`, --unfreeze-top, --lora) are neither locked nor cached
     text_cols = list(cfg.schema.text)
     others = [c for c, m in cfg.schema.streams() if m != "text"]
     if "text" in towers and text_cols and others and not cfg.pretrain.lock_towers:
