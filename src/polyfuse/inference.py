@@ -112,7 +112,8 @@ def load_pretrainer(run_dir: str | Path, device: str = "cpu"):
     # Saved: the model's weights without its (untrained) head, and the objectives' under objectives.
     state = {(k if k.startswith("objectives.") else f"model.{k}"): v for k, v in folder.weights().items()}
     missing, unexpected = pre.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("model.head.")]
+    # objectives.itm.skill: ITM's running accuracy, a training state that runs saved before it lack.
+    missing = [k for k in missing if not k.startswith("model.head.") and k != "objectives.itm.skill"]
     if missing or unexpected:
         raise PolyfuseError(f"{folder.path}: pretrained weights do not match (missing {missing[:5]}, "
                             f"unexpected {unexpected[:5]})")

@@ -134,8 +134,9 @@ def test_hard_negatives_come_in_as_contrastive_separates_the_pairs(tiny):
     cols = list(batch["inputs"])
     sims = {(a, b): sim for i, a in enumerate(cols) for b in cols[i + 1:]}
 
-    def hard_share(separation):
+    def hard_share(separation, skill=1.0):
         torch.manual_seed(0)
+        itm.skill.fill_(skill)
         hits = total = 0
         for _ in range(30):
             p = itm.pair(step, {"similarity": sims, "separation": {k: separation for k in sims}})
@@ -147,3 +148,37 @@ def test_hard_negatives_come_in_as_contrastive_separates_the_pairs(tiny):
     assert hard_share(1.0) > 0.85                  # (a missing cell can leave no look-alike to draw)
     assert hard_share(0.0) < 0.3
     assert 0.35 < hard_share(0.5) < 0.75
+    # Matching's own running accuracy caps it: at chance every negative is uniform, however well
+    # contrastive separates the pairs (on emoji all-hard negatives kept ITM at chance).
+    assert hard_share(1.0, skill=0.5) < 0.3
+    assert 0.35 < hard_share(1.0, skill=0.75) < 0.75
+
+
+def test_matching_skill_follows_its_training_accuracy_and_validation_asks_uniformly(tiny):
+    """skill is an EMA of the training accuracy (a buffer: saved and resumed); in eval mode the
+    negatives are uniform whatever the similarities, and per-row logits come back for the AUC."""
+    cfg, processors, batch = tiny
+    model = make_model(cfg, processors)
+    itm = ITM(cfg.model.d_model)
+    pre = Pretrainer(model, {"itm": itm})
+    assert "objectives.itm.skill" in pre.encoder_state()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        itm.head.weight.zero_()
+        itm.head.bias.fill_(5.0)             # says "match" to every row: right on positives only
+        out = pre(batch)
+    acc = float(out["itm_accuracy"])
+    assert 0.0 < acc < 1.0
+    assert abs(float(itm.skill) - (0.98 * 0.5 + 0.02 * acc)) < 1e-6
+    pre.eval()
+    step = Step(batch["inputs"], {})
+    B = len(batch["inputs"]["image"]["present"])
+    sims = {(a, b): torch.eye(B) * 100 for a in batch["inputs"] for b in batch["inputs"] if a < b}
+    itm.skill.fill_(1.0)
+    state = {"similarity": sims, "separation": {k: 1.0 for k in sims}}
+    p = itm.pair(step, state)
+    assert "itm_hard_share" not in state and p.suspect is None    # no similarity used in eval mode
+    with torch.no_grad():
+        got = pre(batch)
+    assert got["itm_logits"].shape == got["itm_labels"].shape
+    assert float(itm.skill) == 1.0                                  # eval steps do not move it

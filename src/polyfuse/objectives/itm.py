@@ -2,10 +2,12 @@
 
 Each step about half of the rows (`share`) become negatives: one of their present cells, chosen by
 a coin among the row's columns, is swapped for another row's cell of that column. With the
-contrastive objective on, a share of the swaps equal to how well its embeddings separate the
-batch's pairs (top-1 accuracy) is drawn in proportion to softmax(similarity between the swapped-in
-cell and the row's other cells): hard negatives, the pairs the embeddings confuse most; the rest
-are uniform within the batch, so hard negatives grow as the embeddings learn. Rows with fewer than
+contrastive objective on, a share of the swaps is drawn in proportion to softmax(similarity between
+the swapped-in cell and the row's other cells): hard negatives, the pairs the embeddings confuse
+most; the rest are uniform within the batch. That share is the smaller of how well the embeddings
+separate the batch's pairs (top-1 accuracy) and how far matching itself is above chance (2 x its
+running accuracy - 1), so hard negatives grow as both learn. Held-out rows are asked with uniform
+negatives (`val_itm_auc`). Rows with fewer than
 two cells are not scored. Loss: binary cross-entropy.
 
 Matching adds no fused pass of its own: the re-paired rows are the rows of the step's one joint
@@ -29,6 +31,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from .common import Needs, Step, present, same_group, zero_loss
+
+# Momentum of ITM's running training accuracy (`skill`): about the last 50 steps.
+SKILL_MOMENTUM = 0.98
 
 
 @dataclass
@@ -115,6 +120,9 @@ class ITM(nn.Module):
         super().__init__()
         self.hard_negatives, self.share = hard_negatives, share
         self.head = nn.Linear(d_model, 1)
+        # Running accuracy of matching on the training pairs it was asked (EMA): a buffer, so it is
+        # saved, resumed and, under DDP, broadcast like the weights.
+        self.register_buffer("skill", torch.tensor(0.5))
 
     def pair(self, step: Step, state: dict) -> Pairing:
         """This step's re-pairing of the batch (before the joint pass is fused)."""
@@ -122,12 +130,23 @@ class ITM(nn.Module):
         B = len(next(iter(pres.values())))
         device = next(iter(pres.values())).device
         exclude = same_group(step.groups, B, device) if step.groups is not None else None
-        sims = state.get("similarity") if self.hard_negatives else None
+        # Validation (eval mode) asks with uniform negatives: hard ones follow the contrastive
+        # embeddings, so their loss would measure a harder test each epoch, and chance (ln 2) on hard
+        # negatives hides whether matching learned anything (val_itm_auc, recipes/pretrain.py).
+        sims = state.get("similarity") if self.hard_negatives and self.training else None
         # Hard negatives only as far as the embeddings separate pairs: drawn by similarity from the
         # first step, they are no harder than random ones yet often true look-alikes, and ITM sat at
         # chance (docs/benchmarks.md); a many-to-many pairing keeps separation, and so hardness, low.
         separation = state.get("separation", {})
         hard = sum(separation.values()) / len(separation) if separation else 1.0
+        # ...and only as far as matching itself is above chance (2 * accuracy - 1): contrastive
+        # memorises the training pairs within a few epochs (separation -> 1), and on emoji, with
+        # every negative hard from then on (a skin-tone variant, a near-identical flag), matching
+        # never got off chance (train loss 0.665 after 23 epochs; with uniform negatives 0.41).
+        # Asked harder pairs only while it answers well, it holds itself near its own limit.
+        hard = min(hard, max(0.0, 2.0 * float(self.skill) - 1.0))
+        if sims is not None:
+            state["itm_hard_share"] = hard
         return pair_rows(pres, sims, self.share, exclude=exclude, hard_share=hard)
 
     def forward(self, model, step: Step, state: dict) -> dict:
@@ -139,8 +158,14 @@ class ITM(nn.Module):
         logit = self.head(fused.pooled[ok]).squeeze(-1).float()               # (N,)
         labels = pairing.labels[ok]
         loss = F.binary_cross_entropy_with_logits(logit, labels)
-        out = {"loss": loss, "itm_loss": loss,
-               "itm_accuracy": ((logit > 0).float() == labels).float().mean().detach()}
+        accuracy = ((logit > 0).float() == labels).float().mean().detach()
+        if self.training:
+            self.skill.mul_(SKILL_MOMENTUM).add_((1 - SKILL_MOMENTUM) * accuracy)
+        out = {"loss": loss, "itm_loss": loss, "itm_accuracy": accuracy}
+        if "itm_hard_share" in state:
+            out["itm_hard_share"] = torch.tensor(state["itm_hard_share"])
         if pairing.suspect is not None:
             out["itm_suspect_negatives"] = pairing.suspect.detach()
+        if not self.training:       # per-row scores for the held-out AUC
+            out["itm_logits"], out["itm_labels"] = logit.detach(), labels
         return out

@@ -23,6 +23,7 @@ from ..data.dataset import EncodedSet, encode_table, make_collate
 from ..data.manifest import read_table, resolve_schema
 from ..data.processors import Processors
 from ..errors import InputError
+from ..evaluation.metrics import roc_auc
 from ..model import build_model
 from ..objectives import Pretrainer, build_objectives, resolve_objectives
 from ..planning import holdout
@@ -161,17 +162,28 @@ def validation_losses(pre: Pretrainer, rows, collate, batch_size: int, device, s
     (val_mrr, below); without it, the negative summed loss."""
     was_training = pre.training
     pre.eval()
-    sums, seen = {}, 0
+    sums, seen, itm = {}, 0, ([], [])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for a in range(0, len(rows), batch_size):
             idx = list(range(a, min(a + batch_size, len(rows))))
-            for k, v in pre(to_device(collate(idx, rows), device)).items():
+            got = pre(to_device(collate(idx, rows), device))
+            for k, v in got.items():
                 if k.endswith("loss"):
                     sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
+            if "itm_logits" in got:
+                itm[0].append(got["itm_logits"].cpu())
+                itm[1].append(got["itm_labels"].cpu())
             seen += len(idx)
     out = {f"val_{k}": v / max(1, seen) for k, v in sums.items()}
     out["score"] = -out["val_loss"]
+    if itm[0]:
+        # Does matching tell a held-out row from the same row with one cell from a random other row?
+        # 0.5 = chance, whatever the share of negatives.
+        y, logit = torch.cat(itm[1]).numpy(), torch.cat(itm[0]).numpy()
+        auc = roc_auc(y.astype(int), np.stack([-logit, logit], 1))
+        if auc is not None:
+            out["val_itm_auc"] = auc
     if "contrastive" in pre.objectives:
         out["val_mrr"] = out["score"] = held_out_mrr(pre, rows, collate, batch_size, device)
     pre.train(was_training)
