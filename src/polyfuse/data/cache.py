@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,20 @@ def item_key(fingerprint: str, content: bytes) -> bytes:
     return digest_bytes(digest_bytes(fingerprint.encode()) + content)
 
 
+def _retry_locked(run, seconds: float = 60.0):
+    """run() again while SQLite says the database is locked, for up to `seconds`."""
+    deadline = time.monotonic() + seconds
+    delay = 0.01
+    while True:
+        try:
+            return run()
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(0.5, delay * 2)
+
+
 class DecodeCache:
     """The cache in one folder. Safe to hand to forked DataLoader workers: each process opens its own
     connection on first use (a SQLite connection must not cross a fork)."""
@@ -68,10 +83,13 @@ class DecodeCache:
         if self._db is None or self._pid != os.getpid():
             self.folder.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")        # readers never wait for the writer
+            # Switching a new file to WAL can fail with "database is locked" at once, without waiting
+            # for the timeout, when several workers open a fresh cache together (seen with 2
+            # DataLoader workers): retried. WAL is stored in the file, so later opens only read it.
+            _retry_locked(lambda: db.execute("PRAGMA journal_mode=WAL"))   # readers never wait for the writer
             db.execute("PRAGMA synchronous=NORMAL")      # a crash loses at most the last transactions, never consistency
             for statement in SCHEMA:
-                db.execute(statement)
+                _retry_locked(lambda: db.execute(statement))
             self._db, self._pid = db, os.getpid()
         return self._db
 
