@@ -339,6 +339,10 @@ class GenerateConfig:
     # alone first (LLaVA's two stages in one run): a fresh projector's prefix is noise, and
     # adapting the decoder to noise unlearns language before the prefix means anything.
     first_stage: float = 0.3
+    # None: the decoder reads every fused token; K: K learned queries read the fused tokens (one
+    # cross-attention, as Flamingo's resampler and BLIP-2's queries) and the decoder reads K
+    # positions, whatever the input's length: a pretrained decoder's cost grows with its sequence.
+    prefix_tokens: int | None = None
     max_target_tokens: int = 48      # target texts are cut to this many tokens (end-of-text included)
     max_new_tokens: int = 48
     num_beams: int = 1               # 1: greedy (or sampling with do_sample)
@@ -352,6 +356,8 @@ class GenerateConfig:
 
     def validate(self):
         _positive(self, "max_target_tokens", "max_new_tokens", "num_beams", "temperature", "max_prompt_tokens")
+        if self.prefix_tokens is not None and self.prefix_tokens < 1:
+            raise ConfigError(f"generate.prefix_tokens must be >= 1 or null, got {self.prefix_tokens}")
         if self.prompt is not None:
             prompt_columns(self.prompt)          # raises ConfigError on a malformed template
         if self.decoder_train not in ("frozen", "lora", "full"):

@@ -48,6 +48,40 @@ def test_left_pack_keeps_order_and_moves_padding_first():
     assert torch.equal(packed[1], s[1]) and pm[1].all()
 
 
+def test_the_resampler_reads_real_tokens_only_and_gives_k_positions():
+    """K queries over (B, T, D): padding changes nothing; a row with no token gets no positions."""
+    from polyfuse.generation.model import Resampler
+    torch.manual_seed(0)
+    r = Resampler(8, 3, 2).eval()
+    x = torch.randn(3, 5, 8)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]]).bool()
+    out, out_mask = r(x, mask)
+    assert out.shape == (3, 3, 8) and out_mask.tolist() == [[True] * 3, [True] * 3, [False] * 3]
+    assert torch.isfinite(out).all()
+    y = x.clone()
+    y[0, 3:] = 100.0                                           # padded positions: anything
+    assert torch.allclose(r(y, mask)[0][0], out[0], atol=1e-6)
+    alone, _ = r(x[:1, :3], mask[:1, :3])                      # the same row without its padding
+    assert torch.allclose(alone[0], out[0], atol=1e-6)
+
+
+def test_a_resampled_prefix_learns_to_caption(tmp_path, llama):
+    """generate.prefix_tokens: the decoder reads K positions, and still learns the captions."""
+    from polyfuse.recipes.generate import train_generation
+    torch.set_num_threads(1)
+    train = write_scenes(tmp_path, 96, seed=0)
+    gen, _ = train_generation(cfg_for(llama, decoder_train="full", prefix_tokens=4), train, out=tmp_path / "run",
+                              progress=False)
+    data = gen.encode(gen.read(train.iloc[:4]))
+    gen.model.eval()
+    with torch.no_grad():
+        prefix, pmask = gen.model.prefix(gen.processors.collate(data.inputs[:4]))
+    assert prefix.shape[1] == 4 and pmask.all()
+    test = write_scenes(tmp_path, 24, seed=1)
+    texts = gen.generate(gen.encode(gen.read(test)))
+    assert np.mean([t == c for t, c in zip(texts, test["caption"])]) >= 0.8
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, llama):
     from polyfuse.recipes.generate import train_generation

@@ -177,6 +177,13 @@ def test_a_transcript_target_gets_no_crops_or_shifts_of_its_audio(tmp_path):
     assert gen.settings["augment"]["audio_crop"] == 0.0 and gen.settings["augment"]["audio_shift"] == 0.0
     plan, _ = _plan(path)
     assert "audio_crop" not in plan.settings.get("augment", {})       # classification keeps the defaults
+    # A scratch decoder is small: the prefix stays whole and the batch is the table's.
+    assert "prefix_tokens" not in gen.settings.get("generate", {})
+    assert gen.settings["train"]["batch_size"] == plan.settings["train"]["batch_size"]
+    lm = Config.from_dict({"schema": vars(gen_schema), "generate": {"decoder": str(tmp_path / "lm")}})
+    pre = make_plan(profile_table(table, gen_schema), lm, len(table))
+    assert pre.settings["generate"]["prefix_tokens"] == 10
+    assert pre.settings["train"]["batch_size"] == 16 and pre.settings["train"]["lr"] == pytest.approx(1e-3)
 
 
 def test_contrastive_pretraining_on_frozen_towers_locks_the_text_tower_and_drops_tower_tokens(tmp_path):

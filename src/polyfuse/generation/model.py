@@ -65,6 +65,31 @@ def left_pack(states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, t
     return packed, packed_mask
 
 
+class Resampler(nn.Module):
+    """K learned queries read a variable number of fused tokens: (B, T, D), (B, T) -> (B, K, D), (B, K).
+    One pre-norm cross-attention and an MLP, residual on the queries. A row with no real token
+    (every column missing) gets no prefix positions."""
+
+    def __init__(self, d: int, k: int, heads: int):
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(k, d) * 0.02)
+        self.norm_q, self.norm_kv, self.norm_out = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.mlp = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B = states.shape[0]
+        empty = ~mask.any(1)                                                     # (B,)
+        mask = mask.clone()
+        mask[empty, 0] = True                   # attend somewhere (no NaN); these rows are dropped below
+        q = self.queries[None].expand(B, -1, -1)                                 # (B, K, D)
+        kv = self.norm_kv(states)
+        x = q + self.attn(self.norm_q(q), kv, kv, key_padding_mask=~mask, need_weights=False)[0]
+        x = x + self.mlp(x)
+        out_mask = (~empty)[:, None].expand(B, x.shape[1])                       # (B, K)
+        return self.norm_out(x), out_mask
+
+
 class GenerationModel(nn.Module):
     def __init__(self, cfg: Config, schema: SchemaConfig, lm: nn.Module, vocab_size: int | None = None,
                  towers: dict | None = None):
@@ -74,6 +99,8 @@ class GenerationModel(nn.Module):
         self.body = PolyfuseModel(cfg, schema, 1, vocab_size, towers)
         hidden = lm.get_input_embeddings().embedding_dim
         d = cfg.model.d_model
+        k = cfg.generate.prefix_tokens
+        self.resampler = Resampler(d, k, cfg.model.n_heads) if k else None
         self.projector = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, hidden))
         init_weights(self.projector)
         self.lm = lm
@@ -115,6 +142,8 @@ class GenerationModel(nn.Module):
         else:
             states = torch.stack(list(fused.per_column.values()), 1)                  # (B, C, D)
             mask = torch.stack([fused.present[c] for c in fused.per_column], 1)
+        if self.resampler is not None:
+            states, mask = self.resampler(states, mask)                               # (B, K, D)
         x = self.projector(states)                                                    # (B, T, H)
         if prompt is not None:
             x = torch.cat([x, self.lm.get_input_embeddings()(prompt["ids"])], 1)      # (B, T + Q, H)

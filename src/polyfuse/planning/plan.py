@@ -20,6 +20,7 @@ PRESETS = {
     "best": {"minutes": 30, "grow": 1, "augment": True},
 }
 STEPS_WITHOUT_BUDGET = 2000        # optimizer steps to aim for when no time budget is given
+PREFIX_TOKENS = 10                 # generate.prefix_tokens for a pretrained decoder (ClipCap's prefix length)
 
 
 @dataclass
@@ -70,6 +71,8 @@ def make_plan(profile: dict, cfg: Config, train_rows: int, preset: str | None = 
         if not supervised:
             _pretrain_towers(plan, cfg, towers, preset)
     _train(plan, profile, cfg, train_rows, preset, max_minutes)
+    if cfg.schema.task == "generation" and cfg.generate.decoder not in (None, "scratch"):
+        _pretrained_decoder(plan, cfg)
     if cfg.train.group_by == "none":
         for col, k in profile["group_candidates"].items():
             plan.notes.append(f"column '{col}' ({k} values) looks like a group: with --group-by {col} "
@@ -215,6 +218,19 @@ def _train(plan: Plan, profile: dict, cfg: Config, rows: int, preset: str | None
         plan.set("train.patience", patience, f"stop early after {patience} epochs without validation improvement")
     augment = PRESETS[preset or "medium"]["augment"]
     plan.set("augment.enabled", augment, f"preset {preset or 'medium'}")
+
+
+def _pretrained_decoder(plan: Plan, cfg: Config):
+    """A pretrained language model as the decoder: every step runs it forward and back (the prefix's
+    gradient passes through all its layers), so its sequence length and the number of steps are
+    what a budget buys. Measured on emoji captions with SmolLM2-135M: 49 image tokens + [CLS] as the
+    prefix, batch 64, ran 6 rows/s, one epoch (28 steps) in 10 minutes (docs/benchmarks.md)."""
+    if cfg.model.fusion == "attention":
+        plan.set("generate.prefix_tokens", PREFIX_TOKENS, f"{PREFIX_TOKENS} learned queries read the fused "
+                 "tokens: the decoder's sequence no longer grows with the input (ClipCap: 10)")
+    batch = 16
+    plan.set("train.batch_size", batch, "a pretrained decoder: more, smaller steps for the same rows")
+    plan.set("train.lr", round(2e-3 * math.sqrt(batch / 64), 5), f"AdamW, scaled with the square root of batch {batch}")
 
 
 def apply_plan(cfg: Config, plan: Plan, fixed: set[str]) -> tuple[Config, dict]:
