@@ -113,7 +113,7 @@ def main(argv=None):
     from polyfuse.inference import Predictor
     p = Predictor(eager.cfg, eager.processors, eager.labels, eager.graph.model)
     enc = p.encode(p.read(paths["test"]), with_labels=True)
-    rows, labels = enc.inputs, torch.stack(enc.labels).numpy()
+    rows, labels = enc.inputs, torch.stack(list(enc.labels)).numpy()
     pool = (rows * (1 + 32 * max(1, args.repeats // 10) // len(rows)))  # enough rows for the batch-32 calls
     variants = {"eager fp32": eager,
                 "ONNX fp32": OnnxBackend(out / "onnx", "model.onnx", args.threads),

@@ -30,7 +30,7 @@ SCAN_ROWS = 64      # rows per scanned chunk: one batch of work for a worker, on
 @dataclass
 class EncodedSet(torch.utils.data.Dataset):
     inputs: Sequence[dict]                  # per row: {column: tensors or None}; a list, or RowInputs
-    labels: list[torch.Tensor | None]
+    labels: Sequence[torch.Tensor | None]   # per row: its encoded label or None; a list, or Labels
     rows: list[int]                         # the table row each sample came from
     skipped: list[dict] = field(default_factory=list)
     prompts: list[torch.Tensor] | None = None   # generation with generate.prompt: each row's decoder prompt ids
@@ -40,6 +40,34 @@ class EncodedSet(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return i
+
+
+class Labels(Sequence):
+    """Encoded labels of equal shape in one tensor, with a presence flag per row: a list of 200,000
+    one-element tensors costs about 150 MB of Python objects (bench/scale.py), this 1.8 MB.
+    labels[i] is row i's tensor (a view) or None."""
+
+    def __init__(self, values: torch.Tensor, present: np.ndarray):
+        self.values, self.present = values, present
+
+    @classmethod
+    def pack(cls, values: list) -> "Labels | list":
+        """One tensor when every present label has one shape and dtype (classification, multi-label,
+        regression); the list as it is otherwise (generation's token ids of varying length)."""
+        real = [v for v in values if v is not None]
+        if not real or any(v.shape != real[0].shape or v.dtype != real[0].dtype for v in real):
+            return values
+        filler = torch.zeros_like(real[0])
+        stacked = torch.stack([filler if v is None else v for v in values])
+        return cls(stacked, np.array([v is not None for v in values], dtype=bool))
+
+    def __len__(self):
+        return len(self.present)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return self.values[i] if self.present[i] else None
 
 
 class RowInputs(Sequence):
@@ -136,7 +164,7 @@ def encode_table(table: Table, processors: Processors, labels: LabelCodec | None
     skipped.sort(key=lambda s: s["row"])
     idx = np.asarray(kept)
     inputs = RowInputs(table, processors, idx, present[idx], keys[idx] if keys is not None else None, cache)
-    return EncodedSet(inputs, label_values, kept, skipped)
+    return EncodedSet(inputs, Labels.pack(label_values), kept, skipped)
 
 
 class Scan:

@@ -21,7 +21,7 @@ def headline(predictor: Predictor, data: EncodedSet) -> float:
 
 def encoded_labels(labels: LabelCodec, data: EncodedSet) -> np.ndarray:
     """The labels of an EncodedSet in the form metrics_for takes: label units, as the predictions are."""
-    y = torch.stack(data.labels).numpy()
+    y = torch.stack(list(data.labels)).numpy()
     return labels.to_units(y)[:, 0] if labels.task == "regression" else y
 
 
