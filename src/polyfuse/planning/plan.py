@@ -198,8 +198,7 @@ def _model(plan: Plan, profile: dict, cfg: Config, rows: int, preset: str | None
 
 def _train(plan: Plan, profile: dict, cfg: Config, rows: int, preset: str | None, max_minutes: float | None):
     batch = 32 if rows < 1000 else 64 if rows < 50000 else 128
-    plan.set("train.batch_size", batch, f"{rows} training rows")
-    plan.set("train.lr", round(2e-3 * math.sqrt(batch / 64), 5), f"AdamW, scaled with the square root of batch {batch}")
+    _batch(plan, batch, f"{rows} training rows")
     plan.set("train.weight_decay", 0.05, "small data: regularise")
     if profile["label"].get("task") == "classification":
         plan.set("train.label_smoothing", 0.1, "classification")
@@ -220,6 +219,12 @@ def _train(plan: Plan, profile: dict, cfg: Config, rows: int, preset: str | None
     plan.set("augment.enabled", augment, f"preset {preset or 'medium'}")
 
 
+def _batch(plan: Plan, batch: int, why: str):
+    """The batch size and the learning rate that goes with it (2e-3 at 64, square-root scaling)."""
+    plan.set("train.batch_size", batch, why)
+    plan.set("train.lr", round(2e-3 * math.sqrt(batch / 64), 5), f"AdamW, scaled with the square root of batch {batch}")
+
+
 def _pretrained_decoder(plan: Plan, cfg: Config):
     """A pretrained language model as the decoder: every step runs it forward and back (the prefix's
     gradient passes through all its layers), so its sequence length and the number of steps are
@@ -228,9 +233,7 @@ def _pretrained_decoder(plan: Plan, cfg: Config):
     if cfg.model.fusion == "attention":
         plan.set("generate.prefix_tokens", PREFIX_TOKENS, f"{PREFIX_TOKENS} learned queries read the fused "
                  "tokens: the decoder's sequence no longer grows with the input (ClipCap: 10)")
-    batch = 16
-    plan.set("train.batch_size", batch, "a pretrained decoder: more, smaller steps for the same rows")
-    plan.set("train.lr", round(2e-3 * math.sqrt(batch / 64), 5), f"AdamW, scaled with the square root of batch {batch}")
+    _batch(plan, 16, "a pretrained decoder: more, smaller steps for the same rows")
 
 
 def apply_plan(cfg: Config, plan: Plan, fixed: set[str]) -> tuple[Config, dict]:
