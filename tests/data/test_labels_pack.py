@@ -27,3 +27,17 @@ def test_a_large_label_set_costs_bytes_per_row_not_python_objects():
     size = packed.values.element_size() * packed.values.numel() + packed.present.nbytes
     assert isinstance(packed, Labels) and size <= 10 * 100_000
     assert packed.present.dtype == np.bool_
+
+
+def test_the_buffer_turns_into_a_list_at_the_first_label_of_another_shape():
+    from polyfuse.data.dataset import LabelBuffer
+    buffer = LabelBuffer(5)
+    for y in [torch.tensor([1, 2]), None, torch.tensor([3, 4]), torch.tensor([5, 6, 7])]:
+        buffer.add(y)
+    out = buffer.result()
+    assert isinstance(out, list) and len(out) == 4 and out[1] is None
+    assert [t.tolist() for t in (out[0], out[2], out[3])] == [[1, 2], [3, 4], [5, 6, 7]]
+    fixed = LabelBuffer(5)                  # fewer rows added than reserved (skipped rows)
+    for y in [torch.tensor(1.5), torch.tensor(2.5)]:
+        fixed.add(y)
+    assert isinstance(fixed.result(), Labels) and len(fixed.result()) == 2

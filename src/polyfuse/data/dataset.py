@@ -54,12 +54,11 @@ class Labels(Sequence):
     def pack(cls, values: list) -> "Labels | list":
         """One tensor when every present label has one shape and dtype (classification, multi-label,
         regression); the list as it is otherwise (generation's token ids of varying length)."""
-        real = [v for v in values if v is not None]
-        if not real or any(v.shape != real[0].shape or v.dtype != real[0].dtype for v in real):
-            return values
-        filler = torch.zeros_like(real[0])
-        stacked = torch.stack([filler if v is None else v for v in values])
-        return cls(stacked, np.array([v is not None for v in values], dtype=bool))
+        buffer = LabelBuffer(len(values))
+        for v in values:
+            buffer.add(v)
+        packed = buffer.result()
+        return packed if isinstance(packed, Labels) else values
 
     def __len__(self):
         return len(self.present)
@@ -68,6 +67,39 @@ class Labels(Sequence):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
         return self.values[i] if self.present[i] else None
+
+
+class LabelBuffer:
+    """Labels added one by one into a tensor allocated at the first one, so that no list of one
+    tensor per row exists even for a moment (its objects stay in Python's allocator after it is
+    freed: at 200,000 rows the encode step's peak). Falls back to a list at the first label of
+    another shape or dtype."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.n = capacity, 0
+        self.values: torch.Tensor | None = None
+        self.present = np.zeros(capacity, dtype=bool)
+        self.items: list | None = None              # list mode
+
+    def add(self, y: torch.Tensor | None):
+        if self.items is None and y is not None:
+            if self.values is None:
+                self.values = torch.zeros((self.capacity, *y.shape), dtype=y.dtype)
+            elif y.shape != self.values.shape[1:] or y.dtype != self.values.dtype:
+                self.items = [self.values[i] if self.present[i] else None for i in range(self.n)]
+        if self.items is not None:
+            self.items.append(y)
+        elif y is not None:
+            self.values[self.n] = y
+            self.present[self.n] = True
+        self.n += 1
+
+    def result(self) -> "Labels | list":
+        if self.items is not None:
+            return self.items
+        if self.values is None:
+            return [None] * self.n
+        return Labels(self.values[: self.n], self.present[: self.n])
 
 
 class RowInputs(Sequence):
@@ -145,7 +177,7 @@ def encode_table(table: Table, processors: Processors, labels: LabelCodec | None
         bar.update(len(chunk["rows"]))
     bar.close()
 
-    kept, label_values = [], []
+    kept, label_values = [], LabelBuffer(int(ok.sum()))
     for row in np.flatnonzero(ok).tolist():
         y = None
         if labels is not None:
@@ -158,13 +190,13 @@ def encode_table(table: Table, processors: Processors, labels: LabelCodec | None
                 ok[row] = False
                 continue
         kept.append(row)
-        label_values.append(y)
+        label_values.add(y)
     if not kept:
         raise InputError(f"no usable rows ({len(skipped)} skipped)", table=table.name)
     skipped.sort(key=lambda s: s["row"])
     idx = np.asarray(kept)
     inputs = RowInputs(table, processors, idx, present[idx], keys[idx] if keys is not None else None, cache)
-    return EncodedSet(inputs, Labels.pack(label_values), kept, skipped)
+    return EncodedSet(inputs, label_values.result(), kept, skipped)
 
 
 class Scan:
