@@ -354,6 +354,11 @@ class GenerateConfig:
     prompt: str | None = None
     max_prompt_tokens: int = 64
 
+    @property
+    def pretrained_decoder(self) -> bool:
+        """A language model folder (or hub id), not `scratch`."""
+        return self.decoder not in (None, "scratch")
+
     def validate(self):
         _positive(self, "max_target_tokens", "max_new_tokens", "num_beams", "temperature", "max_prompt_tokens")
         if self.prefix_tokens is not None and self.prefix_tokens < 1:

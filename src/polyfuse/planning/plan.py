@@ -71,7 +71,7 @@ def make_plan(profile: dict, cfg: Config, train_rows: int, preset: str | None = 
         if not supervised:
             _pretrain_towers(plan, cfg, towers, preset)
     _train(plan, profile, cfg, train_rows, preset, max_minutes)
-    if cfg.schema.task == "generation" and cfg.generate.decoder not in (None, "scratch"):
+    if cfg.schema.task == "generation" and cfg.generate.pretrained_decoder:
         _pretrained_decoder(plan, cfg)
     if cfg.train.group_by == "none":
         for col, k in profile["group_candidates"].items():
