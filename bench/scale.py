@@ -1,5 +1,5 @@
 """Data at scale (issue 16): throughput and peak RSS of the decode cache build, data loading with 0
-and 2 workers, one training epoch decoding every row vs reading the warm cache, and embedding.
+and 2 workers, a training epoch decoding every row vs reading the warm cache, and embedding.
 
     nice -n 19 .venv/bin/python bench/scale.py --rows 10000
 
@@ -7,6 +7,12 @@ Writes N distinct synthetic rows (a 64 px PNG, a 1 s WAV, a short caption, a lab
 runs/scale-N/ (kept for re-runs), then runs each phase in a process of its own, so each peak RSS
 (ru_maxrss of the phase's main process; its DataLoader workers are reported apart) is that
 phase's alone. Prints one JSON line per phase and a summary with the issue's ratios.
+
+Side by side: the loading phase times 0 and 2 workers in turn, three times each, on the same
+rows (the first --load-rows of the table), and reports the median of the three ratios; a busy
+neighbour on a shared machine then slows both sides of one comparison, not one side of it. The
+epoch phases train --epochs epochs (default 2) and report the last: the steady state, after the
+workers have started and the first step has paid its one-off costs.
 """
 from __future__ import annotations
 
@@ -78,7 +84,7 @@ def peak_mb() -> tuple[float, float]:
             resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
 
 
-def phase(name: str, folder: Path, workers: int) -> dict:
+def phase(name: str, folder: Path, workers: int, epochs: int = 2, load_rows: int = 10000) -> dict:
     """One measurement, run in a fresh process."""
     import dataclasses
 
@@ -88,29 +94,45 @@ def phase(name: str, folder: Path, workers: int) -> dict:
     from polyfuse.data.processors import Processors
     table = read_table(folder / "table.csv")
     n = len(table)
-    if name in ("build", "load"):
-        cfg = config(folder, workers=workers, cache=name == "build")
+    if name == "build":
+        cfg = config(folder, workers=workers, cache=True)
         cfg = dataclasses.replace(cfg, schema=resolve_schema(table, cfg.schema))
         procs = Processors.build(cfg, cfg.schema).fit(table)
         t0 = time.perf_counter()
-        data = encode_table(table, procs, None, "skip", progress=False)
-        if name == "load":          # the epoch alone: every row decoded and collated again, no cache
-            t0 = time.perf_counter()
-            collate = make_collate(procs)
-            for _ in BatchStream(lambda idx: collate(idx, data), workers, 2)(in_order(len(data), 64)):
-                pass
+        encode_table(table, procs, None, "skip", progress=False)
         seconds = time.perf_counter() - t0
-        return {"phase": f"{name} ({workers} workers)", "rows": n, "seconds": round(seconds, 1),
+        return {"phase": f"build ({workers} workers)", "rows": n, "seconds": round(seconds, 1),
                 "rows_per_s": round(n / seconds, 1)}
+    if name == "load":          # decoding and collating alone, no cache, no model: 0 vs `workers`
+        cfg = config(folder, workers=0, cache=False)
+        cfg = dataclasses.replace(cfg, schema=resolve_schema(table, cfg.schema))
+        procs = Processors.build(cfg, cfg.schema).fit(table)
+        data = encode_table(table, procs, None, "skip", progress=False)
+        collate = make_collate(procs)
+        m = min(load_rows, len(data))
+        rates = {0: [], workers: []}
+        for _ in range(3):
+            for w in (0, workers):
+                t0 = time.perf_counter()
+                for _ in BatchStream(lambda idx: collate(idx, data), w, 2)(in_order(m, 64)):
+                    pass
+                rates[w].append(m / (time.perf_counter() - t0))
+        ratios = sorted(b / a for a, b in zip(rates[0], rates[workers]))
+        return {"phase": f"load (0 vs {workers} workers)", "rows": m,
+                "rows_per_s_0": [round(r, 1) for r in rates[0]],
+                f"rows_per_s_{workers}": [round(r, 1) for r in rates[workers]], "median_ratio": round(ratios[1], 2)}
     if name in ("epoch_cold", "epoch_warm"):
         from polyfuse.recipes.train import train_run
         cfg = config(folder, workers=workers, cache=name == "epoch_warm")
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs))
         out = folder / f"run-{name}"
         subprocess.run(["rm", "-rf", str(out)], check=True)
         t0 = time.perf_counter()
         _, summary = train_run(cfg, folder / "table.csv", None, out, progress=False)
         log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
-        return {"phase": f"{name} ({workers} workers)", "rows": n, "epoch_rows_per_s": round(log[-1]["samples_per_s"], 1),
+        return {"phase": f"{name} ({workers} workers)", "rows": n, "epochs": epochs,
+                "first_epoch_rows_per_s": round(log[0]["samples_per_s"], 1),
+                "epoch_rows_per_s": round(log[-1]["samples_per_s"], 1),
                 "epoch_seconds": round(n / log[-1]["samples_per_s"], 1),
                 "run_seconds": round(time.perf_counter() - t0, 1)}
     if name == "embed":
@@ -129,10 +151,12 @@ def main():
     ap.add_argument("--rows", type=int, default=10000)
     ap.add_argument("--phase", help=argparse.SUPPRESS)
     ap.add_argument("--workers", type=int, default=2, help=argparse.SUPPRESS)
+    ap.add_argument("--epochs", type=int, default=2, help="epochs of each training phase; the last is reported")
+    ap.add_argument("--load-rows", type=int, default=10000, help="rows the loading comparison reads")
     args = ap.parse_args()
     folder = ROOT / "runs" / f"scale-{args.rows}"
     if args.phase:
-        result = phase(args.phase, folder, args.workers)
+        result = phase(args.phase, folder, args.workers, args.epochs, args.load_rows)
         main_mb, child_mb = peak_mb()
         print(json.dumps({**result, "peak_rss_mb": round(main_mb), "worker_peak_rss_mb": round(child_mb)}))
         return
@@ -141,18 +165,18 @@ def main():
     print(json.dumps({"phase": "generate", "rows": args.rows, "seconds": round(time.perf_counter() - t0, 1)}))
     subprocess.run(["rm", "-rf", str(folder / "cache")], check=True)
     results = {}
-    for name, workers in (("build", 2), ("load", 0), ("load", 2), ("epoch_cold", 2), ("epoch_warm", 2), ("embed", 0)):
+    for name, workers in (("build", 2), ("load", 2), ("epoch_cold", 2), ("epoch_warm", 2), ("embed", 0)):
         got = subprocess.run([sys.executable, __file__, "--rows", str(args.rows), "--phase", name,
-                              "--workers", str(workers)], capture_output=True, text=True)
+                              "--workers", str(workers), "--epochs", str(args.epochs),
+                              "--load-rows", str(args.load_rows)], capture_output=True, text=True)
         if got.returncode:
             sys.exit(got.stderr)
         line = got.stdout.strip().splitlines()[-1]
         print(line, flush=True)
         results[(name, workers)] = json.loads(line)
-    load0, load2 = results[("load", 0)]["rows_per_s"], results[("load", 2)]["rows_per_s"]
     cold, warm = results[("epoch_cold", 2)]["epoch_rows_per_s"], results[("epoch_warm", 2)]["epoch_rows_per_s"]
     peak = max(r["peak_rss_mb"] for r in results.values())
-    print(json.dumps({"rows": args.rows, "loading_2_vs_0_workers": round(load2 / load0, 2),
+    print(json.dumps({"rows": args.rows, "loading_2_vs_0_workers": results[("load", 2)]["median_ratio"],
                       "warm_vs_cold_epoch": round(warm / cold, 2), "peak_rss_mb": peak}))
 
 

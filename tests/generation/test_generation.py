@@ -208,7 +208,8 @@ def test_the_prompt_reaches_the_decoder_and_decides_the_answer(tmp_path, llama):
         "image": {"size": 16, "patch": 4},
         "train": {"epochs": 40, "batch_size": 8, "lr": 3e-3, "patience": None, "val_fraction": 0.0},
         "generate": {"decoder": str(llama), "max_new_tokens": 4, "decoder_train": "full", "prompt": "{question}"}})
-    train_generation(cfg, write_questions(tmp_path, 96, seed=0), out=tmp_path / "run", progress=False)
+    # 160 rows: with 96 it learned the side question only just (0.79-0.83 as float rounding moved)
+    train_generation(cfg, write_questions(tmp_path, 160, seed=0), out=tmp_path / "run", progress=False)
     gen = Generator.load(tmp_path / "run")
     test = write_questions(tmp_path, 24, seed=1)                  # unseen scenes, both questions
     texts = gen.generate(gen.encode(gen.read(test)))

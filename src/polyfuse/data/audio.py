@@ -85,17 +85,16 @@ class AudioProcessor:
         if isinstance(source, (str, Path)) and not Path(source).exists():
             raise InputError("audio file not found", file=name)
         try:
-            info = sf.info(source)
-            if hasattr(source, "seek"):
-                source.seek(0)
-            if info.frames <= 0 or info.samplerate <= 0:
-                raise InputError("audio file has no samples", file=name)
-            seconds = info.frames / info.samplerate
-            if seconds > self.cfg.max_file_seconds:
-                raise InputError(f"audio is {seconds:.1f} s long, over the limit of "
-                                 f"{self.cfg.max_file_seconds:g} s (audio.max_file_seconds)", file=name)
-            keep = int(math.ceil(self.cfg.max_seconds * info.samplerate))
-            wave, sr = sf.read(source, frames=keep, dtype="float32", always_2d=True)
+            with sf.SoundFile(source) as f:         # one open for the length check and the read
+                frames, rate = f.frames, f.samplerate
+                if frames <= 0 or rate <= 0:
+                    raise InputError("audio file has no samples", file=name)
+                seconds = frames / rate
+                if seconds > self.cfg.max_file_seconds:
+                    raise InputError(f"audio is {seconds:.1f} s long, over the limit of "
+                                     f"{self.cfg.max_file_seconds:g} s (audio.max_file_seconds)", file=name)
+                keep = int(math.ceil(self.cfg.max_seconds * rate))
+                wave, sr = f.read(frames=keep, dtype="float32", always_2d=True), rate
         except InputError:
             raise
         except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
@@ -111,7 +110,7 @@ class AudioProcessor:
         x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
         spec = torch.stft(x, self.cfg.n_fft, self.cfg.hop_length, window=self.window, center=True,
                           pad_mode="constant", return_complex=True)
-        power = spec.abs() ** 2                                   # (n_freqs, frames)
+        power = torch.view_as_real(spec).pow(2).sum(-1)           # (n_freqs, frames); |z|^2 without a sqrt
         return torch.log(self.fb.T @ power + 1e-6)
 
     def features(self, wave: np.ndarray) -> torch.Tensor:
@@ -130,7 +129,7 @@ class AudioProcessor:
         return {"mel": self.features(self.decode(source)).numpy().astype(np.float16)}
 
     def unpack(self, packed: dict) -> dict:
-        mel = (torch.from_numpy(packed["mel"].astype(np.float32)) - self.mean) / self.std
+        mel = torch.from_numpy(packed["mel"]).float().sub_(self.mean).div_(self.std)    # a copy, then in place
         # Pad each row to whole tokens here, not in the batch, so a row's last token never
         # depends on which other rows share its batch.
         k = self.cfg.frames_per_token

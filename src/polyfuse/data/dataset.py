@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
@@ -111,6 +112,17 @@ class RowInputs(Sequence):
         self.table, self.processors, self.cache = table, processors, cache
         self.streams = processors.schema.streams()
         self.rows, self.present, self.keys = rows, present, keys     # (N,), (N, C), (N, C, KEY_BYTES)
+        self._cells: dict | None = None      # column -> cells as an array, made when first needed
+
+    def cell(self, row: int, column: str):
+        """Table cell by row number: an array lookup (DataFrame.at costs ~0.1 ms, 13% of decoding)."""
+        if self._cells is None:
+            index = self.table.df.index
+            self._offset = index.start if isinstance(index, pd.RangeIndex) and index.step == 1 else None
+            self._cells = {c: self.table.df[c].to_numpy() for c, _ in self.streams} if self._offset is not None else {}
+        if self._offset is None:
+            return self.table.df.at[row, column]
+        return self._cells[column][row - self._offset]
 
     def __len__(self):
         return len(self.rows)
@@ -134,7 +146,7 @@ class RowInputs(Sequence):
                     continue
                 packed = found.get(self.keys[i, c].tobytes()) if found else None     # no cache: keys is None
                 item[column] = self.processors.by_modality[modality].unpack(packed) if packed is not None \
-                    else self.processors.process_cell(self.table, row, column, modality)
+                    else self.processors.process_cell(self.table, row, column, modality, self.cell(row, column))
             out.append(item)
         return out
 

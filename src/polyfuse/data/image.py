@@ -25,6 +25,7 @@ class ImageProcessor:
         self.cfg = cfg
         self.mean = torch.tensor(cfg.mean).view(3, 1, 1)
         self.std = torch.tensor(cfg.std).view(3, 1, 1)
+        self._scale, self._shift = 1.0 / (255.0 * self.std), self.mean / self.std     # normalise's two passes
 
     def fit(self, paths) -> "ImageProcessor":
         return self       # nothing learned from data: mean/std come from the config
@@ -84,16 +85,19 @@ class ImageProcessor:
         return np.asarray(img, dtype=np.uint8)                                      # (S, S, 3)
 
     def normalise(self, pixels: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.asarray(pixels, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, S, S)
-        return (x - self.mean) / self.std
+        x = torch.from_numpy(np.asarray(pixels, dtype=np.uint8)).permute(2, 0, 1).float()   # (3, S, S), 0..255
+        # (x / 255 - mean) / std, in two passes over the pixels instead of four
+        return x.mul_(self._scale).sub_(self._shift)
 
     def collate(self, items: list[dict | None]) -> dict:
         S = self.cfg.size
+        present = torch.tensor([x is not None for x in items], dtype=torch.bool)
+        if present.all():              # the usual batch: one copy
+            return {"pixels": torch.stack([x["pixels"] for x in items]), "present": present}
         pixels = torch.zeros(len(items), 3, S, S)
-        present = torch.zeros(len(items), dtype=torch.bool)
         for i, x in enumerate(items):
             if x is not None:
-                pixels[i], present[i] = x["pixels"], True
+                pixels[i] = x["pixels"]
         return {"pixels": pixels, "present": present}
 
 

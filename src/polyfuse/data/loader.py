@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator
 
 import torch
@@ -19,6 +20,11 @@ from ..config import DataConfig
 # Below this many rows a table is decoded in the main process: starting worker processes (a fork
 # each, then their first batch) costs more than decoding a small table takes.
 PARALLEL_ROWS = 1000
+# A tensor a worker returns goes through shared memory: a new segment, and its file descriptor
+# handed over on a socket connection per tensor (about 3 ms of the two processes' time for a
+# batch of 11 tensors, 9% of the loading rate on 2 cores, bench/scale.py). Below this size it
+# travels inside the pickled batch instead, as bytes: only the pixels and spectrograms are shared.
+INLINE_BYTES = 64 * 1024
 
 
 def worker_count(cfg: DataConfig, n_rows: int) -> int:
@@ -29,6 +35,23 @@ def worker_count(cfg: DataConfig, n_rows: int) -> int:
     if n_rows < PARALLEL_ROWS or sys.platform != "linux":     # workers are forked: safe by default on Linux only
         return 0
     return max(0, min(4, len(os.sched_getaffinity(0)) - 1))
+
+
+@contextmanager
+def threads_beside(workers: int):
+    """Within it, the training process's intra-op threads are the cores `workers` leave (at least
+    one): torch's default (every core) made workers and training threads fight for 2 cores, and an
+    epoch was 1.4-1.5x slower than with one training thread (bench/scale.py, 10k rows: 539 vs 821
+    rows/s decoding every epoch, 1,390 vs 2,022 from the warm cache). Left alone without workers,
+    when OMP_NUM_THREADS is set (torchrun sets it), or when torch already uses fewer threads."""
+    before = torch.get_num_threads()
+    want = max(1, len(os.sched_getaffinity(0)) - workers) if hasattr(os, "sched_getaffinity") else before
+    if workers > 0 and "OMP_NUM_THREADS" not in os.environ and want < before:
+        torch.set_num_threads(want)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class _Order:
@@ -49,7 +72,44 @@ class _Make(torch.utils.data.Dataset):
         self.make = make
 
     def __getitem__(self, indices):
-        return self.make(indices)
+        batch = self.make(indices)
+        return _inline(batch) if torch.utils.data.get_worker_info() is not None else batch
+
+
+class _Inline:
+    """A small tensor as pickled bytes (see INLINE_BYTES); `tensor()` gives it back, equal in
+    dtype, shape and values. Kept apart from numpy so that every dtype (bfloat16 too) travels."""
+    def __init__(self, t: torch.Tensor):
+        t = t.detach().contiguous()
+        self.dtype, self.shape = t.dtype, tuple(t.shape)
+        self.data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+    def tensor(self) -> torch.Tensor:
+        if not self.data:
+            return torch.empty(self.shape, dtype=self.dtype)
+        return torch.frombuffer(bytearray(self.data), dtype=torch.uint8).view(self.dtype).reshape(self.shape)
+
+
+def _inline(x):
+    """Worker side: small tensors in dicts, lists and tuples become _Inline."""
+    if isinstance(x, torch.Tensor):
+        return _Inline(x) if x.nbytes < INLINE_BYTES and x.layout == torch.strided else x
+    if isinstance(x, dict):
+        return {k: _inline(v) for k, v in x.items()}
+    if type(x) in (list, tuple):
+        return type(x)(_inline(v) for v in x)
+    return x
+
+
+def _restore(x):
+    """Main process side: the inverse of _inline."""
+    if isinstance(x, _Inline):
+        return x.tensor()
+    if isinstance(x, dict):
+        return {k: _restore(v) for k, v in x.items()}
+    if type(x) in (list, tuple):
+        return type(x)(_restore(v) for v in x)
+    return x
 
 
 def _as_made(batch):
@@ -67,7 +127,7 @@ class BatchStream:
         if workers > 0:
             # Rust tokenizers warn (and turn their threads off) when forked after using threads.
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        self.order = _Order()
+        self.order, self.workers = _Order(), workers
         # generator: the loader draws its workers' base seed from it; without one it would draw from
         # the global RNG and shift every later dropout mask, so runs would depend on the worker count.
         self.loader = torch.utils.data.DataLoader(
@@ -77,7 +137,7 @@ class BatchStream:
 
     def __call__(self, batches: Iterable[list]) -> Iterator:
         self.order.batches = list(batches)
-        return iter(self.loader)
+        return iter(self.loader) if self.workers == 0 else map(_restore, self.loader)
 
 
 def in_order(n: int, size: int, start: int = 0) -> list[list[int]]:

@@ -13,6 +13,8 @@ from .manifest import Table, is_missing
 from .pretrained import load_processor, make_processor
 from .text import TextProcessor
 
+MISSING = object()      # process_cell's "value not given" (None is a cell value: an empty cell)
+
 
 class Processors:
     def __init__(self, cfg: Config, schema: SchemaConfig, by_modality: dict):
@@ -57,9 +59,11 @@ class Processors:
     def text(self) -> TextProcessor | None:
         return self.by_modality.get("text")
 
-    def process_cell(self, table: Table, row: int, column: str, modality: str):
-        """One cell -> tensors, or None when the cell is empty (the modality is absent)."""
-        value = table.df.at[row, column]
+    def process_cell(self, table: Table, row: int, column: str, modality: str, value=MISSING):
+        """One cell -> tensors, or None when the cell is empty (the modality is absent). value: the
+        cell when the caller has read it already (faster than looking it up in the DataFrame)."""
+        if value is MISSING:
+            value = table.df.at[row, column]
         if is_missing(value):
             return None
         proc = self.by_modality[modality]

@@ -29,7 +29,7 @@ from accelerate.utils import DistributedDataParallelKwargs
 from tqdm.auto import tqdm
 
 from ..config import OBJECTIVES, DataConfig, TrainConfig
-from ..data.loader import BatchStream, worker_count
+from ..data.loader import BatchStream, threads_beside, worker_count
 from ..runfolder import RunFolder
 from ..util import state_dict_cpu, to_device
 from .schedule import warmup_cosine
@@ -131,6 +131,12 @@ class Trainer:
         validation) are loaded back into the module at the end. before_epoch(raw, epoch, planned_epochs)
         runs on every rank before each epoch (a resumed run included): recipes with stages switch what
         trains there."""
+        workers = worker_count(self.data, n_rows)
+        with threads_beside(workers):
+            return self._fit(module, n_rows, batch, step, validate, on_epoch, resume, augment, before_epoch, workers)
+
+    def _fit(self, module, n_rows, batch, step, validate, on_epoch, resume, augment, before_epoch,
+             workers: int) -> dict:
         tc, acc = self.cfg, self.accelerator
         rank, world = acc.process_index, acc.num_processes
         steps_per_epoch = len(epoch_batches(n_rows, tc.batch_size, tc.seed, 0, rank, world))
@@ -150,7 +156,7 @@ class Trainer:
         raw = acc.unwrap_model(wrapped)
 
         # Workers stay up across epochs; each epoch hands them its own seeded order.
-        stream = BatchStream(batch, worker_count(self.data, n_rows), self.data.prefetch, persistent=True)
+        stream = BatchStream(batch, workers, self.data.prefetch, persistent=True)
         t_start = time.perf_counter() - state.elapsed_s - self.spent_s
         fill = tc.fill_budget and tc.max_minutes is not None
         t_probe, probe_from = time.perf_counter(), max(1, state.step)    # a run resumed mid-probe times from here
