@@ -112,3 +112,27 @@ def test_cache_only_for_fully_frozen_towers(towers, tmp_path):
     cfg = Config.from_dict({"schema": {"text": ["t"]}, "text": {"encoder": str(towers["text"])},
                             "model": {"d_model": 16, "n_heads": 2, "lora": True}})
     assert build_encoder("text", cfg, None).cache_dir is None
+
+
+def test_training_fills_the_cache_before_the_first_step(towers, tmp_path, monkeypatch):
+    """Every training and validation row's tower output is computed once before Trainer.fit starts,
+    so the first epoch costs what the others do (the time budget plans epochs from it)."""
+    import pandas as pd
+
+    from polyfuse.encoders.pretrained import TowerEncoder
+    from polyfuse.recipes.train import train_run
+    from polyfuse.training.trainer import Trainer
+    paths = write_images(tmp_path, 24)
+    df = pd.DataFrame({"img": [str(p) for p in paths], "y": [i % 2 for i in range(24)]})
+    cfg = Config.from_dict({"schema": {"image": ["img"], "label": "y"}, "image": {"encoder": str(towers["image"])},
+                            "model": {"d_model": 16, "n_heads": 2, "n_layers": 1, "freeze_encoders": True,
+                                      "feature_cache_dir": str(tmp_path / "features")},
+                            "train": {"epochs": 2, "batch_size": 8, "val_fraction": 0.25}})
+    computed, at_fit = [], []
+    run, fit = TowerEncoder._run, Trainer.fit
+    monkeypatch.setattr(TowerEncoder, "_run", lambda self, part, idx: computed.extend(idx) or run(self, part, idx))
+    monkeypatch.setattr(Trainer, "fit", lambda self, *a, **k: at_fit.append(len(computed)) or fit(self, *a, **k))
+    train_run(cfg, df, out=tmp_path / "run", progress=False)
+    assert at_fit == [24]                      # 18 training + 6 validation rows, each computed once, before fit
+    assert len(computed) == 24                 # and never again: both epochs read the cache
+    assert len(list((tmp_path / "features").rglob("*.safetensors"))) == 24

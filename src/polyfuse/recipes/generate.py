@@ -17,6 +17,7 @@ from ..config import Config
 from ..data.dataset import encode_table
 from ..data.manifest import is_missing, read_table, resolve_schema
 from ..data.processors import Processors
+from ..encoders.pretrained import fill_feature_caches
 from ..errors import ConfigError
 from ..generation.metrics import text_metrics
 from ..generation.model import SCRATCH, decoder_training, first_stage_epochs
@@ -125,6 +126,10 @@ def train_generation(cfg: Config, train, val=None, out: str | Path = "runs/gen",
             gen.save_weights(folder.path, {"epoch": record["epoch"], "n_parameters": n_params,
                                            "train_rows": len(train_set)})
 
+    with acc.main_process_first():      # the main process fills the feature cache; the others find it filled
+        fill_feature_caches(model, [(len(train_set), lambda idx: collate(idx, train_set))]
+                            + ([(len(val_set), lambda idx: collate(idx, val_set))] if val_set else []),
+                            cfg.train.batch_size, cfg.data, say)
     trainer = Trainer(cfg.train, acc, folder, progress=progress, spent_s=time.perf_counter() - t0, data=cfg.data)
     summary = trainer.fit(model, len(train_set), lambda idx: collate(idx, train_set), step,
                           validate if val_set is not None else None, on_epoch, resume, augment, before_epoch)

@@ -22,6 +22,7 @@ from ..config import Config
 from ..data.dataset import EncodedSet, encode_table, make_collate
 from ..data.manifest import read_table, resolve_schema
 from ..data.processors import Processors
+from ..encoders.pretrained import fill_feature_caches
 from ..errors import InputError
 from ..evaluation.metrics import roc_auc
 from ..model import build_model
@@ -125,6 +126,10 @@ def pretrain_run(cfg: Config, data, out: str | Path = "runs/pre", base_dir=None,
                 "match each other (a many-to-many pairing), ITM cannot learn: name the column that says which "
                 "rows match with pretrain.match_column (--match-column), or turn off pretrain.hard_negatives")
 
+    with acc.main_process_first():      # the main process fills the feature cache; the others find it filled
+        fill_feature_caches(pre, [(len(rows), lambda idx: collate(idx, rows))]
+                            + ([(len(val_rows), lambda idx: make_collate(processors)(idx, val_rows))] if val_rows else []),
+                            cfg.train.batch_size, cfg.data, say)
     trainer = Trainer(cfg.train, acc, folder, progress=progress, desc="pretrain", data=cfg.data)
     state = trainer.fit(pre, len(rows), lambda idx: collate(idx, rows), lambda m, b: m(b),
                         validate if val_rows is not None else None, on_epoch, resume, augment)

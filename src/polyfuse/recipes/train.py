@@ -18,6 +18,7 @@ from ..data.dataset import EncodedSet, encode_table, make_collate
 from ..data.labels import LabelCodec
 from ..data.manifest import read_table, resolve_schema
 from ..data.processors import Processors
+from ..encoders.pretrained import fill_feature_caches
 from ..errors import ConfigError, InputError
 from ..evaluation.evaluate import encoded_labels, evaluate, metrics_for
 from ..evaluation.metrics import HEADLINE
@@ -129,6 +130,10 @@ def train_run(cfg: Config, train, val=None, out: str | Path = "runs/exp", resume
             predictor.save_weights(folder.path, {"epoch": record["epoch"], "n_parameters": n_params,
                                                  "train_rows": len(train_set)})
 
+    with acc.main_process_first():      # the main process fills the feature cache; the others find it filled
+        fill_feature_caches(model, [(len(train_set), lambda idx: collate(idx, train_set))]
+                            + ([(len(val_set), lambda idx: collate(idx, val_set))] if val_set else []),
+                            cfg.train.batch_size, cfg.data, say)
     trainer = Trainer(cfg.train, acc, folder, progress=progress, spent_s=time.perf_counter() - t0, data=cfg.data)
     summary = trainer.fit(model, len(train_set), lambda idx: collate(idx, train_set), step,
                           validate if val_set is not None else None, on_epoch, resume, augment)
