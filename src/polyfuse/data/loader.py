@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from contextlib import contextmanager
+import time
 from typing import Callable, Iterable, Iterator
 
 import torch
@@ -37,21 +37,68 @@ def worker_count(cfg: DataConfig, n_rows: int) -> int:
     return max(0, min(4, len(os.sched_getaffinity(0)) - 1))
 
 
-@contextmanager
-def threads_beside(workers: int):
-    """Within it, the training process's intra-op threads are the cores `workers` leave (at least
-    one): torch's default (every core) made workers and training threads fight for 2 cores, and an
-    epoch was 1.4-1.5x slower than with one training thread (bench/scale.py, 10k rows: 539 vs 821
-    rows/s decoding every epoch, 1,390 vs 2,022 from the warm cache). Left alone without workers,
-    when OMP_NUM_THREADS is set (torchrun sets it), or when torch already uses fewer threads."""
+def thread_options(workers: int) -> list[int]:
+    """The training process's intra-op thread counts worth trying beside `workers` worker
+    processes: the cores the workers leave, and torch's own choice (every core). Empty when there
+    is nothing to choose: no workers, OMP_NUM_THREADS set (torchrun sets it), or torch already at
+    the lower count."""
     before = torch.get_num_threads()
-    want = max(1, len(os.sched_getaffinity(0)) - workers) if hasattr(os, "sched_getaffinity") else before
-    if workers > 0 and "OMP_NUM_THREADS" not in os.environ and want < before:
-        torch.set_num_threads(want)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    if workers == 0 or "OMP_NUM_THREADS" in os.environ or not hasattr(os, "sched_getaffinity"):
+        return []
+    low = max(1, len(os.sched_getaffinity(0)) - workers)
+    return [low, before] if low < before else []
+
+
+class ThreadTuner:
+    """Intra-op threads of the training process beside DataLoader workers, chosen by timing real
+    steps. Neither choice wins everywhere (2 cores, bench/scale.py and digit transcription): a tiny
+    model (27 ms a step) trained 1.5x faster on one thread than on two beside 2 workers, decoding
+    or not (the threads' fork-join and the workers fought for the cores); a 10x heavier one 1.5x
+    faster on two threads beside 1 worker that only read caches. So the first epoch of a run times
+    `steps` steps with each option (after step 1, which pays one-off costs), keeps the faster, and
+    the checkpoint keeps the choice (`TrainState.threads`), so a resumed run does not choose again.
+    Timed from one step's end to the next, data waits included (a slowed worker shows there)."""
+
+    def __init__(self, workers: int, chosen: int | None, steps: int = 12):
+        self.before, self.steps = torch.get_num_threads(), steps
+        self.options = thread_options(workers)
+        self.chosen = chosen if self.options else None
+        self.times: list[float] = []
+        self.t_last: float | None = None
+        torch.set_num_threads(self.chosen or self.before)
+
+    def use(self, chosen: int | None):
+        """A resumed run's earlier choice (None: it had none; the default stays)."""
+        if chosen is not None and self.options:
+            self.chosen = chosen
+            torch.set_num_threads(chosen)
+
+    def tuning(self, step: int) -> bool:
+        return self.chosen is None and bool(self.options) and 2 <= step <= 1 + self.steps * len(self.options)
+
+    def before_step(self, step: int):
+        """step: the number (from 1) of the step about to run."""
+        if self.tuning(step):
+            torch.set_num_threads(self.options[(step - 2) // self.steps])
+
+    def after_step(self, step: int) -> int | None:
+        """Returns the chosen thread count at the step that decides, else None."""
+        now = time.perf_counter()
+        if self.tuning(step) and self.t_last is not None:
+            self.times.append(now - self.t_last)
+        self.t_last = now
+        if self.chosen is None and self.options and step == 1 + self.steps * len(self.options):
+            if len(self.times) == self.steps * len(self.options):     # every step timed (none on a resume)
+                per = [sum(self.times[i * self.steps:(i + 1) * self.steps]) for i in range(len(self.options))]
+                self.chosen = self.options[per.index(min(per))]
+            else:
+                self.chosen = self.before
+            torch.set_num_threads(self.chosen)
+            return self.chosen
+        return None
+
+    def close(self):
+        torch.set_num_threads(self.before)
 
 
 class _Order:

@@ -241,17 +241,15 @@ def fill_feature_caches(model: nn.Module, sets: list[tuple[int, Callable[[list[i
     towers = {m.modality: m for m in model.modules() if isinstance(m, TowerEncoder) and m.cache_dir is not None}
     if not towers:
         return
-    from ..data.loader import BatchStream, in_order, threads_beside, worker_count
+    from ..data.loader import BatchStream, in_order, worker_count
     t0, rows, was_training = time.perf_counter(), 0, model.training
     model.eval()             # a frozen tower always runs in eval mode (its BatchNorm statistics stay as loaded)
     with torch.no_grad():
         for n, batch in sets:
-            workers = worker_count(data_cfg, n)
-            with threads_beside(workers):
-                for made in BatchStream(batch, workers, data_cfg.prefetch)(in_order(n, batch_size)):
-                    for part in made["inputs"].values():
-                        if part["modality"] in towers:
-                            towers[part["modality"]].features(part)
+            for made in BatchStream(batch, worker_count(data_cfg, n), data_cfg.prefetch)(in_order(n, batch_size)):
+                for part in made["inputs"].values():
+                    if part["modality"] in towers:
+                        towers[part["modality"]].features(part)
             rows += n
     model.train(was_training)
     say(f"feature cache: {', '.join(sorted(towers))} tower output of {rows} rows ready in {time.perf_counter() - t0:.0f} s")

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..data.loader import BatchStream, in_order, threads_beside, worker_count
+from ..data.loader import BatchStream, in_order, worker_count
 from ..data.stream import iter_table, scan_table
 from ..errors import InputError, PolyfuseError
 from ..runfolder import RunFolder
@@ -239,33 +239,27 @@ def embed_to_folder(embedder: Embedder, data, out: str | Path, batch_size: int |
             continue
         # Workers skip and report; the error (with on_bad_row error) is raised here, whole, not as a
         # worker's traceback.
-        workers = worker_count(data_cfg, end - first)
-        stream = BatchStream(lambda rows, t=chunk: embedder.read_rows(t, rows, "skip"), workers, data_cfg.prefetch)
-        with threads_beside(workers):           # the model's threads take the cores the workers leave
-            _embed_chunk(embedder, chunk, batches, stream, cfg, arrays, skipped, out, bar)
+        stream = BatchStream(lambda rows, t=chunk: embedder.read_rows(t, rows, "skip"),
+                             worker_count(data_cfg, end - first), data_cfg.prefetch)
+        for rows, read in zip(batches, stream(batches)):
+            if read[1] and cfg.on_bad_row != "skip":
+                bad = read[1][0]
+                raise InputError(bad["reason"], table=chunk.name, row=bad["row"], column=bad["column"] or None,
+                                 file=bad["file"] or None)
+            got, sk = embedder.embed_rows(chunk, rows, cfg.on_bad_row, read=read)
+            for n, (v, p) in got.items():
+                arrays[n][0].write(rows[0], v), arrays[n][1].write(rows[0], p)
+            skipped += sk
+            # Progress is written after the vectors: a crash redoes at most one batch.
+            if sk:
+                atomic_write_text(out / "skipped.json", json.dumps(skipped))
+            atomic_write_text(out / "progress.json", json.dumps({"done": rows[-1] + 1}))
+            bar.update(len(rows))
     rows_out.close()
     bar.close()
     for vec, present in arrays.values():
         vec.close(), present.close()
     return {"rows": N, "dim": D, "names": list(embedder.names), "skipped": len(skipped), "resumed_at": done}
-
-
-def _embed_chunk(embedder, chunk, batches, stream, cfg, arrays, skipped: list, out: Path, bar):
-    """One chunk's batches: vectors written, skipped rows recorded, progress saved after each batch."""
-    for rows, read in zip(batches, stream(batches)):
-        if read[1] and cfg.on_bad_row != "skip":
-            bad = read[1][0]
-            raise InputError(bad["reason"], table=chunk.name, row=bad["row"], column=bad["column"] or None,
-                             file=bad["file"] or None)
-        got, sk = embedder.embed_rows(chunk, rows, cfg.on_bad_row, read=read)
-        for n, (v, p) in got.items():
-            arrays[n][0].write(rows[0], v), arrays[n][1].write(rows[0], p)
-        skipped.extend(sk)
-        # Progress is written after the vectors: a crash redoes at most one batch.
-        if sk:
-            atomic_write_text(out / "skipped.json", json.dumps(skipped))
-        atomic_write_text(out / "progress.json", json.dumps({"done": rows[-1] + 1}))
-        bar.update(len(rows))
 
 
 class NpyRows:

@@ -29,7 +29,7 @@ from accelerate.utils import DistributedDataParallelKwargs
 from tqdm.auto import tqdm
 
 from ..config import OBJECTIVES, DataConfig, TrainConfig
-from ..data.loader import BatchStream, threads_beside, worker_count
+from ..data.loader import BatchStream, ThreadTuner, worker_count
 from ..runfolder import RunFolder
 from ..util import state_dict_cpu, to_device
 from .schedule import warmup_cosine
@@ -89,6 +89,7 @@ class TrainState:
     batch: int = 0
     epoch_seen: int = 0
     epoch_sums: dict = field(default_factory=dict)
+    threads: int | None = None       # the training process's intra-op threads, chosen by data.loader.ThreadTuner
 
     def better(self, record: dict) -> bool:
         """A validation score above the best seen by more than its noise, or one within that noise at
@@ -132,11 +133,15 @@ class Trainer:
         runs on every rank before each epoch (a resumed run included): recipes with stages switch what
         trains there."""
         workers = worker_count(self.data, n_rows)
-        with threads_beside(workers):
-            return self._fit(module, n_rows, batch, step, validate, on_epoch, resume, augment, before_epoch, workers)
+        tuner = ThreadTuner(workers, None)
+        try:
+            return self._fit(module, n_rows, batch, step, validate, on_epoch, resume, augment, before_epoch,
+                             workers, tuner)
+        finally:
+            tuner.close()           # torch's thread count as it was before the run
 
     def _fit(self, module, n_rows, batch, step, validate, on_epoch, resume, augment, before_epoch,
-             workers: int) -> dict:
+             workers: int, tuner: ThreadTuner) -> dict:
         tc, acc = self.cfg, self.accelerator
         rank, world = acc.process_index, acc.num_processes
         steps_per_epoch = len(epoch_batches(n_rows, tc.batch_size, tc.seed, 0, rank, world))
@@ -144,6 +149,7 @@ class Trainer:
         saved = self.folder.load_checkpoint() if resume and self.folder is not None else None
         if saved is not None:
             state = TrainState(**saved["trainer"])
+            tuner.use(state.threads)
         # The schedule's length: the epochs in force, which fill_budget may change after its probe.
         total = [steps_per_epoch * (state.epochs or tc.epochs)]
         opt = torch.optim.AdamW(param_groups(module, tc.weight_decay), lr=tc.lr * self.lr_scale, betas=(0.9, 0.98))
@@ -172,11 +178,16 @@ class Trainer:
             t_epoch, seen, sums = time.perf_counter(), state.epoch_seen, dict(state.epoch_sums)
             seen_before = seen
             for idx, made in zip(bar, stream(todo)):
+                tuner.before_step(state.step + 1)
                 b = to_device(made if augment is None else augment(made), acc.device)
                 with acc.autocast():
                     out = step(wrapped, b)
                 self._optimizer_step(wrapped, opt, sched, out["loss"])
                 state.step += 1
+                if (chosen := tuner.after_step(state.step)) is not None:
+                    state.threads = chosen
+                    acc.print(f"training threads beside {workers} data worker(s): {chosen} (faster of "
+                              f"{' and '.join(map(str, tuner.options))} over {tuner.steps} steps each)")
                 state.batch += 1
                 seen += len(idx)
                 for k, v in out.items():
