@@ -150,6 +150,8 @@ class Trainer:
         if saved is not None:
             state = TrainState(**saved["trainer"])
             tuner.use(state.threads)
+        if steps_per_epoch < 1 + tuner.steps * len(tuner.options):
+            tuner.use(tuner.before)     # too few steps to time inside one epoch (validation would count): the default
         # The schedule's length: the epochs in force, which fill_budget may change after its probe.
         total = [steps_per_epoch * (state.epochs or tc.epochs)]
         opt = torch.optim.AdamW(param_groups(module, tc.weight_decay), lr=tc.lr * self.lr_scale, betas=(0.9, 0.98))
