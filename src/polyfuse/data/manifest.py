@@ -81,7 +81,8 @@ def spill(path: Path, base: Path, chunk_rows: int = SPILL_ROWS) -> Table | None:
     then reads the file whole, as before."""
     import pyarrow as pa
     files, writer, schema, start = [], None, None, 0
-    with tempfile.TemporaryDirectory(prefix="polyfuse-table-") as tmp:
+    # (on Windows a mapped file cannot be deleted: it is then left to the temp folder's own cleanup)
+    with tempfile.TemporaryDirectory(prefix="polyfuse-table-", ignore_cleanup_errors=True) as tmp:
         try:
             for _, df in read_chunks(path, chunk_rows):
                 if len(df) == 0:
