@@ -139,26 +139,24 @@ class _Inline:
         return torch.frombuffer(bytearray(self.data), dtype=torch.uint8).view(self.dtype).reshape(self.shape)
 
 
-def _inline(x):
-    """Worker side: small tensors in dicts, lists and tuples become _Inline."""
-    if isinstance(x, torch.Tensor):
-        return _Inline(x) if x.nbytes < INLINE_BYTES and x.layout == torch.strided else x
+def _walk(x, leaf: Callable):
+    """x with leaf(v) in place of each value inside its dicts, lists and tuples."""
     if isinstance(x, dict):
-        return {k: _inline(v) for k, v in x.items()}
+        return {k: _walk(v, leaf) for k, v in x.items()}
     if type(x) in (list, tuple):
-        return type(x)(_inline(v) for v in x)
-    return x
+        return type(x)(_walk(v, leaf) for v in x)
+    return leaf(x)
+
+
+def _inline(x):
+    """Worker side: small tensors become _Inline."""
+    return _walk(x, lambda v: _Inline(v) if isinstance(v, torch.Tensor) and v.nbytes < INLINE_BYTES
+                 and v.layout == torch.strided else v)
 
 
 def _restore(x):
     """Main process side: the inverse of _inline."""
-    if isinstance(x, _Inline):
-        return x.tensor()
-    if isinstance(x, dict):
-        return {k: _restore(v) for k, v in x.items()}
-    if type(x) in (list, tuple):
-        return type(x)(_restore(v) for v in x)
-    return x
+    return _walk(x, lambda v: v.tensor() if isinstance(v, _Inline) else v)
 
 
 def _as_made(batch):

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..config import Config, is_network
+from ..data.loader import BatchStream, in_order, worker_count
 from ..data.network import load_network
 from ..data.pretrained import CLIP_LENGTH, TowerSource
 from ..errors import ConfigError
@@ -241,7 +242,6 @@ def fill_feature_caches(model: nn.Module, sets: list[tuple[int, Callable[[list[i
     towers = {m.modality: m for m in model.modules() if isinstance(m, TowerEncoder) and m.cache_dir is not None}
     if not towers:
         return
-    from ..data.loader import BatchStream, in_order, worker_count
     t0, rows, was_training = time.perf_counter(), 0, model.training
     model.eval()             # a frozen tower always runs in eval mode (its BatchNorm statistics stay as loaded)
     with torch.no_grad():
