@@ -3,7 +3,8 @@
 A tower is any `AutoModel` (BERT/MiniLM, ViT/ConvNeXt, wav2vec2/Whisper encoder/AST) whose last
 hidden states are projected by a Linear to d_model:
 
-    forward(part) -> {"tokens": (B, T, D), "mask": (B, T)}     (same interface as scratch encoders)
+    forward(part) -> {"tokens": (B, T, D), "mask": (B, T), "features": (B, T, H)}
+                     (tokens and mask as scratch encoders give them; features: the tower's own states)
 
 Adaptation (model.*): freeze_encoders fixes the tower (only the projection trains), unfreeze_top_k
 trains its top k layers again, lora adds peft LoRA adapters to a frozen tower. A fully frozen
@@ -149,7 +150,9 @@ class TowerEncoder(Encoder):
         h, mask = self.features(part)                              # (B, T, H), (B, T)
         if self.training and self.token_drop > 0:
             mask = drop_tokens(mask, self.token_drop)
-        return {"tokens": self.drop(self.proj(h)), "mask": mask}
+        # features: the tower's own output, for a reader that was trained on it (an encoder-decoder
+        # generation decoder reading its own encoder's states, generation/model.py).
+        return {"tokens": self.drop(self.proj(h)), "mask": mask, "features": h}
 
     def features(self, part: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """The tower's last hidden states for present rows (zeros and an all-False mask elsewhere)."""

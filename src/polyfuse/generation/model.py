@@ -8,14 +8,29 @@ which is how a batch of prompts is laid out for generation; positions count real
 a row's prediction does not depend on how much padding its batch gave it, in training or in
 `generate`. Attention fusion hands over its whole fused sequence; concat and late fusion one
 vector per column.
+
+An encoder-decoder decoder (Whisper, BART, T5: `config.is_encoder_decoder`) reads the fused tokens
+through its cross-attention instead, as BLIP's text decoder reads image features:
+
+    memory = [projector(fused tokens) | the states of the run's towers that are its own encoder]
+    [start tokens | target] -> decoder (cross-attending to memory, padding masked) -> loss on the target
+
+A tower of the decoder's own family and width (Whisper tiny.en's encoder as the audio tower,
+Whisper tiny.en as the decoder) hands its states over untouched: the decoder's cross-attention
+was trained on exactly those, so it transcribes from the first step, and the fused tokens add
+what the other columns say. The projector's last layer starts at zero, so fused tokens enter as
+keys that favour nothing rather than as noise.
 """
 from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ..config import Config, GenerateConfig, SchemaConfig
+from ..encoders.pretrained import TowerEncoder
 from ..errors import ConfigError
 from ..fusion.transformer import init_weights
 from ..model import PolyfuseModel
@@ -24,19 +39,72 @@ SCRATCH = "scratch"      # generate.decoder: a small decoder and tokenizer train
 
 # Attention projections LoRA adapts in common decoder families; others get every linear layer.
 LORA_TARGETS = {"llama": ["q_proj", "v_proj"], "mistral": ["q_proj", "v_proj"], "qwen2": ["q_proj", "v_proj"],
-                "gpt2": ["c_attn"], "gpt_neox": ["query_key_value"]}
+                "gpt2": ["c_attn"], "gpt_neox": ["query_key_value"], "whisper": ["q_proj", "v_proj"],
+                "bart": ["q_proj", "v_proj"], "t5": ["q", "v"]}
+
+# Encoder-decoder families whose decoder takes no mask over the memory (Whisper always pads to
+# 30 s): model_type -> the decoder's cross-attention modules, which get the mask by a hook.
+UNMASKED_MEMORY = {"whisper": lambda lm: [layer.encoder_attn for layer in lm.model.decoder.layers]}
 
 
 def load_decoder(path_or_config, with_weights: bool):
-    """A transformers causal LM: pretrained weights from a folder (training), or the architecture
-    alone from the run's saved config (reloading; the weights come from model.safetensors)."""
+    """A transformers decoder: pretrained weights from a folder (training), or the architecture
+    alone from the run's saved config (reloading; the weights come from model.safetensors).
+    A causal LM, or the sequence-to-sequence model of an encoder-decoder config (speech or text)."""
     import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING
     try:
-        if with_weights:
-            return transformers.AutoModelForCausalLM.from_pretrained(path_or_config)
-        return transformers.AutoModelForCausalLM.from_config(path_or_config)
+        config = transformers.AutoConfig.from_pretrained(path_or_config) if with_weights else path_or_config
+        if not config.is_encoder_decoder:
+            auto = transformers.AutoModelForCausalLM
+        elif type(config) in MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING:
+            auto = transformers.AutoModelForSpeechSeq2Seq
+        else:
+            auto = transformers.AutoModelForSeq2SeqLM
+        lm = auto.from_pretrained(path_or_config) if with_weights else auto.from_config(config)
     except (OSError, ValueError, KeyError) as e:
-        raise ConfigError(f"model.decoder: cannot build a causal language model: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"model.decoder: cannot build a causal or encoder-decoder language model: "
+                          f"{str(e).splitlines()[0]}") from None
+    # Generation settings from the model config alone, fresh or reloaded (a run saves the config,
+    # not generation_config.json): the same text either way.
+    lm.generation_config = transformers.GenerationConfig.from_model_config(lm.config)
+    if config.is_encoder_decoder:
+        _drop_own_encoder(lm)
+    return lm
+
+
+def _drop_own_encoder(lm: nn.Module):
+    """An encoder-decoder's own encoder never runs here (the memory comes from Polyfuse's encoders
+    and fusion): removed, so its weights are neither held nor saved twice."""
+    encoder = lm.get_encoder()
+    for name, module in lm.named_modules():
+        for child_name, child in module.named_children():
+            if child is encoder:
+                setattr(module, child_name, None)
+                return
+
+
+class MemoryMask:
+    """Holds the memory's additive mask (B, 1, 1, S) while a decoder without a memory-mask argument
+    runs; a pre-hook on each cross-attention hands it over, repeated for beams."""
+
+    def __init__(self):
+        self.bias: torch.Tensor | None = None
+
+    def hook(self, module, args, kwargs):
+        if self.bias is not None:
+            n = (args[0] if args else kwargs["hidden_states"]).shape[0]
+            kwargs["attention_mask"] = self.bias.repeat_interleave(n // self.bias.shape[0], 0)
+        return args, kwargs
+
+    @contextmanager
+    def masked(self, mask: torch.Tensor, dtype: torch.dtype):
+        bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+        self.bias = bias[:, None, None, :]
+        try:
+            yield
+        finally:
+            self.bias = None
 
 
 def decoder_training(cfg: Config) -> str:
@@ -92,7 +160,8 @@ class Resampler(nn.Module):
 
 class GenerationModel(nn.Module):
     def __init__(self, cfg: Config, schema: SchemaConfig, lm: nn.Module, vocab_size: int | None = None,
-                 towers: dict | None = None):
+                 towers: dict | None = None, start_ids: list[int] = ()):
+        """start_ids: an encoder-decoder decoder's first input tokens (TextTargets.start_ids)."""
         super().__init__()
         self.cfg = cfg
         # The encoders and fusion every other task uses; its one-wide task head stays unused.
@@ -103,7 +172,27 @@ class GenerationModel(nn.Module):
         self.resampler = Resampler(d, k, cfg.model.n_heads) if k else None
         self.projector = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, hidden))
         init_weights(self.projector)
+        self.seq2seq = bool(lm.config.is_encoder_decoder)
+        if self.seq2seq:
+            if not start_ids:
+                raise ConfigError("an encoder-decoder decoder needs its start tokens (config.decoder_start_token_id)")
+            if cfg.generate.prompt is not None:
+                raise ConfigError("generate.prompt is for causal language models; with an encoder-decoder decoder "
+                                  "make the prompt's column a text input instead")
+            self.register_buffer("start_ids", torch.tensor(list(start_ids), dtype=torch.long), persistent=False)
+            nn.init.zeros_(self.projector[-1].weight)
+            nn.init.zeros_(self.projector[-1].bias)
+            # Modalities whose tower is of the decoder's own family and width: their states join the memory.
+            self.own = {m for m, enc in self.body.encoders.items() if isinstance(enc, TowerEncoder) and enc.hf
+                        and enc.model_type == lm.config.model_type and enc.feature_width == hidden}
+            self._memory_mask = MemoryMask() if lm.config.model_type in UNMASKED_MEMORY else None
+            if self._memory_mask is not None:
+                for attn in UNMASKED_MEMORY[lm.config.model_type](lm):
+                    attn.register_forward_pre_hook(self._memory_mask.hook, with_kwargs=True)
         self.lm = lm
+        # LLaVA's first stage (the projector alone) exists because a fresh projector's prefix is
+        # noise; a decoder reading its own encoder's states has something real from the first step.
+        self.needs_first_stage = not (self.seq2seq and self.own)
         how = decoder_training(cfg)
         if how == "lora":
             from peft import LoraConfig, inject_adapter_in_model
@@ -132,11 +221,11 @@ class GenerationModel(nn.Module):
             self.lm.eval()              # a decoder that does not learn: no dropout, the same function every step
         return self
 
-    def prefix(self, inputs: dict, modality_dropout: float = 0.0,
-               prompt: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, P, H) decoder-space prefix, (B, P) its real positions, packed to the left: the fused
-        tokens through the projector, then the prompt's token embeddings when there is a prompt."""
-        fused = self.body.encode(inputs, modality_dropout=modality_dropout)
+    def projected(self, inputs: dict, modality_dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(B, T, H) the fused tokens in the decoder's space, (B, T) their real positions, and the
+        encoded columns they came from."""
+        encoded = self.body.encode_columns(inputs, modality_dropout=modality_dropout)
+        fused = self.body.fuse(encoded)
         if fused.tokens is not None:
             states, mask = fused.tokens, fused.mask                                   # (B, T, D)
         else:
@@ -144,7 +233,25 @@ class GenerationModel(nn.Module):
             mask = torch.stack([fused.present[c] for c in fused.per_column], 1)
         if self.resampler is not None:
             states, mask = self.resampler(states, mask)                               # (B, K, D)
-        x = self.projector(states)                                                    # (B, T, H)
+        return self.projector(states), mask, encoded                                  # (B, T, H)
+
+    def memory(self, inputs: dict, modality_dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """An encoder-decoder decoder's memory (B, S, H) and its real positions (B, S): the projected
+        fused tokens, then each own-family tower column's states as the tower gave them."""
+        x, mask, encoded = self.projected(inputs, modality_dropout)
+        own = [e for e in encoded.values() if e["modality"] in self.own]
+        x = torch.cat([x] + [e["features"] for e in own], 1)                          # (B, S, H)
+        mask = torch.cat([mask] + [e["mask"] for e in own], 1)
+        # A row with nothing to read (every column missing) attends to its first position rather
+        # than to nothing (a softmax over no keys is NaN).
+        mask[~mask.any(1), 0] = True
+        return x, mask
+
+    def prefix(self, inputs: dict, modality_dropout: float = 0.0,
+               prompt: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, P, H) decoder-space prefix, (B, P) its real positions, packed to the left: the fused
+        tokens through the projector, then the prompt's token embeddings when there is a prompt."""
+        x, mask, _ = self.projected(inputs, modality_dropout)
         if prompt is not None:
             x = torch.cat([x, self.lm.get_input_embeddings()(prompt["ids"])], 1)      # (B, T + Q, H)
             mask = torch.cat([mask, prompt["mask"]], 1)
@@ -152,20 +259,39 @@ class GenerationModel(nn.Module):
 
     def forward(self, batch: dict, modality_dropout: float = 0.0) -> dict:
         """{"loss": mean next-token cross-entropy over the target tokens, "tokens": how many}."""
-        prefix, pmask = self.prefix(batch["inputs"], modality_dropout, batch.get("prompt"))
         ids, tmask = batch["target"]["ids"], batch["target"]["mask"]                  # (B, L)
-        x = torch.cat([prefix, self.lm.get_input_embeddings()(ids)], 1)               # (B, P + L, H)
-        attn = torch.cat([pmask, tmask], 1).long()
-        logits = self.lm(inputs_embeds=x, attention_mask=attn, position_ids=positions(attn)).logits
-        P = prefix.shape[1]
+        if self.seq2seq:
+            memory, mmask = self.memory(batch["inputs"], modality_dropout)
+            start = self.start_ids[None].expand(ids.shape[0], -1)                     # (B, S)
+            dec = torch.cat([start, ids], 1)                                          # (B, S + L)
+            dmask = torch.cat([torch.ones_like(start), tmask.long()], 1)
+            with self._memory_masked(mmask, memory.dtype):
+                logits = self.lm(encoder_outputs=_encoder_output(memory), decoder_input_ids=dec,
+                                 decoder_attention_mask=dmask, **self._memory_kwargs(mmask)).logits
+            P = start.shape[1]
+        else:
+            prefix, pmask = self.prefix(batch["inputs"], modality_dropout, batch.get("prompt"))
+            x = torch.cat([prefix, self.lm.get_input_embeddings()(ids)], 1)           # (B, P + L, H)
+            attn = torch.cat([pmask, tmask], 1).long()
+            logits = self.lm(inputs_embeds=x, attention_mask=attn, position_ids=positions(attn)).logits
+            P = prefix.shape[1]
         pred = logits[:, P - 1:-1]                     # position P-1+t predicts target token t
         loss = F.cross_entropy(pred[tmask].float(), ids[tmask])
         return {"loss": loss, "tokens": int(tmask.sum())}
+
+    def _memory_masked(self, mask: torch.Tensor, dtype: torch.dtype):
+        return self._memory_mask.masked(mask, dtype) if self._memory_mask is not None else nullcontext()
+
+    def _memory_kwargs(self, mask: torch.Tensor) -> dict:
+        """The memory mask as transformers' encoder-decoders take it (families in UNMASKED_MEMORY get it by hook)."""
+        return {} if self._memory_mask is not None else {"attention_mask": mask.long()}
 
     @torch.no_grad()
     def generate(self, inputs: dict, g: GenerateConfig, eos_id: int, pad_id: int, streamer=None,
                  prompt: dict | None = None) -> list[list[int]]:
         """New token ids per row (transformers' generate: greedy, beam search or sampling, KV cache)."""
+        if self.seq2seq:
+            return self._generate_seq2seq(inputs, g, eos_id, pad_id, streamer)
         prefix, pmask = self.prefix(inputs, prompt=prompt)
         attn = pmask.long()
         # transformers derives positions from the mask the same way `positions` does (checked in tests).
@@ -175,6 +301,25 @@ class GenerationModel(nn.Module):
                                top_p=g.top_p if g.do_sample else None, eos_token_id=eos_id, pad_token_id=pad_id,
                                streamer=streamer)
         return [row.tolist() for row in out]
+
+    def _generate_seq2seq(self, inputs: dict, g: GenerateConfig, eos_id: int, pad_id: int, streamer) -> list[list[int]]:
+        from transformers import GenerationMixin
+        memory, mmask = self.memory(inputs)
+        start = self.start_ids[None].expand(memory.shape[0], -1)
+        # GenerationMixin's own generate, not a family's override (Whisper's wants 30-second log-mel
+        # input and segments long audio): the memory is ready, only the decoding loop is wanted.
+        with self._memory_masked(mmask, memory.dtype):
+            out = GenerationMixin.generate(
+                self.lm, encoder_outputs=_encoder_output(memory), decoder_input_ids=start,
+                max_new_tokens=g.max_new_tokens, num_beams=g.num_beams, do_sample=g.do_sample,
+                temperature=g.temperature if g.do_sample else None, top_p=g.top_p if g.do_sample else None,
+                eos_token_id=eos_id, pad_token_id=pad_id, streamer=streamer, **self._memory_kwargs(mmask))
+        return [row[start.shape[1]:].tolist() for row in out]
+
+
+def _encoder_output(memory: torch.Tensor):
+    from transformers.modeling_outputs import BaseModelOutput
+    return BaseModelOutput(last_hidden_state=memory)
 
 
 def positions(attn: torch.Tensor) -> torch.Tensor:

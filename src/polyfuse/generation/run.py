@@ -47,7 +47,7 @@ def build_generation_model(cfg: Config, processors, targets: TextTargets, pretra
     lm = load_decoder(cfg.generate.decoder if fresh else targets.model_config, fresh)
     text = processors.text
     return GenerationModel(cfg, cfg.schema, lm, text.vocab_size if text is not None else None,
-                           towers=tower_sources(processors, pretrained_weights))
+                           towers=tower_sources(processors, pretrained_weights), start_ids=targets.start_ids)
 
 
 class Generator:

@@ -35,7 +35,7 @@ class TextTargets:
             tok = transformers.AutoTokenizer.from_pretrained(path)
             config = transformers.AutoConfig.from_pretrained(path)
         except (OSError, ValueError, KeyError) as e:
-            raise ConfigError(f"model.decoder {path!r}: cannot load a causal language model's tokenizer and "
+            raise ConfigError(f"model.decoder {path!r}: cannot load a language model's tokenizer and "
                               f"config (a Hugging Face model folder; nothing is downloaded at run time): "
                               f"{str(e).splitlines()[0]}") from None
         return cls(tok, config, max_length)
@@ -62,6 +62,21 @@ class TextTargets:
                              max_position_embeddings=1024, pad_token_id=0, eos_token_id=1, bos_token_id=1,
                              tie_word_embeddings=True)
         return cls(fast, config, cfg.generate.max_target_tokens)
+
+    @property
+    def start_ids(self) -> list[int]:
+        """The tokens an encoder-decoder decoder reads before the target (none for a causal LM):
+        Whisper's task prefix (start of transcript, no timestamps: what it was trained to see),
+        otherwise the model's decoder_start_token_id."""
+        if not self.model_config.is_encoder_decoder:
+            return []
+        from transformers import WhisperTokenizer, WhisperTokenizerFast
+        if isinstance(self.tokenizer, (WhisperTokenizer, WhisperTokenizerFast)):
+            return list(self.tokenizer.prefix_tokens)
+        start = self.model_config.decoder_start_token_id
+        if start is None:
+            raise ConfigError("the encoder-decoder decoder's config has no decoder_start_token_id")
+        return [start]
 
     def save(self, processors_dir: Path):
         out = Path(processors_dir) / FOLDER

@@ -116,7 +116,7 @@ def train_generation(cfg: Config, train, val=None, out: str | Path = "runs/gen",
 
     def before_epoch(raw, epoch, planned):
         # LLaVA's two stages in one run: the projector alone, then the decoder's adapters too.
-        first = first_stage_epochs(cfg, planned)
+        first = first_stage_epochs(cfg, planned) if raw.needs_first_stage else 0
         if raw.decoder_trains != (epoch >= first) and acc.is_main_process and first:
             say(f"epoch {epoch + 1}: stage {'2, the decoder learns too' if epoch >= first else '1, projector first'}")
         raw.train_decoder(epoch >= first)
