@@ -335,6 +335,11 @@ class GenerateConfig:
     # frozen: only the projector trains (LLaVA's first stage); lora: LoRA adapters on the decoder too
     # (its second stage); full: every decoder weight trains.
     decoder_train: str = "frozen"
+    # With decoder_train full and a pretrained decoder: its weights learn at this share of
+    # train.lr, the new weights (projector, fusion, encoders) at the full rate. The rate that
+    # trains a fresh projector in few epochs (1e-3 at batch 16) overwrites what the decoder knows:
+    # Whisper tiny.en on spoken digits of an unheard speaker, WER 0.035 at 1e-3 vs 0.019 at 1e-4.
+    decoder_lr_scale: float = 0.1
     # With decoder_train lora or full: the share of the planned epochs that trains the projector
     # alone first (LLaVA's two stages in one run): a fresh projector's prefix is noise, and
     # adapting the decoder to noise unlearns language before the prefix means anything.
@@ -360,7 +365,8 @@ class GenerateConfig:
         return self.decoder not in (None, "scratch")
 
     def validate(self):
-        _positive(self, "max_target_tokens", "max_new_tokens", "num_beams", "temperature", "max_prompt_tokens")
+        _positive(self, "max_target_tokens", "max_new_tokens", "num_beams", "temperature", "max_prompt_tokens",
+                  "decoder_lr_scale")
         if self.prefix_tokens is not None and self.prefix_tokens < 1:
             raise ConfigError(f"generate.prefix_tokens must be >= 1 or null, got {self.prefix_tokens}")
         if self.prompt is not None:

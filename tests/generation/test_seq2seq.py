@@ -15,17 +15,23 @@ TONES = {"one": 500.0, "two": 1500.0, "three": 4000.0}
 SR = 16000
 
 
-def write_whisper_decoder(folder):
-    """A WhisperForConditionalGeneration with a word-level tokenizer, and its feature extractor."""
+def write_word_tokenizer(folder) -> dict:
+    """A word-level tokenizer over WORDS (ids: pad 0, eos 1, unk 2, start 3); returns its vocabulary."""
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import (PreTrainedTokenizerFast, WhisperConfig, WhisperFeatureExtractor,
-                              WhisperForConditionalGeneration)
+    from transformers import PreTrainedTokenizerFast
     folder.mkdir(parents=True, exist_ok=True)
     vocab = {w: i for i, w in enumerate(["<pad>", "<eos>", "<unk>", "<start>"] + WORDS)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
                             unk_token="<unk>").save_pretrained(str(folder))
+    return vocab
+
+
+def write_whisper_decoder(folder):
+    """A WhisperForConditionalGeneration with a word-level tokenizer, and its feature extractor."""
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+    vocab = write_word_tokenizer(folder)
     torch.manual_seed(0)
     cfg = WhisperConfig(vocab_size=len(vocab), num_mel_bins=16, d_model=24, encoder_layers=1, decoder_layers=2,
                         encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=48, decoder_ffn_dim=48,
@@ -138,3 +144,44 @@ def test_the_towers_own_states_join_the_memory_untouched(whisper_decoder, tmp_pa
     torch.testing.assert_close(memory[:, -T:][mask[:, -T:]], h[torch.arange(T)[None] < n[:, None]])
     assert float(memory[:, :-T].abs().max()) == 0.0
     assert not any(name.startswith("lm.model.encoder.") for name in model.state_dict())
+
+
+def test_a_text_encoder_decoder_reads_the_fused_tokens_through_its_memory_mask(tmp_path):
+    """BART (no tower of its own family here): the memory is the projected fused tokens alone, its
+    padding masked by transformers' own attention_mask; images of a coloured square are captioned."""
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    from polyfuse.generation.run import Generator
+    from polyfuse.recipes.generate import train_generation
+
+    from .test_generation import cfg_for as image_cfg
+    from .test_generation import write_scenes
+    folder = tmp_path / "tiny-bart"
+    vocab = write_word_tokenizer(folder)
+    torch.manual_seed(0)
+    BartForConditionalGeneration(BartConfig(
+        vocab_size=len(vocab), d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=32,
+        pad_token_id=0, bos_token_id=3, eos_token_id=1, decoder_start_token_id=3, forced_eos_token_id=None,
+        forced_bos_token_id=None, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)).save_pretrained(str(folder))
+    torch.set_num_threads(1)
+    # A random decoder: nothing to keep, no reason to train the projector alone first.
+    cfg = image_cfg(folder, decoder_train="full", decoder_lr_scale=1.0, first_stage=0.0)
+    gen, _ = train_generation(cfg, write_scenes(tmp_path, 96, seed=0), out=tmp_path / "run", progress=False)
+    assert gen.model.seq2seq and not gen.model.own
+    test = write_scenes(tmp_path, 24, seed=1)
+    data = gen.encode(gen.read(test))
+    texts = gen.generate(data)
+    assert np.mean([t == c for t, c in zip(texts, test["caption"])]) >= 0.8, list(zip(texts, test["caption"]))[:6]
+    assert [gen.generate_items([row])[0] for row in data.inputs[:6]] == texts[:6]
+    assert Generator.load(tmp_path / "run").generate(data) == texts
+
+
+def test_a_pretrained_decoder_trained_whole_learns_at_its_share_of_the_rate(trained):
+    gen, _ = trained
+    from polyfuse.training.trainer import param_groups
+    scales = gen.model.lr_scales()
+    assert scales == {gen.model.lm: gen.cfg.generate.decoder_lr_scale}
+    rate = {id(p): g["lr"] for g in param_groups(gen.model, 0.0, 1e-3, scales) for p in g["params"]}
+    assert rate[id(gen.model.lm.get_input_embeddings().weight)] == 1e-3 * gen.cfg.generate.decoder_lr_scale
+    assert rate[id(gen.model.projector[0].weight)] == 1e-3

@@ -18,8 +18,8 @@ through its cross-attention instead, as BLIP's text decoder reads image features
 A tower of the decoder's own family and width (Whisper tiny.en's encoder as the audio tower,
 Whisper tiny.en as the decoder) hands its states over untouched: the decoder's cross-attention
 was trained on exactly those, so it transcribes from the first step, and the fused tokens add
-what the other columns say. The projector's last layer starts at zero, so fused tokens enter as
-keys that favour nothing rather than as noise.
+what the other columns say. Beside such states the projector's last layer starts at zero, so fused
+tokens enter as keys that favour nothing rather than as noise.
 """
 from __future__ import annotations
 
@@ -180,11 +180,12 @@ class GenerationModel(nn.Module):
                 raise ConfigError("generate.prompt is for causal language models; with an encoder-decoder decoder "
                                   "make the prompt's column a text input instead")
             self.register_buffer("start_ids", torch.tensor(list(start_ids), dtype=torch.long), persistent=False)
-            nn.init.zeros_(self.projector[-1].weight)
-            nn.init.zeros_(self.projector[-1].bias)
             # Modalities whose tower is of the decoder's own family and width: their states join the memory.
             self.own = {m for m, enc in self.body.encoders.items() if isinstance(enc, TowerEncoder) and enc.hf
                         and enc.model_type == lm.config.model_type and enc.feature_width == hidden}
+            if self.own:        # beside states the decoder knows, fused tokens start as keys that favour nothing
+                nn.init.zeros_(self.projector[-1].weight)
+                nn.init.zeros_(self.projector[-1].bias)
             self._memory_mask = MemoryMask() if lm.config.model_type in UNMASKED_MEMORY else None
             if self._memory_mask is not None:
                 for attn in UNMASKED_MEMORY[lm.config.model_type](lm):
@@ -206,6 +207,13 @@ class GenerationModel(nn.Module):
             p.requires_grad_(False)
         self.decoder_trains = False
         self.train_decoder(bool(self._decoder_params))
+
+    def lr_scales(self) -> dict[nn.Module, float]:
+        """{module: share of train.lr} for Trainer: a pretrained decoder trained whole learns slowly
+        (generate.decoder_lr_scale); LoRA adapters and a scratch decoder are new weights, full rate."""
+        if decoder_training(self.cfg) == "full" and self.cfg.generate.decoder != SCRATCH:
+            return {self.lm: self.cfg.generate.decoder_lr_scale}
+        return {}
 
     def train_decoder(self, on: bool):
         """Two-stage training: off, only the encoders, fusion and projector learn (the decoder's
@@ -267,7 +275,7 @@ class GenerationModel(nn.Module):
             dmask = torch.cat([torch.ones_like(start), tmask.long()], 1)
             with self._memory_masked(mmask, memory.dtype):
                 logits = self.lm(encoder_outputs=_encoder_output(memory), decoder_input_ids=dec,
-                                 decoder_attention_mask=dmask, **self._memory_kwargs(mmask)).logits
+                                 decoder_attention_mask=dmask, attention_mask=mmask.long()).logits
             P = start.shape[1]
         else:
             prefix, pmask = self.prefix(batch["inputs"], modality_dropout, batch.get("prompt"))
@@ -280,11 +288,10 @@ class GenerationModel(nn.Module):
         return {"loss": loss, "tokens": int(tmask.sum())}
 
     def _memory_masked(self, mask: torch.Tensor, dtype: torch.dtype):
+        """transformers' encoder-decoders take the memory mask as attention_mask; the families in
+        UNMASKED_MEMORY ignore it once the memory is given, and get it by hook in this context."""
         return self._memory_mask.masked(mask, dtype) if self._memory_mask is not None else nullcontext()
 
-    def _memory_kwargs(self, mask: torch.Tensor) -> dict:
-        """The memory mask as transformers' encoder-decoders take it (families in UNMASKED_MEMORY get it by hook)."""
-        return {} if self._memory_mask is not None else {"attention_mask": mask.long()}
 
     @torch.no_grad()
     def generate(self, inputs: dict, g: GenerateConfig, eos_id: int, pad_id: int, streamer=None,
@@ -313,7 +320,7 @@ class GenerationModel(nn.Module):
                 self.lm, encoder_outputs=_encoder_output(memory), decoder_input_ids=start,
                 max_new_tokens=g.max_new_tokens, num_beams=g.num_beams, do_sample=g.do_sample,
                 temperature=g.temperature if g.do_sample else None, top_p=g.top_p if g.do_sample else None,
-                eos_token_id=eos_id, pad_token_id=pad_id, streamer=streamer, **self._memory_kwargs(mmask))
+                eos_token_id=eos_id, pad_token_id=pad_id, streamer=streamer, attention_mask=mmask.long())
         return [row[start.shape[1]:].tolist() for row in out]
 
 

@@ -58,14 +58,19 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, wor
     return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases, norms, embeddings and position/modality vectors."""
-    decay, no_decay = [], []
+def param_groups(model: torch.nn.Module, weight_decay: float, lr: float,
+                 lr_scales: dict[torch.nn.Module, float] | None = None) -> list[dict]:
+    """No weight decay on biases, norms, embeddings and position/modality vectors; the parameters
+    of each module in lr_scales learn at lr times its scale (a pretrained part trained whole)."""
+    scale_of = {id(p): s for m, s in (lr_scales or {}).items() for p in m.parameters()}
+    groups: dict[tuple[bool, float], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (decay if p.ndim >= 2 and "pos" not in name and ".tok." not in name else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        decays = p.ndim >= 2 and "pos" not in name and ".tok." not in name
+        groups.setdefault((decays, scale_of.get(id(p), 1.0)), []).append(p)
+    return [{"params": ps, "weight_decay": weight_decay if decays else 0.0, "lr": lr * scale}
+            for (decays, scale), ps in sorted(groups.items(), key=lambda kv: (not kv[0][0], -kv[0][1]))]
 
 
 @dataclass
@@ -114,6 +119,7 @@ class Trainer:
     accelerator: Accelerator
     folder: RunFolder | None = None
     lr_scale: float = 1.0
+    lr_scales: dict = field(default_factory=dict)   # {module: share of the learning rate} (param_groups)
     progress: bool = True
     desc: str = "epoch"
     spent_s: float = 0.0      # seconds of max_minutes already used before fit (reading the tables)
@@ -154,7 +160,8 @@ class Trainer:
             tuner.use(tuner.before)     # too few steps to time inside one epoch (validation would count): the default
         # The schedule's length: the epochs in force, which fill_budget may change after its probe.
         total = [steps_per_epoch * (state.epochs or tc.epochs)]
-        opt = torch.optim.AdamW(param_groups(module, tc.weight_decay), lr=tc.lr * self.lr_scale, betas=(0.9, 0.98))
+        opt = torch.optim.AdamW(param_groups(module, tc.weight_decay, tc.lr * self.lr_scale, self.lr_scales),
+                                betas=(0.9, 0.98))
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: warmup_cosine(s, total[0], int(tc.warmup_ratio * total[0])))
         if saved is not None:
