@@ -185,3 +185,19 @@ def test_a_pretrained_decoder_trained_whole_learns_at_its_share_of_the_rate(trai
     rate = {id(p): g["lr"] for g in param_groups(gen.model, 0.0, 1e-3, scales) for p in g["params"]}
     assert rate[id(gen.model.lm.get_input_embeddings().weight)] == 1e-3 * gen.cfg.generate.decoder_lr_scale
     assert rate[id(gen.model.projector[0].weight)] == 1e-3
+
+
+def test_the_plan_fine_tunes_an_encoder_decoder_that_reads_its_own_encoder(whisper_decoder, tmp_path):
+    """Whisper's encoder as the tower and its decoder: the plan trains the decoder too (it must learn
+    the targets' format) at one fine-tuning rate; the same decoder over a scratch encoder keeps the
+    rules of a fresh projector (decoder frozen unless asked, the rate of new weights)."""
+    from polyfuse.data.manifest import read_table
+    from polyfuse.planning import make_plan, profile_table
+    table = read_table(write_clips(tmp_path, 24, seed=0))
+    cfg = cfg_for(whisper_decoder, tmp_path / "cache")
+    own = make_plan(profile_table(table, cfg.schema), cfg, len(table)).settings
+    assert own["generate"]["decoder_train"] == "full" and own["generate"]["decoder_lr_scale"] == 1.0
+    assert own["train"]["lr"] == pytest.approx(1e-4)
+    cfg.audio.encoder = "scratch"
+    other = make_plan(profile_table(table, cfg.schema), cfg, len(table)).settings
+    assert "decoder_train" not in other["generate"] and other["train"]["lr"] == pytest.approx(1e-3)

@@ -158,6 +158,13 @@ class Resampler(nn.Module):
         return self.norm_out(x), out_mask
 
 
+def own_family(decoder_config, model_type: str, width: int) -> bool:
+    """A tower whose states an encoder-decoder's cross-attention was trained on: the decoder's own
+    family and width (Whisper tiny.en's encoder for Whisper tiny.en's decoder)."""
+    return bool(decoder_config.is_encoder_decoder) and model_type == decoder_config.model_type \
+        and width == decoder_config.hidden_size
+
+
 class GenerationModel(nn.Module):
     def __init__(self, cfg: Config, schema: SchemaConfig, lm: nn.Module, vocab_size: int | None = None,
                  towers: dict | None = None, start_ids: list[int] = ()):
@@ -182,7 +189,7 @@ class GenerationModel(nn.Module):
             self.register_buffer("start_ids", torch.tensor(list(start_ids), dtype=torch.long), persistent=False)
             # Modalities whose tower is of the decoder's own family and width: their states join the memory.
             self.own = {m for m, enc in self.body.encoders.items() if isinstance(enc, TowerEncoder) and enc.hf
-                        and enc.model_type == lm.config.model_type and enc.feature_width == hidden}
+                        and own_family(lm.config, enc.model_type, enc.feature_width)}
             if self.own:        # beside states the decoder knows, fused tokens start as keys that favour nothing
                 nn.init.zeros_(self.projector[-1].weight)
                 nn.init.zeros_(self.projector[-1].bias)
