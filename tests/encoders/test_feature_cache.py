@@ -89,7 +89,7 @@ def test_other_weights_or_preprocessing_never_hit(towers, tmp_path):
     proc3, enc3 = setup(towers, tmp_path / "cache", "text", max_length=3)
     calls3 = Calls(enc3)
     enc3.features(proc3.collate([proc3(t) for t in texts]))
-    assert calls3.rows == 2
+    assert calls3.rows >= 1 and enc3._cache.misses == 2 and enc3._cache.hits == 0   # truncated, they may coincide
 
 
 def test_corrupt_entry_is_a_miss_and_rewritten(towers, tmp_path):
@@ -104,6 +104,20 @@ def test_corrupt_entry_is_a_miss_and_rewritten(towers, tmp_path):
     assert calls.rows == 1
     torch.testing.assert_close(again, first)
     assert entry.read_bytes() != b"not a safetensors file"
+
+
+def test_rows_that_share_a_file_in_one_batch_run_the_tower_once(towers, tmp_path):
+    """Several questions about one image arrive together: one tower run each distinct image, and
+    every row gets the features it would get alone."""
+    paths = write_images(tmp_path, 3)
+    proc, enc = setup(towers, tmp_path / "cache", "image")
+    calls = Calls(enc)
+    order = [0, 0, 1, 0, 2, 2]
+    feats, _ = enc.features(proc.collate([proc(paths[i]) for i in order]))
+    assert calls.rows == 3
+    _, plain = setup(towers, tmp_path / "unused", "image", cache=False)
+    expected, _ = plain.features(proc.collate([proc(p) for p in paths]))
+    torch.testing.assert_close(feats, expected[order], atol=1e-5, rtol=1e-5)
 
 
 def test_cache_only_for_fully_frozen_towers(towers, tmp_path):

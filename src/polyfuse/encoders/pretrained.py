@@ -179,13 +179,18 @@ class TowerEncoder(Encoder):
                 self.tower, {"modality": self.modality, "output": "last_hidden_state"}))
         keys = [row_key(self._row_inputs(part, i)) for i in idx]
         rows = [self._cache.get(k) for k in keys]
-        miss = [j for j, r in enumerate(rows) if r is None]
-        if miss:
+        # One run per distinct input: rows that share a file (several questions about one image)
+        # sit in one batch and would otherwise each pay for the tower.
+        first = {}
+        for j, r in enumerate(rows):
+            if r is None:
+                first.setdefault(keys[j], j)
+        if first:
             with torch.no_grad():
-                computed = self._run(part, [idx[j] for j in miss])
-            for j, feats in zip(miss, computed):
-                self._cache.put(keys[j], feats)
-                rows[j] = feats
+                computed = dict(zip(first, self._run(part, [idx[j] for j in first.values()])))
+            for k, feats in computed.items():
+                self._cache.put(k, feats)
+            rows = [computed[k] if r is None else r for k, r in zip(keys, rows)]
         device = self.proj.weight.device
         return [r.to(device) for r in rows]
 
