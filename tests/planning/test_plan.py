@@ -177,6 +177,8 @@ def test_a_transcript_target_gets_no_crops_or_shifts_of_its_audio(tmp_path):
     assert gen.settings["augment"]["audio_crop"] == 0.0 and gen.settings["augment"]["audio_shift"] == 0.0
     plan, _ = _plan(path)
     assert "audio_crop" not in plan.settings.get("augment", {})       # classification keeps the defaults
+    # Two modalities: classification drops one at times; a generation target needs them together.
+    assert plan.settings["model"]["modality_dropout"] > 0 and "modality_dropout" not in gen.settings["model"]
     # A scratch decoder is small: the prefix stays whole and the batch is the table's.
     assert "prefix_tokens" not in gen.settings.get("generate", {})
     assert gen.settings["train"]["batch_size"] == plan.settings["train"]["batch_size"]

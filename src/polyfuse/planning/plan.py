@@ -190,7 +190,10 @@ def _model(plan: Plan, profile: dict, cfg: Config, rows: int, preset: str | None
         plan.set(f"model.{key}", value, f"size '{size}': {rows} training rows"
                  + (f", preset {preset}" if preset else ""))
     modalities = {c["modality"] for c in profile["columns"].values()}
-    if len(modalities) >= 2 and supervised:
+    # Not for generation: its target is written from the inputs together (a question is answered
+    # from its image), so a row with one of them dropped has no right text, only the likeliest
+    # guess; and generation has no per-modality heads to train or ensemble.
+    if len(modalities) >= 2 and supervised and cfg.schema.task != "generation":
         plan.set("model.modality_dropout", 0.3, f"{len(modalities)} modalities: each must predict alone too")
         plan.set("model.aux_weight", 0.5, "every row also predicted from each modality alone")
         plan.set("model.ogm_alpha", 0.5, "slow the modality that is ahead (OGM)")
