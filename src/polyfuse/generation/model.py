@@ -299,7 +299,6 @@ class GenerationModel(nn.Module):
         UNMASKED_MEMORY ignore it once the memory is given, and get it by hook in this context."""
         return self._memory_mask.masked(mask, dtype) if self._memory_mask is not None else nullcontext()
 
-
     @torch.no_grad()
     def generate(self, inputs: dict, g: GenerateConfig, eos_id: int, pad_id: int, streamer=None,
                  prompt: dict | None = None) -> list[list[int]]:

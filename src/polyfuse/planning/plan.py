@@ -73,7 +73,8 @@ def make_plan(profile: dict, cfg: Config, train_rows: int, preset: str | None = 
             _pretrain_towers(plan, cfg, towers, preset)
     _train(plan, profile, cfg, train_rows, preset, max_minutes)
     if cfg.schema.task == "generation" and cfg.generate.pretrained_decoder:
-        _pretrained_decoder(plan, cfg, [m for m in towers if not is_network(getattr(cfg, m).encoder)])
+        _pretrained_decoder(plan, cfg, {m: getattr(cfg, m).encoder for m in towers
+                                        if not is_network(getattr(cfg, m).encoder)})
     if cfg.train.group_by == "none":
         for col, k in profile["group_candidates"].items():
             plan.notes.append(f"column '{col}' ({k} values) looks like a group: with --group-by {col} "
@@ -229,7 +230,7 @@ def _batch(plan: Plan, batch: int, why: str):
     plan.set("train.lr", round(2e-3 * math.sqrt(batch / 64), 5), f"AdamW, scaled with the square root of batch {batch}")
 
 
-def _pretrained_decoder(plan: Plan, cfg: Config, hf_towers: list[str]):
+def _pretrained_decoder(plan: Plan, cfg: Config, hf_towers: dict[str, str]):
     """A pretrained language model as the decoder: every step runs it forward and back (the prefix's
     gradient passes through all its layers), so its sequence length and the number of steps are
     what a budget buys. Measured on emoji captions with SmolLM2-135M: 49 image tokens + [CLS] as the
@@ -238,7 +239,7 @@ def _pretrained_decoder(plan: Plan, cfg: Config, hf_towers: list[str]):
         plan.set("generate.prefix_tokens", PREFIX_TOKENS, f"{PREFIX_TOKENS} learned queries read the fused "
                  "tokens: the decoder's sequence no longer grows with the input (ClipCap: 10)")
     _batch(plan, 16, "a pretrained decoder: more, smaller steps for the same rows")
-    own = _own_towers(cfg.generate.decoder, {m: getattr(cfg, m).encoder for m in hf_towers})
+    own = _own_towers(cfg.generate.decoder, hf_towers)
     if own:
         # The run is then the fine-tuning of a pretrained encoder-decoder (its encoder as the tower,
         # frozen and cached) with a zero-started side path for the fused tokens: it must learn the

@@ -131,7 +131,7 @@ def train_generation(cfg: Config, train, val=None, out: str | Path = "runs/gen",
                             + ([(len(val_set), lambda idx: collate(idx, val_set))] if val_set else []),
                             cfg.train.batch_size, cfg.data, say)
     trainer = Trainer(cfg.train, acc, folder, progress=progress, spent_s=time.perf_counter() - t0, data=cfg.data,
-                      lr_scales=model.lr_scales())
+                      module_lr_scales=model.lr_scales())
     summary = trainer.fit(model, len(train_set), lambda idx: collate(idx, train_set), step,
                           validate if val_set is not None else None, on_epoch, resume, augment, before_epoch)
     gen.model = model.cpu().eval()

@@ -119,7 +119,7 @@ class Trainer:
     accelerator: Accelerator
     folder: RunFolder | None = None
     lr_scale: float = 1.0
-    lr_scales: dict = field(default_factory=dict)   # {module: share of the learning rate} (param_groups)
+    module_lr_scales: dict = field(default_factory=dict)   # {module: share of the learning rate} (param_groups)
     progress: bool = True
     desc: str = "epoch"
     spent_s: float = 0.0      # seconds of max_minutes already used before fit (reading the tables)
@@ -160,7 +160,7 @@ class Trainer:
             tuner.use(tuner.before)     # too few steps to time inside one epoch (validation would count): the default
         # The schedule's length: the epochs in force, which fill_budget may change after its probe.
         total = [steps_per_epoch * (state.epochs or tc.epochs)]
-        opt = torch.optim.AdamW(param_groups(module, tc.weight_decay, tc.lr * self.lr_scale, self.lr_scales),
+        opt = torch.optim.AdamW(param_groups(module, tc.weight_decay, tc.lr * self.lr_scale, self.module_lr_scales),
                                 betas=(0.9, 0.98))
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: warmup_cosine(s, total[0], int(tc.warmup_ratio * total[0])))
