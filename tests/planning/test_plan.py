@@ -179,6 +179,12 @@ def test_a_transcript_target_gets_no_crops_or_shifts_of_its_audio(tmp_path):
     assert "audio_crop" not in plan.settings.get("augment", {})       # classification keeps the defaults
     # Two modalities: classification drops one at times; a generation target needs them together.
     assert plan.settings["model"]["modality_dropout"] > 0 and "modality_dropout" not in gen.settings["model"]
+    # A question's words decide its answer: generation keeps every word; classification drops some.
+    vqa_schema = dataclasses.replace(SCHEMA, task="generation", audio=[])
+    vqa_cfg = Config.from_dict({"schema": vars(vqa_schema), "generate": {"decoder": "scratch"}})
+    vqa = make_plan(profile_table(table, vqa_schema), vqa_cfg, len(table))
+    assert vqa.settings["augment"]["token_dropout"] == 0.0 and vqa.settings["augment"]["span_mask"] == 0.0
+    assert "token_dropout" not in plan.settings.get("augment", {}) and "token_dropout" not in gen.settings["augment"]
     # A scratch decoder is small: the prefix stays whole and the batch is the table's.
     assert "prefix_tokens" not in gen.settings.get("generate", {})
     assert gen.settings["train"]["batch_size"] == plan.settings["train"]["batch_size"]

@@ -65,6 +65,14 @@ def make_plan(profile: dict, cfg: Config, train_rows: int, preset: str | None = 
             plan.set("augment.audio_shift", 0.0, why + ": no circular shifts")
     if by_mod["text"]:
         _text(plan, by_mod["text"], tower=is_tower(cfg.text.encoder))
+        if cfg.schema.task == "generation":
+            # A generated text answers the input text as written: "how many red shapes" with "red"
+            # dropped asks another question, whose answer is not the target. Word dropout and span
+            # masks regularise a label; here they taught the likeliest guess (synthetic VQA: exact
+            # match 0.812 with them, 0.919 without; colour questions 0.69 -> 0.99).
+            why = "the target answers the text as written: no words dropped or masked"
+            plan.set("augment.token_dropout", 0.0, why)
+            plan.set("augment.span_mask", 0.0, why)
     _model(plan, profile, cfg, train_rows, preset, supervised)
     towers = [m for m in ("text", "image", "audio") if by_mod[m] and is_tower(getattr(cfg, m).encoder)]
     if towers:
