@@ -150,3 +150,17 @@ def test_training_fills_the_cache_before_the_first_step(towers, tmp_path, monkey
     assert at_fit == [24]                      # 18 training + 6 validation rows, each computed once, before fit
     assert len(computed) == 24                 # and never again: both epochs read the cache
     assert len(list((tmp_path / "features").rglob("*.safetensors"))) == 24
+
+
+def test_a_full_batch_of_equal_length_rows_equals_the_padded_path():
+    """_scatter's shortcut (every row present, one length: a plain stack) gives what padding gives."""
+    from polyfuse.encoders.pretrained import _scatter
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.randn(5, 3, generator=g) for _ in range(4)]
+    like = torch.zeros(1)
+    h, mask = _scatter(rows, [0, 1, 2, 3], 4, 3, like)
+    assert torch.equal(h, torch.stack(rows)) and bool(mask.all())
+    # A row missing or shorter takes the padded path: zeros and False where there is nothing.
+    h2, mask2 = _scatter(rows[:2] + [rows[2][:3]], [0, 2, 3], 4, 3, like)
+    assert torch.equal(h2[0], rows[0]) and not bool(mask2[1].any()) and torch.equal(h2[2], rows[1])
+    assert torch.equal(h2[3, :3], rows[2][:3]) and not bool(h2[3, 3:].any()) and mask2[3].tolist() == [True] * 3 + [False] * 2

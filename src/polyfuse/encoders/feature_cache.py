@@ -8,7 +8,11 @@
 * The **key** hashes the exact tensors the tower receives for one row (token ids, pixel values,
   waveform/spectrogram), so it covers both the content of the file or text and every
   preprocessing setting (tokenizer, max length, resize, normalisation, sampling rate). A changed
-  file gives other tensors, hence another key: a miss, never the old features.
+  file gives other tensors, hence another key: a miss, never the old features. Rows are keyed
+  with XXH3-128, not sha256: every training step hashes its whole batch (a 224 px image is
+  600 KB of floats), and sha256 took 0.4-0.9 ms a row, 10% of a VQA step, against 0.02 ms. The
+  cache guards against accidents (another file, another setting), not against someone crafting
+  inputs to collide with yours; the identity, hashed once per run, stays sha256.
 * Each file also records its identity and key in its metadata and is checked on read; a file
   that is unreadable or does not match is a miss and is rewritten. Files are written under a
   temporary name and renamed into place, so a crash or two processes writing the same entry
@@ -26,21 +30,22 @@ from collections import OrderedDict
 from pathlib import Path
 
 import torch
+import xxhash
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-FORMAT = "polyfuse-feature-cache-1"
+FORMAT = "polyfuse-feature-cache-2"     # 2: XXH3-128 row keys
 
 
 def tensor_digest(h, t: torch.Tensor):
     """Feed a tensor's dtype, shape and raw bytes into a hashlib object."""
     t = t.detach().cpu().contiguous()
     h.update(f"{t.dtype}{tuple(t.shape)};".encode())
-    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))      # the bytes in place, no copy
 
 
 def row_key(tensors: list[torch.Tensor]) -> str:
-    h = hashlib.sha256()
+    h = xxhash.xxh3_128()
     for t in tensors:
         tensor_digest(h, t)
     return h.hexdigest()

@@ -277,6 +277,10 @@ def drop_tokens(mask: torch.Tensor, share: float) -> torch.Tensor:
 def _scatter(rows: list[torch.Tensor], idx: list[int], B: int, width: int, like: torch.Tensor):
     """Per-row (T_i, H) features -> (B, T, H) zero-padded and a (B, T) mask; absent rows all-False."""
     T = max((r.shape[0] for r in rows), default=1)
+    if len(rows) == B and all(r.shape[0] == T for r in rows):
+        # Every row present at one length (an image tower's grid): nothing to pad. Zeroing the
+        # (B, T, H) buffer and copying row by row was 5% of a VQA training step (49 x 1280 features).
+        return torch.stack(rows).to(like.dtype), torch.ones(B, T, dtype=torch.bool, device=like.device)
     h = torch.zeros(B, T, width, dtype=like.dtype, device=like.device)
     mask = torch.zeros(B, T, dtype=torch.bool, device=like.device)
     for r, i in zip(rows, idx):
