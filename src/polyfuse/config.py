@@ -183,11 +183,6 @@ class ModelConfig:
     # FLIP's patch dropout, on features): the augmentation a cached frozen tower still allows, since
     # its inputs must stay exact to hit the cache. Inference reads every token.
     tower_token_drop: float = 0.0
-    # Each tower column becomes one token, the mean of the tower's outputs (a linear probe's input),
-    # instead of one token per output position: fewer ways to learn the training speakers or
-    # styles from a frozen tower's token sequence; no use where position matters (questions
-    # about where things are in an image).
-    tower_pool: bool = False
 
     @property
     def towers_fully_frozen(self) -> bool:

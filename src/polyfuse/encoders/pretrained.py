@@ -88,7 +88,6 @@ class TowerEncoder(Encoder):
         self.proj = nn.Linear(width, mc.d_model)
         self.drop = nn.Dropout(mc.dropout)
         self.token_drop = mc.tower_token_drop
-        self.pool = mc.tower_pool
         self.fully_frozen = mc.towers_fully_frozen
         if mc.freeze_encoders or mc.lora:
             self.tower.requires_grad_(False)
@@ -153,10 +152,7 @@ class TowerEncoder(Encoder):
             mask = drop_tokens(mask, self.token_drop)
         # features: the tower's own output, for a reader that was trained on it (an encoder-decoder
         # generation decoder reading its own encoder's states, generation/model.py).
-        out = {"features": h, "features_mask": mask}
-        if self.pool:
-            h, mask = masked_mean(h, mask)[:, None], mask.any(1, keepdim=True)   # (B, 1, H), (B, 1)
-        return {"tokens": self.drop(self.proj(h)), "mask": mask, **out}
+        return {"tokens": self.drop(self.proj(h)), "mask": mask, "features": h}
 
     def features(self, part: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """The tower's last hidden states for present rows (zeros and an all-False mask elsewhere)."""

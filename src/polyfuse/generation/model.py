@@ -256,9 +256,7 @@ class GenerationModel(nn.Module):
         x, mask, encoded = self.projected(inputs, modality_dropout)
         own = [e for e in encoded.values() if e["modality"] in self.own]
         x = torch.cat([x] + [e["features"] for e in own], 1)                          # (B, S, H)
-        # The states' own mask, on rows whose column is still there (an ablation or modality
-        # dropout empties the column's token mask; tower_pool leaves it one token per row).
-        mask = torch.cat([mask] + [e["features_mask"] & e["mask"].any(1, keepdim=True) for e in own], 1)
+        mask = torch.cat([mask] + [e["mask"] for e in own], 1)
         # A row with nothing to read (every column missing) attends to its first position rather
         # than to nothing (a softmax over no keys is NaN).
         mask[~mask.any(1), 0] = True
