@@ -215,3 +215,17 @@ def test_contrastive_pretraining_on_frozen_towers_locks_the_text_tower_and_drops
                                 "model": {"freeze_encoders": True, "unfreeze_top_k": 1}})
     plan = make_plan(profile_table(table, schema), adapted, len(table), supervised=False)
     assert "pretrain" not in plan.settings and "tower_token_drop" not in plan.settings["model"]
+
+
+def test_a_transcript_hears_the_whole_longest_clip_where_a_label_stops_at_the_95th_percentile(tmp_path):
+    import dataclasses
+    path = _table(tmp_path)                                        # 60 clips of 1.5 s
+    for i in (3, 7):                                               # two longer ones: 3% of the table
+        sf.write(tmp_path / f"wav/{i}.wav", np.zeros(11025 * 4, dtype=np.float32), 11025)
+    table = read_table(path)
+    plan, _ = _plan(path)
+    assert plan.settings["audio"]["max_seconds"] == pytest.approx(1.5, abs=0.01)
+    gen_schema = dataclasses.replace(SCHEMA, task="generation", label="text", text=[])
+    cfg = Config.from_dict({"schema": vars(gen_schema), "generate": {"decoder": "scratch"}})
+    gen = make_plan(profile_table(table, gen_schema), cfg, len(table))
+    assert gen.settings["audio"]["max_seconds"] == pytest.approx(4.0, abs=0.01)
