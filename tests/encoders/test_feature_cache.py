@@ -164,3 +164,21 @@ def test_a_full_batch_of_equal_length_rows_equals_the_padded_path():
     h2, mask2 = _scatter(rows[:2] + [rows[2][:3]], [0, 2, 3], 4, 3, like)
     assert torch.equal(h2[0], rows[0]) and not bool(mask2[1].any()) and torch.equal(h2[2], rows[1])
     assert torch.equal(h2[3, :3], rows[2][:3]) and not bool(h2[3, 3:].any()) and mask2[3].tolist() == [True] * 3 + [False] * 2
+
+
+def test_cache_cli_reports_each_towers_features_and_clears_them(tmp_path, capsys):
+    """polyfuse cache info|clear --features: one folder per tower identity, sizes, and removal."""
+    from polyfuse.cli.main import main
+    from polyfuse.encoders.feature_cache import FeatureCache, cache_info
+    root = tmp_path / "features"
+    a, b = FeatureCache(root, "a" * 64), FeatureCache(root, "b" * 64)
+    for i in range(3):
+        a.put(f"{i:032x}", torch.zeros(4, 8))
+    b.put("f" * 32, torch.zeros(2, 8))
+    assert a.get(f"{1:032x}") is not None
+    assert main(["cache", "info", "--features", "--cache-dir", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "4 cached tower outputs" in out and "2 tower(s)" in out and "a" * 32 + ": 3 entries" in out
+    assert main(["cache", "clear", "--features", "--cache-dir", str(root)]) == 0
+    assert cache_info(root)["entries"] == 0 and root.is_dir()
+    assert FeatureCache(root, "a" * 64).get(f"{1:032x}") is None         # gone from disk: a miss

@@ -1,4 +1,5 @@
-"""polyfuse cache build|info|clear: the decode cache (data/cache.py) ahead of training, its size, its removal."""
+"""polyfuse cache build|info|clear: the decode cache (data/cache.py) ahead of training, its size, its
+removal; info|clear --features: the frozen towers' feature cache (encoders/feature_cache.py)."""
 from __future__ import annotations
 
 import time
@@ -20,14 +21,19 @@ def add_parser(sub):
     add_data_args(b)
     for name, text in (("info", "entries and size on disk"), ("clear", "delete the cache")):
         v = verbs.add_parser(name, help=text)
-        v.add_argument("--cache-dir", metavar="DIR", help="the cache folder (default: data.cache_dir)")
-        v.add_argument("--config", help="YAML/JSON config whose data.cache_dir to use")
+        v.add_argument("--cache-dir", metavar="DIR", help="the cache folder (default: data.cache_dir, "
+                       "or model.feature_cache_dir with --features)")
+        v.add_argument("--config", help="YAML/JSON config whose data.cache_dir (model.feature_cache_dir) to use")
+        v.add_argument("--features", action="store_true",
+                       help="the frozen towers' feature cache instead of the decode cache")
 
 
 def run(args):
     from ..data.cache import DecodeCache
     if args.verb == "build":
         return build(args)
+    if args.features:
+        return features(args)
     cache = DecodeCache(_config(args.config, args.cache_dir).data.cache_dir)
     if args.verb == "clear":
         print(f"cleared {cache.folder}: {cache.clear() / 1e6:.1f} MB freed")
@@ -37,6 +43,21 @@ def run(args):
           f"{info['bytes'] / 1e6:.1f} MB on disk")
     for proc, v in info["by_processor"].items():
         print(f"  {proc}: {v['items']} cells, {v['bytes'] / 1e6:.1f} MB")
+
+
+def features(args):
+    """info / clear of the feature cache: one folder per frozen tower (encoders/feature_cache.py)."""
+    from ..config import Config, read_config_file
+    from ..encoders.feature_cache import cache_info, clear_cache
+    root = args.cache_dir or Config.from_dict(read_config_file(args.config) if args.config else {}).model.feature_cache_dir
+    if args.verb == "clear":
+        print(f"cleared {cache_info(root)['folder']}: {clear_cache(root) / 1e6:.1f} MB freed")
+        return
+    info = cache_info(root)
+    print(f"{info['folder']}: {info['entries']} cached tower outputs, {info['bytes'] / 1e6:.1f} MB on disk, "
+          f"{len(info['encoders'])} tower(s)")
+    for name, v in info["encoders"].items():
+        print(f"  {name}: {v['entries']} entries, {v['bytes'] / 1e6:.1f} MB")
 
 
 def _config(path: str | None, cache_dir: str | None, size: str | None = None):

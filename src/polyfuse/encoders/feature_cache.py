@@ -119,3 +119,27 @@ class FeatureCache:
         while self.used > self.memory_bytes:
             _, old = self.memory.popitem(last=False)
             self.used -= old.numel() * old.element_size()
+
+
+def cache_info(root: str | Path) -> dict:
+    """What a feature cache folder holds: {"folder", "entries", "bytes", "encoders": {identity folder:
+    {"entries", "bytes"}}}. Each frozen tower (weights, config, output) has a folder of its own, so
+    a tower fine-tuned since, or a cache format that changed, leaves a folder nothing reads any more."""
+    folder = Path(root).expanduser()
+    encoders = {}
+    if folder.is_dir():
+        for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+            files = [f for f in sub.glob("*/*.safetensors")]
+            encoders[sub.name] = {"entries": len(files), "bytes": sum(f.stat().st_size for f in files)}
+    return {"folder": str(folder), "entries": sum(e["entries"] for e in encoders.values()),
+            "bytes": sum(e["bytes"] for e in encoders.values()), "encoders": encoders}
+
+
+def clear_cache(root: str | Path) -> int:
+    """Delete every cached feature under root (each tower's folder); the bytes freed."""
+    import shutil
+    info = cache_info(root)
+    for name in info["encoders"]:
+        shutil.rmtree(Path(info["folder"]) / name)
+    return info["bytes"]
+
