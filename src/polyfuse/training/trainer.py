@@ -73,15 +73,6 @@ def param_groups(model: torch.nn.Module, weight_decay: float, lr: float,
             for (decays, scale), ps in sorted(groups.items(), key=lambda kv: (not kv[0][0], -kv[0][1]))]
 
 
-def fusable(groups: list[dict]) -> bool:
-    """Whether AdamW's fused kernel can take these parameters (floating point, on a CPU or CUDA).
-    It updates every tensor in one pass instead of a loop of small ops per tensor: on a CPU the
-    optimizer step for ~40 tensors of a d=32 model takes 0.3 ms instead of 2.5 (bench/scale.py's
-    warm epoch: 1,956 -> 2,013 rows/s, median of 3 alternating runs). Same update up to float
-    rounding (that bench's losses agree to 4 digits)."""
-    return all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
-
-
 @dataclass
 class TrainState:
     """What a checkpoint's trainer.json holds: where the run is, and its best epoch so far."""
@@ -169,8 +160,8 @@ class Trainer:
             tuner.use(tuner.before)     # too few steps to time inside one epoch (validation would count): the default
         # The schedule's length: the epochs in force, which fill_budget may change after its probe.
         total = [steps_per_epoch * (state.epochs or tc.epochs)]
-        groups = param_groups(module, tc.weight_decay, tc.lr * self.lr_scale, self.module_lr_scales)
-        opt = torch.optim.AdamW(groups, betas=(0.9, 0.98), fused=fusable(groups) or None)
+        opt = torch.optim.AdamW(param_groups(module, tc.weight_decay, tc.lr * self.lr_scale, self.module_lr_scales),
+                                betas=(0.9, 0.98))
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: warmup_cosine(s, total[0], int(tc.warmup_ratio * total[0])))
         if saved is not None:
