@@ -47,11 +47,12 @@ def run(args):
 
 def features(args):
     """info / clear of the feature cache: one folder per frozen tower (encoders/feature_cache.py)."""
-    from ..config import Config, read_config_file
+    from pathlib import Path
+
     from ..encoders.feature_cache import cache_info, clear_cache
-    root = args.cache_dir or Config.from_dict(read_config_file(args.config) if args.config else {}).model.feature_cache_dir
+    root = args.cache_dir or _config(args.config, None).model.feature_cache_dir
     if args.verb == "clear":
-        print(f"cleared {cache_info(root)['folder']}: {clear_cache(root) / 1e6:.1f} MB freed")
+        print(f"cleared {Path(root).expanduser()}: {clear_cache(root) / 1e6:.1f} MB freed")
         return
     info = cache_info(root)
     print(f"{info['folder']}: {info['entries']} cached tower outputs, {info['bytes'] / 1e6:.1f} MB on disk, "

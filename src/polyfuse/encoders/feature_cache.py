@@ -129,7 +129,7 @@ def cache_info(root: str | Path) -> dict:
     encoders = {}
     if folder.is_dir():
         for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
-            files = [f for f in sub.glob("*/*.safetensors")]
+            files = list(sub.glob("*/*.safetensors"))
             encoders[sub.name] = {"entries": len(files), "bytes": sum(f.stat().st_size for f in files)}
     return {"folder": str(folder), "entries": sum(e["entries"] for e in encoders.values()),
             "bytes": sum(e["bytes"] for e in encoders.values()), "encoders": encoders}
@@ -142,4 +142,3 @@ def clear_cache(root: str | Path) -> int:
     for name in info["encoders"]:
         shutil.rmtree(Path(info["folder"]) / name)
     return info["bytes"]
-

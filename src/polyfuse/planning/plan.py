@@ -48,16 +48,17 @@ def make_plan(profile: dict, cfg: Config, train_rows: int, preset: str | None = 
     """Settings for `cfg.schema`'s columns from `profile`; train_rows: rows left for training.
     supervised=False (pretraining): no task head, so no label smoothing and no auxiliary heads."""
     plan = Plan()
+    generation = cfg.schema.task == "generation"
     cols = profile["columns"]
     by_mod = {m: [c for c in cols.values() if c["modality"] == m and c.get("readable")]
               for m in ("text", "image", "audio")}
     if by_mod["image"] and not is_tower(cfg.image.encoder):
         _image(plan, by_mod["image"])
     if by_mod["audio"]:
-        seconds = _clip_length(plan, by_mod["audio"], whole=cfg.schema.task == "generation")
+        seconds = _clip_length(plan, by_mod["audio"], whole=generation)
         if not is_tower(cfg.audio.encoder):
             _audio(plan, by_mod["audio"], seconds)
-        if cfg.schema.task == "generation":
+        if generation:
             # A transcript follows the whole clip in order: a crop would drop words, a circular
             # shift reorder them; the target would no longer say what the clip says.
             why = "the target text follows the whole clip in order"
@@ -65,7 +66,7 @@ def make_plan(profile: dict, cfg: Config, train_rows: int, preset: str | None = 
             plan.set("augment.audio_shift", 0.0, why + ": no circular shifts")
     if by_mod["text"]:
         _text(plan, by_mod["text"], tower=is_tower(cfg.text.encoder))
-        if cfg.schema.task == "generation":
+        if generation:
             # A generated text answers the input text as written: "how many red shapes" with "red"
             # dropped asks another question, whose answer is not the target. Word dropout and span
             # masks regularise a label; here they taught the likeliest guess (synthetic VQA: exact
@@ -80,7 +81,7 @@ def make_plan(profile: dict, cfg: Config, train_rows: int, preset: str | None = 
         if not supervised:
             _pretrain_towers(plan, cfg, towers, preset)
     _train(plan, profile, cfg, train_rows, preset, max_minutes)
-    if cfg.schema.task == "generation" and cfg.generate.pretrained_decoder:
+    if generation and cfg.generate.pretrained_decoder:
         _pretrained_decoder(plan, cfg, {m: getattr(cfg, m).encoder for m in towers
                                         if not is_network(getattr(cfg, m).encoder)})
     if cfg.train.group_by == "none":
