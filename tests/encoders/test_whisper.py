@@ -5,9 +5,13 @@ import shutil
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
-from polyfuse.encoders.whisper import whisper_features
+from polyfuse.config import Config
+from polyfuse.data.pretrained import TowerAudioProcessor, TowerSource
+from polyfuse.encoders.pretrained import TowerEncoder
+from polyfuse.encoders.whisper import conv_out, whisper_features
 from polyfuse.inference import Predictor
 from polyfuse.recipes.train import train_run
 
@@ -65,8 +69,48 @@ def test_a_whisper_tower_trains_on_clip_length_and_reloads_without_its_folder(wh
     pred, _ = train_run(cfg, small_synth["train"], small_synth["val"], tmp_path / "run", progress=False)
     test = pred.encode(pred.read(small_synth["test"]), on_bad_row="skip")     # rows without audio: skipped
     frames = [row["audio"]["values"].shape[-1] for row in test.inputs if row.get("audio") is not None]
-    assert max(frames) <= 50, "0.5 s clips are 50 mel frames, not padded to 3000"
+    assert set(frames) == {500}, "0.5 s clips and silence up to audio.tower_min_seconds (5 s): 500 mel frames, not 3000"
     shutil.rmtree(local)
     again = Predictor.load(tmp_path / "run")
     np.testing.assert_allclose(again.predict(again.encode(again.read(small_synth["test"]), on_bad_row="skip")).outputs,
                                pred.predict(test).outputs, atol=1e-5)
+
+
+def _tower(folder, min_seconds):
+    cfg = Config.from_dict({"audio": {"encoder": str(folder), "tower_min_seconds": min_seconds, "max_seconds": 30.0},
+                            "model": {"d_model": 8, "n_heads": 2, "freeze_encoders": True, "feature_cache": False}})
+    source = TowerSource(str(folder), with_weights=True)
+    return TowerAudioProcessor.create(cfg, source), TowerEncoder(cfg, "audio", source).eval()
+
+
+def _clip(tmp_path, name, seconds, seed):
+    wave = np.random.default_rng(seed).normal(0, 0.1, int(16000 * seconds)).astype(np.float32)
+    sf.write(tmp_path / name, wave, 16000)
+    return tmp_path / name, wave
+
+
+def test_a_clip_followed_by_silence_to_30_s_reads_as_whisper_reads_it(whisper, tmp_path):
+    """With audio.tower_min_seconds 30 the tower sees what Whisper's own pipeline makes of the clip
+    (padded with silence to 30 s), and keeps the clip's positions of transformers' encoder output."""
+    folder, enc = whisper
+    path, wave = _clip(tmp_path, "a.wav", 0.7, 0)
+    proc, tower = _tower(folder, 30.0)
+    part = proc.collate([proc(path)])
+    with torch.no_grad():
+        got, mask = tower.features(part)
+        want = enc(proc.hf(wave, sampling_rate=16000, return_tensors="pt").input_features).last_hidden_state
+    n = int(conv_out(torch.tensor(70)))                    # 0.7 s: 70 frames, 35 positions of 1,500
+    assert part["values"].shape[-1] == 3000 and got.shape[1] == n == int(mask.sum())
+    torch.testing.assert_close(got[0], want[0, :n], atol=1e-5, rtol=1e-4)
+
+
+def test_clips_with_their_silence_give_the_same_tokens_alone_or_in_a_batch(whisper, tmp_path):
+    folder, _ = whisper
+    proc, tower = _tower(folder, 1.0)
+    short, long = proc(_clip(tmp_path, "s.wav", 0.3, 1)[0]), proc(_clip(tmp_path, "l.wav", 1.6, 2)[0])
+    assert short["values"].shape[-1] == 100 and long["values"].shape[-1] == 160, "silence up to 1 s, none past it"
+    with torch.no_grad():
+        both, mask = tower.features(proc.collate([short, long]))
+        alone, _ = tower.features(proc.collate([short]))
+    assert mask.sum(1).tolist() == [15, 80], "the clips' own positions only"
+    torch.testing.assert_close(both[0, :15], alone[0], atol=1e-5, rtol=1e-4)

@@ -122,10 +122,11 @@ def test_memory_padding_changes_nothing(trained):
 
 def test_the_towers_own_states_join_the_memory_untouched(whisper_decoder, tmp_path):
     """Before training, the decoder reads exactly what its own encoder would give it (the clip's
-    frames at their own length), after the projected fused tokens, which start at zero."""
+    positions of the clip followed by silence up to audio.tower_min_seconds), after the projected
+    fused tokens, which start at zero."""
     from polyfuse.data.manifest import read_table
     from polyfuse.data.processors import Processors
-    from polyfuse.encoders.whisper import whisper_features
+    from polyfuse.encoders.whisper import conv_out, whisper_features
     from polyfuse.generation.run import Generator, build_generation_model
     from polyfuse.generation.targets import TextTargets
     cfg = cfg_for(whisper_decoder, tmp_path / "cache")
@@ -140,8 +141,9 @@ def test_the_towers_own_states_join_the_memory_untouched(whisper_decoder, tmp_pa
     with torch.no_grad():
         memory, mask = model.memory({"audio": part})
         h, n = whisper_features(model.body.encoders["audio"].tower, part["values"], part["lengths"])
-    T = h.shape[1]
-    torch.testing.assert_close(memory[:, -T:][mask[:, -T:]], h[torch.arange(T)[None] < n[:, None]])
+    keep = torch.minimum(conv_out(part["frames"]), n)
+    T = int(keep.max())
+    torch.testing.assert_close(memory[:, -T:][mask[:, -T:]], h[:, :T][torch.arange(T)[None] < keep[:, None]])
     assert float(memory[:, :-T].abs().max()) == 0.0
     assert not any(name.startswith("lm.model.encoder.") for name in model.state_dict())
 

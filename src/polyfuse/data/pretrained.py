@@ -173,7 +173,8 @@ class TowerImageProcessor(_TowerProcessor):
 
 
 # Towers run on each clip's own length (encoders/whisper.py) rather than the fixed length their
-# extractor pads to (Whisper: 30 s): the extractor is asked not to pad.
+# extractor pads to (Whisper: 30 s): the extractor is asked not to pad, and the processor adds
+# silence only up to audio.tower_min_seconds.
 CLIP_LENGTH = frozenset({"whisper"})
 
 
@@ -191,9 +192,12 @@ class TowerAudioProcessor(_TowerProcessor):
         self.reader = AudioProcessor(dataclasses.replace(cfg.audio, sample_rate=int(hf.sampling_rate)))
         # Feature extractors that take a mask (wav2vec2-large style) say so in their config.
         self.wants_attention_mask = bool(hf.return_attention_mask)
-        self.pad = {"padding": "longest"} if model_config.model_type in CLIP_LENGTH else {}
+        self.clip_length = model_config.model_type in CLIP_LENGTH
+        self.pad = {"padding": "longest"} if self.clip_length else {}
         if self.wants_attention_mask:
             self.fields = type(self).fields + ("attention_mask",)
+        if self.clip_length:        # the clip's own frames: the positions the tower's output keeps
+            self.fields = self.fields + ("frames",)
 
     @classmethod
     def _load_hf(cls, path):
@@ -201,9 +205,17 @@ class TowerAudioProcessor(_TowerProcessor):
 
     def __call__(self, source) -> dict:
         wave = self.reader.decode(source)
+        item = {}
+        if self.clip_length:
+            # The clip's frames (the extractor makes one per hop), then silence up to
+            # audio.tower_min_seconds, as Whisper's 30-s windows put silence after speech: the
+            # tower attends over both and keeps the clip's positions (encoders/pretrained.py).
+            item["frames"] = torch.tensor([max(1, len(wave) // self.hf.hop_length)])
+            shortfall = int(self.cfg.audio.tower_min_seconds * self.hf.sampling_rate) - len(wave)
+            wave = np.pad(wave, (0, max(0, shortfall)))
         feats = self.hf(wave, sampling_rate=self.hf.sampling_rate, return_tensors="pt", **self.pad)
-        values = feats[self.hf.model_input_names[0]][0].float()
-        return {"values": values}
+        item["values"] = feats[self.hf.model_input_names[0]][0].float()
+        return item
 
     def collate(self, items: list[dict | None]) -> dict:
         real = [x["values"] for x in items if x is not None]
@@ -216,6 +228,8 @@ class TowerAudioProcessor(_TowerProcessor):
                 n = x["values"].shape[-1]
                 values[i, ..., :n], lengths[i] = x["values"], n
         out = {"values": values, "lengths": lengths, "present": lengths > 0}
+        if self.clip_length:
+            out["frames"] = torch.tensor([0 if x is None else int(x["frames"][0]) for x in items])     # (B,)
         if self.wants_attention_mask:
             out["attention_mask"] = (torch.arange(L)[None] < lengths[:, None]).long()   # (B, L)
         return out

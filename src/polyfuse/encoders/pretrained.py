@@ -28,7 +28,7 @@ from ..errors import ConfigError
 from ..fusion.transformer import init_weights, masked_mean
 from .base import Encoder
 from .feature_cache import FeatureCache, module_identity, row_key
-from .whisper import whisper_features
+from .whisper import conv_out, whisper_features
 
 # model_type -> (path of the tower's layer list, modules after it that belong to the top layer).
 # Explicit on purpose: unfreezing "the top k layers" must mean the same thing every time.
@@ -171,7 +171,9 @@ class TowerEncoder(Encoder):
             return [part["ids"][i][part["mask"][i]]]
         if self.modality == "image":
             return [part["pixels"][i]]
-        return [part["values"][i][..., : int(part["lengths"][i])]]
+        values = [part["values"][i][..., : int(part["lengths"][i])]]
+        # Whisper: the clip's own length too (a clip that ends in digital silence pads to the same values)
+        return values + [part["frames"][i : i + 1]] if self.model_type in CLIP_LENGTH else values
 
     def _cached_rows(self, part: dict, idx: list[int]) -> list[torch.Tensor]:
         if self._cache is None:
@@ -216,9 +218,12 @@ class TowerEncoder(Encoder):
         name = self.tower.main_input_name
         lengths = part["lengths"][idx]
         L = int(lengths.max())
-        if self.model_type in CLIP_LENGTH:     # Whisper: each clip at its own length, not 30 s
+        if self.model_type in CLIP_LENGTH:
+            # Whisper: each clip and the silence after it (audio.tower_min_seconds), not 30 s; the
+            # output keeps the clip's own positions.
             h, n = whisper_features(self.tower, part["values"][idx][..., :L], lengths)
-            return [h[j, : int(n[j])] for j in range(len(idx))]
+            keep = torch.minimum(conv_out(part["frames"][idx]), n)
+            return [h[j, : int(keep[j])] for j in range(len(idx))]
         if "attention_mask" in part or bool((lengths == L).all()):
             kwargs = {name: part["values"][idx][..., :L]}
             if "attention_mask" in part:
