@@ -136,9 +136,10 @@ class AudioConfig:
     # Towers that read each clip at its own length (Whisper, encoders/whisper.py): a shorter clip is
     # followed by silence up to this many seconds before the tower reads it; only the clip's own
     # positions become tokens. Whisper learnt on 30-s windows: a 0.5-s clip alone (25 positions)
-    # gives features that carry over worse to new voices (leave-one-speaker-out probe on spoken
-    # digits, mean 0.929 alone, 0.979 with 2 s, 0.984 with 5 s, 0.986 with 10 s), and each second
-    # costs compute once per clip (the frozen tower's features are cached). 0: the clip alone.
+    # gives features that carry over worse to new voices (bench/whisper_context_probe.py, spoken
+    # digits, one speaker held out at a time: mean 0.940 alone, 0.991 with 5 s; 2 and 10 s about
+    # as good, the whole 30 s no better), and each second costs compute once per clip (the frozen
+    # tower's features are cached). 0: the clip alone.
     tower_min_seconds: float = 5.0
 
     def validate(self):
