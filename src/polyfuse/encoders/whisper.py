@@ -12,6 +12,10 @@ clip and padded positions masked out of every attention:
 
 A row's output does not depend on its batch: after each convolution the frames past the row's
 end are zeroed, as the convolution's own zero padding would be for the row alone.
+
+The processor (data/pretrained.py) appends silence to each clip up to audio.tower_min_seconds
+before the extractor, and the encoder (encoders/pretrained.py) keeps the clip's own positions
+of the output: Whisper reads a short clip better with silence after it, as in its 30-s windows.
 """
 from __future__ import annotations
 
