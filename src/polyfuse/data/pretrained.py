@@ -193,11 +193,11 @@ class TowerAudioProcessor(_TowerProcessor):
         # Feature extractors that take a mask (wav2vec2-large style) say so in their config.
         self.wants_attention_mask = bool(hf.return_attention_mask)
         self.clip_length = model_config.model_type in CLIP_LENGTH
+        # Clip-length towers: no padding by the extractor, and the clip's own frames (the positions
+        # the tower's output keeps) travel beside the values.
         self.pad = {"padding": "longest"} if self.clip_length else {}
-        if self.wants_attention_mask:
-            self.fields = type(self).fields + ("attention_mask",)
-        if self.clip_length:        # the clip's own frames: the positions the tower's output keeps
-            self.fields = self.fields + ("frames",)
+        self.fields = (type(self).fields + ("attention_mask",) * self.wants_attention_mask
+                       + ("frames",) * self.clip_length)
 
     @classmethod
     def _load_hf(cls, path):
