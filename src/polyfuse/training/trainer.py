@@ -160,8 +160,10 @@ class Trainer:
             tuner.use(tuner.before)     # too few steps to time inside one epoch (validation would count): the default
         # The schedule's length: the epochs in force, which fill_budget may change after its probe.
         total = [steps_per_epoch * (state.epochs or tc.epochs)]
+        # foreach: one multi-tensor update instead of a Python loop of small ops per tensor (torch
+        # only defaults to it on GPUs); on a CPU the same values, bit for bit, 1.6x faster here.
         opt = torch.optim.AdamW(param_groups(module, tc.weight_decay, tc.lr * self.lr_scale, self.module_lr_scales),
-                                betas=(0.9, 0.98))
+                                betas=(0.9, 0.98), foreach=True)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: warmup_cosine(s, total[0], int(tc.warmup_ratio * total[0])))
         if saved is not None:
