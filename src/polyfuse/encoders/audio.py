@@ -6,6 +6,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import Config
+from ..fusion.dropout import Dropout
 from .base import Encoder
 from .cnn_stem import init_conv_stem
 
@@ -31,7 +32,7 @@ class AudioEncoder(Encoder):
             self.convs = nn.ModuleList()
             self.out = nn.Conv1d(n_mels, D, kernel_size=k, stride=k)  # == linear over k stacked frames
         self.pos = nn.Embedding(cfg.audio.max_frames // k, D)
-        self.drop = nn.Dropout(cfg.model.dropout)
+        self.drop = Dropout(cfg.model.dropout)
 
     def forward(self, part: dict) -> dict:
         x, m = part["mel"], part["mask"]                           # (B, n_mels, F), (B, F)

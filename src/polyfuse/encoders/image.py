@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from ..config import Config
+from ..fusion.dropout import Dropout
 from .base import Encoder
 from .cnn_stem import cnn_stem, conv_stem
 
@@ -27,7 +28,7 @@ class ImageEncoder(Encoder):
         self.col = nn.Parameter(torch.zeros(self.grid, D))
         nn.init.normal_(self.row, std=0.02)
         nn.init.normal_(self.col, std=0.02)
-        self.drop = nn.Dropout(cfg.model.dropout)
+        self.drop = Dropout(cfg.model.dropout)
 
     def forward(self, part: dict) -> dict:
         present = part["present"]

@@ -25,6 +25,7 @@ from ..data.loader import BatchStream, in_order, worker_count
 from ..data.network import load_network
 from ..data.pretrained import CLIP_LENGTH, TowerSource
 from ..errors import ConfigError
+from ..fusion.dropout import Dropout
 from ..fusion.transformer import init_weights, masked_mean
 from .base import Encoder
 from .feature_cache import FeatureCache, module_identity, row_key
@@ -86,7 +87,7 @@ class TowerEncoder(Encoder):
             width = getattr(self.tower.config, "hidden_size", None) or self.tower.config.hidden_sizes[-1]
             self.layers = LAYERS.get(self.model_type)
         self.proj = nn.Linear(width, mc.d_model)
-        self.drop = nn.Dropout(mc.dropout)
+        self.drop = Dropout(mc.dropout)
         self.token_drop = mc.tower_token_drop
         self.fully_frozen = mc.towers_fully_frozen
         if mc.freeze_encoders or mc.lora:

@@ -5,6 +5,7 @@ from torch import nn
 
 from ..config import Config
 from ..data.word2vec import InitVectors
+from ..fusion.dropout import Dropout
 from ..fusion.transformer import init_weights
 from .base import Encoder
 
@@ -17,7 +18,7 @@ class TextEncoder(Encoder):
         D = cfg.model.d_model
         self.tok = nn.Embedding(vocab_size, D)
         self.pos = nn.Embedding(cfg.text.max_length, D)
-        self.drop = nn.Dropout(cfg.model.dropout)
+        self.drop = Dropout(cfg.model.dropout)
 
     def forward(self, part: dict) -> dict:
         ids, mask = part["ids"], part["mask"]                      # (B, T), (B, T)

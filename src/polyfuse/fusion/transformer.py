@@ -5,6 +5,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .dropout import Dropout
 from .dropout_attention import dropout_attention
 
 
@@ -25,7 +26,7 @@ class Block(nn.Module):
         hidden = int(d * mlp_ratio)
         self.fc1 = nn.Linear(d, hidden)
         self.fc2 = nn.Linear(hidden, d)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
         B, T, D = x.shape
