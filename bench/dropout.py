@@ -1,5 +1,6 @@
-"""Polyfuse's CPU dropout (fusion/dropout.py: four 16-bit lanes per 64-bit draw) against torch's
-(`bernoulli_`, one generator call per element), side by side in one process.
+"""Polyfuse's CPU dropout (fusion/dropout.py: four 16-bit lanes per 64-bit draw; attention
+dropout through fusion/dropout_attention.py) against torch's own (`bernoulli_`, one generator call
+per element; SDPA's unfused dropout path), side by side in one process.
 
     .venv/bin/python bench/dropout.py
 
@@ -7,8 +8,10 @@
 2. A whole training step (forward, loss, backward, AdamW) of two PolyfuseModels built as
    bench/train_step.py builds them: the scale benchmark's tiny model (d=32, 1 layer, batch 64,
    64 px images in 16 px patches, 1 s audio, 16 text tokens) and train_step's default (d=256, 6
-   layers, batch 8), each with its Dropout modules as they are and swapped for torch.nn.Dropout
-   (same weights, same batch). Repetitions alternate the two; medians are reported, so a busy
+   layers, batch 8), each as it is and with torch's dropout: its Dropout modules swapped for
+   torch.nn.Dropout and its fusion blocks attending through SDPA with dropout_p (same weights,
+   same batch; for the scale model, whose 46 tokens are under BLOCKWISE_MIN_TOKENS, this is
+   Polyfuse before the change). Repetitions alternate the two; medians are reported, so a busy
    neighbour on this shared machine slows both sides of a comparison alike.
 """
 from __future__ import annotations
@@ -29,14 +32,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from polyfuse.fusion.dropout import Dropout, dropout                  # noqa: E402
+from polyfuse.fusion.transformer import Block                         # noqa: E402
 from polyfuse.model import PolyfuseModel                               # noqa: E402
 from train_step import make_batch, make_config, parse as step_args     # noqa: E402
 
 
+class SdpaBlock(Block):
+    """Block with torch's attention dropout: SDPA's dropout_p whatever the sequence length."""
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        B, T, D = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        x = x + self.drop(self.proj(y.transpose(1, 2).reshape(B, T, D)))
+        return x + self.drop(self.fc2(F.gelu(self.fc1(self.ln2(x)))))
+
+
 def with_torch_dropout(model: nn.Module) -> nn.Module:
-    """A copy of `model` whose Polyfuse Dropout modules are torch.nn.Dropout of the same p."""
+    """A copy of `model` with torch's dropout: nn.Dropout of the same p, SDPA's attention dropout."""
     other = copy.deepcopy(model)
     for parent in list(other.modules()):
+        if isinstance(parent, Block):
+            parent.__class__ = SdpaBlock
         for name, child in list(parent.named_children()):
             if isinstance(child, Dropout):
                 setattr(parent, name, nn.Dropout(child.p))

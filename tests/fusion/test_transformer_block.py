@@ -7,6 +7,7 @@ from torch.nn import functional as F
 
 from polyfuse.fusion import dropout_attention as da
 from polyfuse.fusion import transformer
+from polyfuse.fusion.dropout import keep_mask
 from polyfuse.fusion.transformer import Block
 
 B, T, D, H = 3, 10, 16, 4
@@ -47,7 +48,7 @@ def test_block_matches_reference(train):
     assert torch.allclose(out, reference_block(blk, x, mask), atol=1e-5)
 
 
-@pytest.mark.parametrize("min_tokens", [0, 10**6], ids=["blockwise", "sdpa"])
+@pytest.mark.parametrize("min_tokens", [0, 10**6], ids=["blockwise", "short"])
 def test_block_ignores_padded_keys_with_dropout(monkeypatch, min_tokens):
     """In training with dropout (either CPU path), padded key positions never matter."""
     monkeypatch.setattr(transformer, "BLOCKWISE_MIN_TOKENS", min_tokens)
@@ -63,20 +64,17 @@ def test_block_ignores_padded_keys_with_dropout(monkeypatch, min_tokens):
     assert torch.allclose(a[mask], b[mask], atol=1e-5)
 
 
-def test_dropout_attention_matches_reference(monkeypatch):
-    """Output and gradients equal the unfused maths with the same dropout masks, across head blocks."""
-    monkeypatch.setattr(da, "BLOCK_ELEMENTS", 2 * T * T)            # 2 heads a block: exercises blocking
-    p, Dh = 0.3, D // H
+def matches_reference(attend, draw_keep, p=0.3):
+    """attend(qkv, bias, p, scale) with the same dropout mask as draw_keep() -> (B, H, T, T) gives
+    the unfused maths' output and gradients."""
+    Dh = D // H
     torch.manual_seed(0)
     qkv = torch.randn(B, T, 3, H, Dh, requires_grad=True)
     mask = padding_mask()
-    bias = torch.zeros(B, 1, T).masked_fill_(~mask[:, None], float("-inf"))
     torch.manual_seed(1)
-    out = da.dropout_attention(qkv, bias, p, Dh ** -0.5)           # (B, T, H, Dh)
-    # The same draws, in the same order: batch row by row, then two heads at a time.
+    out = attend(qkv, transformer.key_bias(mask[:, None, None, :], qkv.dtype), p, Dh ** -0.5)   # (B, T, H, Dh)
     torch.manual_seed(1)
-    keep = torch.stack([torch.cat([torch.rand(2, T, T) >= p
-                                   for _ in range(0, H, 2)]) for _ in range(B)])
+    keep = draw_keep()
     assert 0 < (~keep).sum() < keep.numel()
     q2 = qkv.detach().clone().requires_grad_()
     q, k, v = q2.permute(2, 0, 3, 1, 4)
@@ -86,3 +84,33 @@ def test_dropout_attention_matches_reference(monkeypatch):
     out.backward(g)
     ref.backward(g)
     assert torch.allclose(qkv.grad, q2.grad, atol=1e-5)
+
+
+def test_dropout_attention_matches_reference(monkeypatch):
+    """The blockwise path, across head blocks: the same draws in the same order (batch row by row,
+    then two heads at a time)."""
+    monkeypatch.setattr(da, "BLOCK_ELEMENTS", 2 * T * T)            # 2 heads a block: exercises blocking
+    cpu = torch.device("cpu")
+    matches_reference(da.dropout_attention, lambda: torch.stack(
+        [torch.cat([keep_mask((2, T, T), 0.3, cpu) for _ in range(0, H, 2)]) for _ in range(B)]))
+
+
+def test_short_dropout_attention_matches_reference():
+    """The short-sequence path: one draw for all rows and heads."""
+    matches_reference(da.dropout_attention_short,
+                      lambda: keep_mask((B * H, T, T), 0.3, torch.device("cpu")).view(B, H, T, T))
+
+
+@pytest.mark.parametrize("min_tokens", [0, 10**6], ids=["blockwise", "short"])
+def test_a_row_with_no_key_trains_without_nan(monkeypatch, min_tokens):
+    """A late-fusion stream for a row that lacks the modality has every key padded: its output is
+    ignored downstream, but it must stay finite, or the backward pass spreads NaN to every weight."""
+    monkeypatch.setattr(transformer, "BLOCKWISE_MIN_TOKENS", min_tokens)
+    torch.manual_seed(0)
+    blk = Block(D, H, 4.0, dropout=0.3).train()
+    mask = padding_mask()
+    mask[2] = False
+    out = blk(torch.randn(B, T, D), mask[:, None, None, :])
+    (out * mask[..., None]).sum().backward()
+    assert torch.isfinite(out).all()
+    assert all(torch.isfinite(p.grad).all() for p in blk.parameters())

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from .dropout import keep_mask
+
 # Elements of one (g, T, T) block: about 1 MB of fp32, what an L2 cache holds.
 BLOCK_ELEMENTS = 1 << 18
 
@@ -32,9 +34,7 @@ class _DropoutAttention(torch.autograd.Function):
                 if bias is not None:
                     s += bias[b]                                      # (1, T): 0 or -inf per key
                 a = s.softmax(-1)
-                # P(u >= p) = 1 - p for u ~ U[0, 1): the same mask distribution as bernoulli_(1 - p),
-                # drawn about 1.7x faster on a CPU (bernoulli_ was a quarter of a training step).
-                keep = torch.rand_like(a) >= p
+                keep = keep_mask(a.shape, p, a.device)       # bernoulli_'s distribution, drawn cheaper
                 o = torch.matmul(torch.where(keep, a, 0.0), v)        # (g, T, Dh)
                 out[b, :, h:h + g] = o.transpose(0, 1).mul_(1.0 / (1.0 - p))
                 probs.append(a)
@@ -71,5 +71,23 @@ class _DropoutAttention(torch.autograd.Function):
 
 
 def dropout_attention(qkv: torch.Tensor, bias: torch.Tensor | None, p: float, scale: float) -> torch.Tensor:
-    """qkv (B, T, 3, H, Dh); bias (B, 1, T) additive (0 or -inf) or None -> (B, T, H, Dh)."""
+    """qkv (B, T, 3, H, Dh); bias (B, 1, T) additive (0 or a large negative) or None -> (B, T, H, Dh)."""
     return _DropoutAttention.apply(qkv, bias, p, scale)
+
+
+def dropout_attention_short(qkv: torch.Tensor, bias: torch.Tensor | None, p: float, scale: float) -> torch.Tensor:
+    """The same maths for short sequences, where the whole (B*H, T, T) fits in cache and autograd's
+    own backward is the cheaper one: scaling and the padding bias in one baddbmm, the mask from
+    fusion/dropout.py. 1.45-1.7x faster than SDPA's unfused dropout path for T < 128 (fwd+bwd, one
+    thread: B=64 H=2 T=46 11.8 -> 8.2 ms, B=32 H=4 T=16 3.0 -> 1.8 ms, B=8 H=8 T=120 29.7 -> 18.7 ms).
+    qkv (B, T, 3, H, Dh); bias (B, 1, T) or None -> (B, T, H, Dh)."""
+    B, T, _, H, Dh = qkv.shape
+    q, k, v = (t.reshape(B * H, T, Dh) for t in qkv.permute(2, 0, 3, 1, 4))     # each (B*H, T, Dh)
+    if bias is None:
+        s = torch.bmm(q, k.transpose(1, 2)).mul_(scale)
+    else:
+        keys = bias[:, None].expand(B, H, 1, T).reshape(B * H, 1, T)
+        s = torch.baddbmm(keys, q, k.transpose(1, 2), alpha=scale)            # (B*H, T, T)
+    a = s.softmax(-1)
+    a = a * keep_mask(a.shape, p, a.device).to(a.dtype).mul_(1.0 / (1.0 - p))
+    return torch.bmm(a, v).view(B, H, T, Dh).transpose(1, 2)                 # (B, T, H, Dh)

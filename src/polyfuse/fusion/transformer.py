@@ -6,7 +6,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .dropout import Dropout
-from .dropout_attention import dropout_attention
+from .dropout_attention import dropout_attention, dropout_attention_short
 
 
 # Below this many tokens SDPA's unfused dropout path is the faster one (its per-call cost is lower
@@ -32,10 +32,12 @@ class Block(nn.Module):
         B, T, D = x.shape
         qkv = self.qkv(self.ln1(x)).view(B, T, 3, self.n_heads, D // self.n_heads)   # (B, T, 3, H, Dh)
         cpu_fp32 = x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
-        if self.training and self.dropout > 0 and cpu_fp32 and T >= BLOCKWISE_MIN_TOKENS:
-            # SDPA with dropout on a CPU takes its slow unfused path; this is the same maths, blockwise.
+        if self.training and self.dropout > 0 and cpu_fp32:
+            # SDPA with dropout on a CPU takes its slow unfused path; this is the same maths, with a
+            # cheaper mask, and blockwise for long sequences.
             bias = None if attn_mask is None else key_bias(attn_mask, x.dtype)
-            y = dropout_attention(qkv, bias, self.dropout, (D // self.n_heads) ** -0.5).reshape(B, T, D)
+            attend = dropout_attention if T >= BLOCKWISE_MIN_TOKENS else dropout_attention_short
+            y = attend(qkv, bias, self.dropout, (D // self.n_heads) ** -0.5).reshape(B, T, D)
         else:
             q, k, v = qkv.permute(2, 0, 3, 1, 4)
             # attn_mask (B, 1, 1, T): True where a key may be attended to; padded keys get no weight.
@@ -62,9 +64,12 @@ class Stack(nn.Module):
 
 
 def key_bias(attn_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(B, 1, 1, T) bool -> (B, 1, T) additive: 0 on keys that may be attended to, -inf on padding."""
+    """(B, 1, 1, T) bool -> (B, 1, T) additive: 0 on keys that may be attended to, the dtype's lowest
+    value on padding. exp() of it is 0 as -inf's is, but a row with no key at all (a stream of late
+    fusion where the row lacks that modality) stays finite instead of NaN: its output is never used,
+    and a NaN would reach every weight through the backward pass."""
     bias = torch.zeros(attn_mask.shape[0], 1, attn_mask.shape[-1], dtype=dtype, device=attn_mask.device)
-    return bias.masked_fill_(~attn_mask[:, 0], -torch.inf)
+    return bias.masked_fill_(~attn_mask[:, 0], torch.finfo(dtype).min)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
