@@ -1,11 +1,12 @@
 """Dropout whose mask is cheap to draw on a CPU.
 
 torch's CPU dropout draws its mask with `bernoulli_`, one call of the generator per element: on
-the small models Polyfuse trains on two cores that was about a sixth of a training step. Here one
-64-bit draw gives four 16-bit lanes, each uniform on [-32768, 32767], and an element is kept where
-its lane is at or above a threshold: P(keep) = 1 - round(65536 p) / 65536, the requested 1 - p to
-within 1/131072. Drawing and applying the mask is 2-3x faster than `F.dropout` on a CPU (timed
-in docs/benchmarks.md, "Data at scale"). Other devices keep torch's own (fused) kernels.
+the small models Polyfuse trains on two cores the masks were about a sixth of a training step.
+Here one 64-bit draw gives four 16-bit lanes, each uniform on [-32768, 32767], and an element is
+kept where its lane is at or above a threshold: P(keep) = 1 - round(65536 p) / 65536, the requested
+1 - p to within 1/131072. Forward and backward are about 2x faster than `F.dropout` on a CPU
+(bench/dropout.py; docs/benchmarks.md, "Cheaper dropout and optimizer steps on a CPU"). Other
+devices keep torch's own fused kernels.
 """
 from __future__ import annotations
 
