@@ -10,8 +10,8 @@ per element; SDPA's unfused dropout path), side by side in one process.
    64 px images in 16 px patches, 1 s audio, 16 text tokens) and train_step's default (d=256, 6
    layers, batch 8), each as it is and with torch's dropout: its Dropout modules swapped for
    torch.nn.Dropout and its fusion blocks attending through SDPA with dropout_p (same weights,
-   same batch; for the scale model, whose 46 tokens are under BLOCKWISE_MIN_TOKENS, this is
-   Polyfuse before the change). Repetitions alternate the two; medians are reported, so a busy
+   same batch; for the scale model, whose 46 tokens took SDPA's path before, this is Polyfuse
+   before the change). Repetitions alternate the two; medians are reported, so a busy
    neighbour on this shared machine slows both sides of a comparison alike.
 """
 from __future__ import annotations

@@ -48,10 +48,10 @@ def test_block_matches_reference(train):
     assert torch.allclose(out, reference_block(blk, x, mask), atol=1e-5)
 
 
-@pytest.mark.parametrize("min_tokens", [0, 10**6], ids=["blockwise", "short"])
-def test_block_ignores_padded_keys_with_dropout(monkeypatch, min_tokens):
+@pytest.mark.parametrize("short_max", [0, 10**12], ids=["blockwise", "short"])
+def test_block_ignores_padded_keys_with_dropout(monkeypatch, short_max):
     """In training with dropout (either CPU path), padded key positions never matter."""
-    monkeypatch.setattr(transformer, "BLOCKWISE_MIN_TOKENS", min_tokens)
+    monkeypatch.setattr(transformer, "SHORT_MAX_ELEMENTS", short_max)
     torch.manual_seed(0)
     blk = Block(D, H, 4.0, dropout=0.3).train()
     x, mask = torch.randn(B, T, D), padding_mask()
@@ -101,11 +101,11 @@ def test_short_dropout_attention_matches_reference():
                       lambda: keep_mask((B * H, T, T), 0.3, torch.device("cpu")).view(B, H, T, T))
 
 
-@pytest.mark.parametrize("min_tokens", [0, 10**6], ids=["blockwise", "short"])
-def test_a_row_with_no_key_trains_without_nan(monkeypatch, min_tokens):
+@pytest.mark.parametrize("short_max", [0, 10**12], ids=["blockwise", "short"])
+def test_a_row_with_no_key_trains_without_nan(monkeypatch, short_max):
     """A late-fusion stream for a row that lacks the modality has every key padded: its output is
     ignored downstream, but it must stay finite, or the backward pass spreads NaN to every weight."""
-    monkeypatch.setattr(transformer, "BLOCKWISE_MIN_TOKENS", min_tokens)
+    monkeypatch.setattr(transformer, "SHORT_MAX_ELEMENTS", short_max)
     torch.manual_seed(0)
     blk = Block(D, H, 4.0, dropout=0.3).train()
     mask = padding_mask()

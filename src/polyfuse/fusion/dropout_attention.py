@@ -78,8 +78,8 @@ def dropout_attention(qkv: torch.Tensor, bias: torch.Tensor | None, p: float, sc
 def dropout_attention_short(qkv: torch.Tensor, bias: torch.Tensor | None, p: float, scale: float) -> torch.Tensor:
     """The same maths for short sequences, where the whole (B*H, T, T) fits in cache and autograd's
     own backward is the cheaper one: scaling and the padding bias in one baddbmm, the mask from
-    fusion/dropout.py. 1.45-1.7x faster than SDPA's unfused dropout path for T < 128 (fwd+bwd, one
-    thread: B=64 H=2 T=46 11.8 -> 8.2 ms, B=32 H=4 T=16 3.0 -> 1.8 ms, B=8 H=8 T=120 29.7 -> 18.7 ms).
+    fusion/dropout.py (the Block picks it by size: transformer.SHORT_MAX_ELEMENTS). 1.45-1.7x faster
+    than SDPA's unfused dropout path (fwd+bwd, one thread: B=64 H=2 T=46 11.8 -> 8.2 ms, B=32 H=4 T=16 3.0 -> 1.8 ms, B=8 H=8 T=120 29.7 -> 18.7 ms).
     qkv (B, T, 3, H, Dh); bias (B, 1, T) or None -> (B, T, H, Dh)."""
     B, T, _, H, Dh = qkv.shape
     q, k, v = (t.reshape(B * H, T, Dh) for t in qkv.permute(2, 0, 3, 1, 4))     # each (B*H, T, Dh)

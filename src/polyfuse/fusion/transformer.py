@@ -9,10 +9,13 @@ from .dropout import Dropout
 from .dropout_attention import dropout_attention, dropout_attention_short
 
 
-# Below this many tokens SDPA's unfused dropout path is the faster one (its per-call cost is lower
-# than the blockwise loop's): fwd+bwd, B=32, 4 heads of 16, 2 threads: T=16 1.9 vs 9.5 ms,
-# T=64 11.9 vs 15.7 ms, T=128 34.9 vs 32.4 ms, T=294 272 vs 126 ms (SDPA vs blockwise).
-BLOCKWISE_MIN_TOKENS = 128
+# Training with attention dropout on a CPU: up to this many attention weights (B * H * T * T) the
+# whole-tensor path is faster, above it the blockwise one, whose blocks stay in cache. fwd+bwd,
+# 2 threads, Dh 16 (ms, short vs blockwise): B=32 H=4 T=64 12.1 vs 27.6, T=128 30.3 vs 44.3,
+# T=192 65.5 vs 74.2, T=224 79.8 vs 93.7, T=256 174 vs 105, T=294 193 vs 153; B=8 H=8 Dh 32:
+# T=256 59.6 vs 64.3, T=400 197 vs 160. (Both replace SDPA's unfused dropout path: the short path
+# is 1.45-1.7x faster than it, the blockwise one 2x at T=294.)
+SHORT_MAX_ELEMENTS = 1 << 23
 
 
 class Block(nn.Module):
@@ -34,9 +37,9 @@ class Block(nn.Module):
         cpu_fp32 = x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
         if self.training and self.dropout > 0 and cpu_fp32:
             # SDPA with dropout on a CPU takes its slow unfused path; this is the same maths, with a
-            # cheaper mask, and blockwise for long sequences.
+            # cheaper mask, and blockwise for large batches of long sequences.
             bias = None if attn_mask is None else key_bias(attn_mask, x.dtype)
-            attend = dropout_attention if T >= BLOCKWISE_MIN_TOKENS else dropout_attention_short
+            attend = dropout_attention_short if B * self.n_heads * T * T < SHORT_MAX_ELEMENTS else dropout_attention
             y = attend(qkv, bias, self.dropout, (D // self.n_heads) ** -0.5).reshape(B, T, D)
         else:
             q, k, v = qkv.permute(2, 0, 3, 1, 4)
