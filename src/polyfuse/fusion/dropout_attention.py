@@ -32,7 +32,7 @@ class _DropoutAttention(torch.autograd.Function):
                 q, k, v = qkv[b, :, :, h:h + g].permute(1, 2, 0, 3)   # each (g, T, Dh)
                 s = torch.matmul(q * scale, k.transpose(1, 2))       # (g, T, T)
                 if bias is not None:
-                    s += bias[b]                                      # (1, T): 0 or -inf per key
+                    s += bias[b]                          # (1, T): 0, or the dtype's lowest on padding
                 a = s.softmax(-1)
                 keep = keep_mask(a.shape, p, a.device)       # bernoulli_'s distribution, drawn cheaper
                 o = torch.matmul(torch.where(keep, a, 0.0), v)        # (g, T, Dh)
@@ -79,7 +79,8 @@ def dropout_attention_short(qkv: torch.Tensor, bias: torch.Tensor | None, p: flo
     """The same maths for short sequences, where the whole (B*H, T, T) fits in cache and autograd's
     own backward is the cheaper one: scaling and the padding bias in one baddbmm, the mask from
     fusion/dropout.py (the Block picks it by size: transformer.SHORT_MAX_ELEMENTS). 1.45-1.7x faster
-    than SDPA's unfused dropout path (fwd+bwd, one thread: B=64 H=2 T=46 11.8 -> 8.2 ms, B=32 H=4 T=16 3.0 -> 1.8 ms, B=8 H=8 T=120 29.7 -> 18.7 ms).
+    than SDPA's unfused dropout path (fwd+bwd, one thread: B=64 H=2 T=46 11.8 -> 8.2 ms, B=32 H=4
+    T=16 3.0 -> 1.8 ms, B=8 H=8 T=120 29.7 -> 18.7 ms).
     qkv (B, T, 3, H, Dh); bias (B, 1, T) or None -> (B, T, H, Dh)."""
     B, T, _, H, Dh = qkv.shape
     q, k, v = (t.reshape(B * H, T, Dh) for t in qkv.permute(2, 0, 3, 1, 4))     # each (B*H, T, Dh)
