@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .dropout import keep_mask
+from .dropout import dropout, keep_mask
 
 # Elements of one (g, T, T) block: about 1 MB of fp32, what an L2 cache holds.
 BLOCK_ELEMENTS = 1 << 18
@@ -89,6 +89,5 @@ def dropout_attention_short(qkv: torch.Tensor, bias: torch.Tensor | None, p: flo
     else:
         keys = bias[:, None].expand(B, H, 1, T).reshape(B * H, 1, T)
         s = torch.baddbmm(keys, q, k.transpose(1, 2), alpha=scale)            # (B*H, T, T)
-    a = s.softmax(-1)
-    a = a * keep_mask(a.shape, p, a.device).to(a.dtype).mul_(1.0 / (1.0 - p))
+    a = dropout(s.softmax(-1), p, True)
     return torch.bmm(a, v).view(B, H, T, Dh).transpose(1, 2)                 # (B, T, H, Dh)
