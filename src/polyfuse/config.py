@@ -128,7 +128,8 @@ class AudioConfig:
     max_seconds: float = 4.0         # longer clips are cropped to this
     max_file_seconds: float = 600.0  # longer files are refused before decoding
     frames_per_token: int = 4        # spectrogram frames per audio token
-    stem: str = "linear"             # linear | conv
+    stem: str = "linear"             # linear | conv (1-D over frames) | cnn (2-D over bands and frames)
+    stem_width: int = 16             # cnn: channels of the first stage, doubled twice
     encoder: str = "scratch"         # scratch | a Hugging Face model folder or hub id
     # "clip": each clip's mean log-mel is subtracted before the training statistics apply, so a
     # recording's level (microphone gain, distance) is not a feature; "none" keeps it.
@@ -144,16 +145,16 @@ class AudioConfig:
 
     def validate(self):
         _positive(self, "sample_rate", "n_mels", "n_fft", "hop_length", "max_seconds",
-                  "max_file_seconds", "frames_per_token")
+                  "max_file_seconds", "frames_per_token", "stem_width")
         if not 0.0 <= self.tower_min_seconds <= 30.0:
             raise ConfigError(f"audio.tower_min_seconds must be in [0, 30], got {self.tower_min_seconds}")
         _check_encoder("audio", self.encoder, ("scratch",))
         if self.level not in ("none", "clip"):
             raise ConfigError(f"audio.level must be 'none' or 'clip', got {self.level!r}")
-        if self.stem not in ("linear", "conv"):
-            raise ConfigError(f"audio.stem must be 'linear' or 'conv', got {self.stem!r}")
-        if self.stem == "conv" and self.frames_per_token & (self.frames_per_token - 1):
-            raise ConfigError("audio.stem 'conv' needs a power-of-two audio.frames_per_token")
+        if self.stem not in ("linear", "conv", "cnn"):
+            raise ConfigError(f"audio.stem must be 'linear', 'conv' or 'cnn', got {self.stem!r}")
+        if self.stem in ("conv", "cnn") and self.frames_per_token & (self.frames_per_token - 1):
+            raise ConfigError(f"audio.stem {self.stem!r} needs a power-of-two audio.frames_per_token")
 
     @property
     def max_frames(self) -> int:
