@@ -132,7 +132,9 @@ class AudioConfig:
     stem_width: int = 16             # cnn: channels of the first stage, doubled twice
     encoder: str = "scratch"         # scratch | a Hugging Face model folder or hub id
     # "clip": each clip's mean log-mel is subtracted before the training statistics apply, so a
-    # recording's level (microphone gain, distance) is not a feature; "none" keeps it.
+    # recording's level (microphone gain, distance) is not a feature. "band": each mel band's mean
+    # over the clip is subtracted (cepstral mean normalisation), so the microphone's and the room's
+    # frequency response is not a feature either. "none" keeps both.
     level: str = "none"
     # Towers that read each clip at its own length (Whisper, encoders/whisper.py): a shorter clip is
     # followed by silence up to this many seconds before the tower reads it; only the clip's own
@@ -149,8 +151,8 @@ class AudioConfig:
         if not 0.0 <= self.tower_min_seconds <= 30.0:
             raise ConfigError(f"audio.tower_min_seconds must be in [0, 30], got {self.tower_min_seconds}")
         _check_encoder("audio", self.encoder, ("scratch",))
-        if self.level not in ("none", "clip"):
-            raise ConfigError(f"audio.level must be 'none' or 'clip', got {self.level!r}")
+        if self.level not in ("none", "clip", "band"):
+            raise ConfigError(f"audio.level must be 'none', 'clip' or 'band', got {self.level!r}")
         if self.stem not in ("linear", "conv", "cnn"):
             raise ConfigError(f"audio.stem must be 'linear', 'conv' or 'cnn', got {self.stem!r}")
         if self.stem in ("conv", "cnn") and self.frames_per_token & (self.frames_per_token - 1):

@@ -114,9 +114,15 @@ class AudioProcessor:
         return torch.log(self.fb.T @ power + 1e-6)
 
     def features(self, wave: np.ndarray) -> torch.Tensor:
-        """(n_mels, frames) log-mel, less the clip's own mean level when audio.level is "clip"."""
+        """(n_mels, frames) log-mel, less the clip's own mean level (audio.level "clip") or each
+        band's own mean over the clip ("band": a fixed filter, as a microphone is, adds the same
+        amount to a band's log-mel in every frame, so this removes it)."""
         mel = self.log_mel(wave)
-        return mel - mel.mean() if self.cfg.level == "clip" else mel
+        if self.cfg.level == "clip":
+            return mel - mel.mean()
+        if self.cfg.level == "band":
+            return mel - mel.mean(1, keepdim=True)
+        return mel
 
     def fingerprint(self) -> str:
         """Every setting `pack` depends on (the decode cache's key); the training statistics are not:
