@@ -58,13 +58,13 @@ def batch(mels: list[torch.Tensor], idx: list[int], k: int):
     return x, mask
 
 
-def fold(mels, digits, speakers, held_out: str, stem: str, seed: int, epochs: int) -> float:
+def fold(mels, digits, speakers, held_out: str, stem: str, seed: int, epochs: int, width: int) -> float:
     train = [i for i, s in enumerate(speakers) if s != held_out]
     test = [i for i, s in enumerate(speakers) if s == held_out]
     values = torch.cat([mels[i].flatten() for i in train])
     mean, std = values.mean(), values.std()                        # the training statistics, as fit() takes them
     mels = [(m - mean) / std for m in mels]
-    cfg = Config().merged({"audio": {**SETTINGS, "stem": stem}})
+    cfg = Config().merged({"audio": {**SETTINGS, "stem": stem, "stem_width": width}})
     torch.manual_seed(seed)
     model = Probe(cfg)
     model.encoder.init_weights()
@@ -95,6 +95,7 @@ def main(argv=None):
     p.add_argument("--speakers", nargs="+", help="held-out speakers (default: every one)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--stem-width", type=int, default=Config().audio.stem_width, help="audio.stem_width for cnn")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", help="write the results here too")
     args = p.parse_args(argv)
@@ -112,7 +113,7 @@ def main(argv=None):
             for held_out in args.speakers or sorted(set(speakers)):
                 for seed in args.seeds:
                     t0 = time.time()
-                    acc = fold(mels, digits, speakers, held_out, stem, seed, args.epochs)
+                    acc = fold(mels, digits, speakers, held_out, stem, seed, args.epochs, args.stem_width)
                     results.append({"level": level, "stem": stem, "speaker": held_out, "seed": seed,
                                     "accuracy": acc, "seconds": round(time.time() - t0, 1)})
                     print(json.dumps(results[-1]), flush=True)
