@@ -23,17 +23,11 @@ from torch.nn import functional as F
 from polyfuse.config import Config
 from polyfuse.data.audio import AudioProcessor
 from polyfuse.encoders.audio import AudioEncoder
+from whisper_context_probe import clip_table          # bench/ is on the path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {"sample_rate": 8000, "n_fft": 256, "hop_length": 80, "n_mels": 40, "max_seconds": 1.2,
             "frames_per_token": 4}
-
-
-def recordings(root: Path) -> pd.DataFrame:
-    """Every distinct recording: file, digit, speaker (FSDD names files digit_speaker_index.wav)."""
-    files = sorted(set(pd.read_csv(root / "train.csv").audio) | set(pd.read_csv(root / "test.csv").audio))
-    rows = [(f, *Path(f).stem.split("_")[:2]) for f in files]
-    return pd.DataFrame(rows, columns=["file", "digit", "speaker"]).astype({"digit": int})
 
 
 class Probe(torch.nn.Module):
@@ -102,13 +96,15 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
 
     root = Path(args.data)
-    table = recordings(root)
+    table = clip_table(root, per_digit=10**6)                      # every recording
     speakers = list(table.speaker)
     digits = torch.tensor(table.digit.values)
     results = []
+    decoder = AudioProcessor(Config().merged({"audio": SETTINGS}).audio)
+    waves = [decoder.decode(root / f) for f in table.file]          # decoded once for every level
     for level in args.levels:
         proc = AudioProcessor(Config().merged({"audio": {**SETTINGS, "level": level}}).audio)
-        mels = [proc.features(proc.decode(root / f)) for f in table.file]
+        mels = [proc.features(w) for w in waves]
         for stem in args.stems:
             for held_out in args.speakers or sorted(set(speakers)):
                 for seed in args.seeds:
