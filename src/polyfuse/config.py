@@ -371,6 +371,13 @@ class GenerateConfig:
     # Answer:"; {column} is that column's text in each row (a question, an instruction).
     prompt: str | None = None
     max_prompt_tokens: int = 64
+    # Weight of a CTC loss on the audio column's fused tokens beside the next-token loss (hybrid
+    # CTC/attention ASR, Watanabe et al. 2017). CTC reads the target left to right through the
+    # clip, one token per stretch of audio: an encoder trained from nothing must then say which
+    # word each stretch holds, where the next-token loss alone lets it learn the training voices
+    # and the decoder guess. For transcripts only (a description of a sound does not follow it in
+    # order); 0: off. The validation loss stays the next-token loss alone.
+    ctc: float = 0.0
 
     @property
     def pretrained_decoder(self) -> bool:
@@ -380,6 +387,8 @@ class GenerateConfig:
     def validate(self):
         _positive(self, "max_target_tokens", "max_new_tokens", "num_beams", "temperature", "max_prompt_tokens",
                   "decoder_lr_scale")
+        if self.ctc < 0:
+            raise ConfigError(f"generate.ctc must be >= 0 (0: off), got {self.ctc}")
         if self.prefix_tokens is not None and self.prefix_tokens < 1:
             raise ConfigError(f"generate.prefix_tokens must be >= 1 or null, got {self.prefix_tokens}")
         if self.prompt is not None:

@@ -175,6 +175,15 @@ def test_a_transcript_target_gets_no_crops_or_shifts_of_its_audio(tmp_path):
     cfg = Config.from_dict({"schema": vars(gen_schema), "generate": {"decoder": "scratch"}})
     gen = make_plan(profile_table(table, gen_schema), cfg, len(table))
     assert gen.settings["augment"]["audio_crop"] == 0.0 and gen.settings["augment"]["audio_shift"] == 0.0
+    # A clip alone in, text out: a transcript, whose scratch encoder gets the CTC loss; not beside
+    # another input (an image here; a question would be answered, not transcribed), nor with a
+    # pretrained tower.
+    assert "ctc" not in gen.settings.get("generate", {})
+    heard = dataclasses.replace(gen_schema, image=[])
+    for encoder, ctc in (("scratch", 0.3), (str(tmp_path / "some_tower"), None)):
+        heard_cfg = Config.from_dict({"schema": vars(heard), "generate": {"decoder": "scratch"},
+                                      "audio": {"encoder": encoder}})
+        assert make_plan(profile_table(table, heard), heard_cfg, len(table)).settings.get("generate", {}).get("ctc") == ctc
     plan, _ = _plan(path)
     assert "audio_crop" not in plan.settings.get("augment", {})       # classification keeps the defaults
     # Two modalities: classification drops one at times; a generation target needs them together.

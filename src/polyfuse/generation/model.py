@@ -32,6 +32,7 @@ from torch.nn import functional as F
 from ..config import Config, GenerateConfig, SchemaConfig
 from ..encoders.pretrained import TowerEncoder
 from ..errors import ConfigError
+from ..fusion.fused import Fused
 from ..fusion.transformer import init_weights
 from ..model import PolyfuseModel
 
@@ -197,6 +198,14 @@ class GenerationModel(nn.Module):
             if self._memory_mask is not None:
                 for attn in UNMASKED_MEMORY[lm.config.model_type](lm):
                     attn.register_forward_pre_hook(self._memory_mask.hook, with_kwargs=True)
+        # generate.ctc: a CTC head over the audio column's fused tokens, its blank the last class.
+        self.ctc_column = None
+        if cfg.generate.ctc:
+            if len(schema.audio) != 1:
+                raise ConfigError(f"generate.ctc aligns the target with one audio column; this run has "
+                                  f"{len(schema.audio)} ({', '.join(schema.audio) or 'none'})")
+            self.ctc_column = schema.audio[0]
+            self.ctc_head = nn.Linear(d, lm.get_input_embeddings().num_embeddings + 1)
         self.lm = lm
         # LLaVA's first stage (the projector alone) exists because a fresh projector's prefix is
         # noise; a decoder reading its own encoder's states has something real from the first step.
@@ -236,11 +245,13 @@ class GenerationModel(nn.Module):
             self.lm.eval()              # a decoder that does not learn: no dropout, the same function every step
         return self
 
-    def projected(self, inputs: dict, modality_dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """(B, T, H) the fused tokens in the decoder's space, (B, T) their real positions, and the
-        encoded columns they came from."""
+    def read(self, inputs: dict, modality_dropout: float = 0.0) -> tuple[dict, Fused]:
+        """The columns through their encoders, then the fusion: (encoded columns, fused)."""
         encoded = self.body.encode_columns(inputs, modality_dropout=modality_dropout)
-        fused = self.body.fuse(encoded)
+        return encoded, self.body.fuse(encoded)
+
+    def projected(self, fused: Fused) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, H) the fused tokens in the decoder's space, (B, T) their real positions."""
         if fused.tokens is not None:
             states, mask = fused.tokens, fused.mask                                   # (B, T, D)
         else:
@@ -248,12 +259,15 @@ class GenerationModel(nn.Module):
             mask = torch.stack([fused.present[c] for c in fused.per_column], 1)
         if self.resampler is not None:
             states, mask = self.resampler(states, mask)                               # (B, K, D)
-        return self.projector(states), mask, encoded                                  # (B, T, H)
+        return self.projector(states), mask                                           # (B, T, H)
 
     def memory(self, inputs: dict, modality_dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._memory(*self.read(inputs, modality_dropout))
+
+    def _memory(self, encoded: dict, fused: Fused) -> tuple[torch.Tensor, torch.Tensor]:
         """An encoder-decoder decoder's memory (B, S, H) and its real positions (B, S): the projected
         fused tokens, then each own-family tower column's states as the tower gave them."""
-        x, mask, encoded = self.projected(inputs, modality_dropout)
+        x, mask = self.projected(fused)
         own = [e for e in encoded.values() if e["modality"] in self.own]
         x = torch.cat([x] + [e["features"] for e in own], 1)                          # (B, S, H)
         mask = torch.cat([mask] + [e["mask"] for e in own], 1)
@@ -264,19 +278,44 @@ class GenerationModel(nn.Module):
 
     def prefix(self, inputs: dict, modality_dropout: float = 0.0,
                prompt: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._prefix(self.read(inputs, modality_dropout)[1], prompt)
+
+    def _prefix(self, fused: Fused, prompt: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, P, H) decoder-space prefix, (B, P) its real positions, packed to the left: the fused
         tokens through the projector, then the prompt's token embeddings when there is a prompt."""
-        x, mask, _ = self.projected(inputs, modality_dropout)
+        x, mask = self.projected(fused)
         if prompt is not None:
             x = torch.cat([x, self.lm.get_input_embeddings()(prompt["ids"])], 1)      # (B, T + Q, H)
             mask = torch.cat([mask, prompt["mask"]], 1)
         return left_pack(x, mask)
 
+    def ctc_loss(self, encoded: dict, fused: Fused, ids: torch.Tensor, tmask: torch.Tensor) -> torch.Tensor:
+        """CTC of the target (end-of-text left out) against the audio column's tokens, per target
+        token, averaged over the rows that have the clip: its fused states where the fusion keeps
+        tokens (what the decoder reads), its encoder's tokens otherwise (concat, late fusion)."""
+        col = self.ctc_column
+        if col in fused.spans:
+            a, b = fused.spans[col]
+            states = fused.tokens[:, a:b]                                              # (B, T, D)
+        else:
+            states = encoded[col]["tokens"]
+        mask = encoded[col]["mask"]                                                    # (B, T), real first
+        lengths = tmask.sum(1) - 1                                                     # (B,) without end-of-text
+        rows = mask.any(1) & (lengths > 0)
+        logp = F.log_softmax(self.ctc_head(states[rows]).float(), -1)                  # (N, T, V + 1)
+        if not rows.any():
+            return logp.sum()                    # 0, still part of the graph (DDP wants every parameter used)
+        # zero_infinity: a clip with fewer tokens than its transcript needs adds nothing, not inf.
+        return F.ctc_loss(logp.transpose(0, 1), ids[rows], mask[rows].sum(1), lengths[rows],
+                          blank=logp.shape[-1] - 1, zero_infinity=True)
+
     def forward(self, batch: dict, modality_dropout: float = 0.0) -> dict:
-        """{"loss": mean next-token cross-entropy over the target tokens, "tokens": how many}."""
+        """{"loss": what training minimises, "lm_loss": mean next-token cross-entropy over the
+        target tokens, "ctc": the CTC loss (generate.ctc; 0 when off), "tokens": how many}."""
         ids, tmask = batch["target"]["ids"], batch["target"]["mask"]                  # (B, L)
+        encoded, fused = self.read(batch["inputs"], modality_dropout)
         if self.seq2seq:
-            memory, mmask = self.memory(batch["inputs"], modality_dropout)
+            memory, mmask = self._memory(encoded, fused)
             start = self.start_ids[None].expand(ids.shape[0], -1)                     # (B, S)
             dec = torch.cat([start, ids], 1)                                          # (B, S + L)
             dmask = torch.cat([torch.ones_like(start), tmask.long()], 1)
@@ -285,14 +324,16 @@ class GenerationModel(nn.Module):
                                  decoder_attention_mask=dmask, attention_mask=mmask.long()).logits
             P = start.shape[1]
         else:
-            prefix, pmask = self.prefix(batch["inputs"], modality_dropout, batch.get("prompt"))
+            prefix, pmask = self._prefix(fused, batch.get("prompt"))
             x = torch.cat([prefix, self.lm.get_input_embeddings()(ids)], 1)           # (B, P + L, H)
             attn = torch.cat([pmask, tmask], 1).long()
             logits = self.lm(inputs_embeds=x, attention_mask=attn, position_ids=positions(attn)).logits
             P = prefix.shape[1]
         pred = logits[:, P - 1:-1]                     # position P-1+t predicts target token t
-        loss = F.cross_entropy(pred[tmask].float(), ids[tmask])
-        return {"loss": loss, "tokens": int(tmask.sum())}
+        lm_loss = F.cross_entropy(pred[tmask].float(), ids[tmask])
+        ctc = self.ctc_loss(encoded, fused, ids, tmask) if self.ctc_column else lm_loss.new_zeros(())
+        return {"loss": lm_loss + self.cfg.generate.ctc * ctc, "lm_loss": lm_loss, "ctc": ctc,
+                "tokens": int(tmask.sum())}
 
     def _memory_masked(self, mask: torch.Tensor, dtype: torch.dtype):
         """transformers' encoder-decoders take the memory mask as attention_mask; the families in

@@ -64,6 +64,15 @@ def make_plan(profile: dict, cfg: Config, train_rows: int, preset: str | None = 
             why = "the target text follows the whole clip in order"
             plan.set("augment.audio_crop", 0.0, why + ": no random crops")
             plan.set("augment.audio_shift", 0.0, why + ": no circular shifts")
+            only_audio = len(by_mod["audio"]) == 1 and not by_mod["text"] and not by_mod["image"]
+            if only_audio and not is_tower(cfg.audio.encoder):
+                # A clip alone in, text out: a transcript. CTC beside the next-token loss (hybrid
+                # CTC/attention; its usual weight 0.3) makes an encoder trained from nothing say
+                # which word each stretch of the clip holds; without it the encoder learnt the
+                # training voices (spoken digit sequences, an unheard speaker: WER 0.76 -> 0.50).
+                # A pretrained tower already knows where words are.
+                plan.set("generate.ctc", 0.3, "a clip in, its transcript out, scratch audio encoder: "
+                                               "CTC teaches the encoder where each word is")
     if by_mod["text"]:
         _text(plan, by_mod["text"], tower=is_tower(cfg.text.encoder))
         if generation:

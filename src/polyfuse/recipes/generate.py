@@ -99,18 +99,20 @@ def train_generation(cfg: Config, train, val=None, out: str | Path = "runs/gen",
     dropout = cfg.model.modality_dropout
 
     def step(m, batch):
-        return {"loss": m(batch, modality_dropout=dropout)["loss"]}
+        out = m(batch, modality_dropout=dropout)
+        return {"loss": out["loss"], "ctc": out["ctc"]} if cfg.generate.ctc else {"loss": out["loss"]}
 
     @torch.no_grad()
     def validate(raw):
-        # The loss per target token: cheap enough every epoch, where generating is not.
+        # The next-token loss per target token (generate.ctc's term left out, so runs with and
+        # without it compare): cheap enough every epoch, where generating is not.
         raw.eval()
         total, tokens = 0.0, 0
         bs = cfg.train.batch_size * 2
         for i in range(0, len(val_set), bs):
             batch = to_device(collate(list(range(i, min(i + bs, len(val_set)))), val_set), acc.device)
             out = raw(batch)
-            total, tokens = total + float(out["loss"]) * out["tokens"], tokens + out["tokens"]
+            total, tokens = total + float(out["lm_loss"]) * out["tokens"], tokens + out["tokens"]
         loss = total / max(1, tokens)
         return {"val_loss": loss, "score": -loss}
 

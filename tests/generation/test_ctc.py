@@ -1,0 +1,102 @@
+"""generate.ctc: a CTC loss on the audio column's tokens beside the next-token loss (hybrid
+CTC/attention). Clips are 1-3 tones, one word per tone (test_seq2seq.write_clips); encoders and
+decoder are trained from nothing."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from polyfuse.errors import ConfigError
+
+from .test_generation import write_scenes
+from .test_seq2seq import write_clips
+
+
+def cfg_for(ctc: float, **schema):
+    from polyfuse.config import Config
+    return Config.from_dict({
+        "schema": {"audio": ["audio"], "label": "text", "task": "generation", **schema},
+        "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "dropout": 0.0},
+        "text": {"vocab_size": 60},
+        "audio": {"max_seconds": 1.0, "n_mels": 16, "stem": "conv"},
+        "train": {"epochs": 30, "batch_size": 8, "lr": 3e-3, "patience": None, "val_fraction": 0.0},
+        "generate": {"decoder": "scratch", "max_new_tokens": 6, "ctc": ctc}})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from polyfuse.recipes.generate import train_generation
+    tmp = tmp_path_factory.mktemp("ctc")
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    gen, _ = train_generation(cfg_for(1.0), write_clips(tmp, 96, seed=0), out=tmp / "run", progress=False)
+    return gen, tmp
+
+
+def ctc_greedy(model, inputs: dict) -> list[list[int]]:
+    """The CTC head's best path per row: argmax per token, repeats merged, blanks dropped."""
+    encoded, fused = model.read(inputs)
+    a, b = fused.spans["audio"]
+    logits = model.ctc_head(fused.tokens[:, a:b])                          # (B, T, V + 1)
+    blank = logits.shape[-1] - 1
+    out = []
+    for best, n in zip(logits.argmax(-1).tolist(), encoded["audio"]["mask"].sum(1).tolist()):
+        path = [t for i, t in enumerate(best[:n]) if t != blank and (i == 0 or t != best[i - 1])]
+        out.append(path)
+    return out
+
+
+def test_the_ctc_head_learns_where_each_word_is_and_the_decoder_transcribes(trained):
+    gen, tmp = trained
+    test = write_clips(tmp, 24, seed=1)
+    data = gen.encode(gen.read(test))
+    gen.model.eval()
+    with torch.no_grad():
+        paths = ctc_greedy(gen.model, gen.collate(list(range(len(test))), data)["inputs"])
+    truth = [gen.targets.encode(t)[:-1].tolist() for t in test["text"]]          # without end-of-text
+    assert np.mean([p == t for p, t in zip(paths, truth)]) >= 0.8, list(zip(paths, truth))[:6]
+    texts = gen.generate(data)
+    assert np.mean([t == c for t, c in zip(texts, test["text"])]) >= 0.8, list(zip(texts, test["text"]))[:6]
+    # Both losses are logged; the CTC term fell; validation (none here) would read the next-token loss.
+    log = [json.loads(line) for line in (tmp / "run" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["ctc"] < 0.5 * log[0]["ctc"]
+
+
+def test_a_rows_ctc_loss_does_not_depend_on_its_batch_and_rows_without_audio_add_nothing(trained):
+    gen, tmp = trained
+    test = write_clips(tmp, 6, seed=2)                      # 1-3 tones: different lengths, different padding
+    data = gen.encode(gen.read(test))
+    gen.model.eval()
+
+    def ctc(rows, without_audio=()):
+        batch = gen.collate(rows, data)
+        batch["target"] = gen.targets.collate([gen.targets.encode(test["text"][i]) for i in rows])
+        for key in ("mask", "present"):                                      # as a row lacking the clip
+            batch["inputs"]["audio"][key][list(without_audio)] = False
+        return gen.model(batch)["ctc"]
+
+    with torch.no_grad():
+        alone = torch.stack([ctc([i]) for i in range(6)])
+        torch.testing.assert_close(ctc(list(range(6))), alone.mean())
+        torch.testing.assert_close(ctc([2, 3], without_audio=[1]), alone[2])
+        assert float(ctc([3], without_audio=[0])) == 0.0
+
+
+def test_ctc_needs_exactly_one_audio_column(tmp_path):
+    from polyfuse.config import Config
+    from polyfuse.recipes.generate import train_generation
+    scenes = write_scenes(tmp_path, 8, seed=0)
+    cfg = cfg_for(0.5, audio=[], image=["image"], text=[])
+    cfg.schema.label = "caption"
+    with pytest.raises(ConfigError, match="generate.ctc aligns the target with one audio column; this run has 0"):
+        train_generation(cfg, scenes, out=tmp_path / "run", progress=False)
+    with pytest.raises(ConfigError, match="generate.ctc must be >= 0"):
+        Config.from_dict({"generate": {"ctc": -0.1}})
+    two = write_clips(tmp_path, 8, seed=3).assign(other=lambda d: d["audio"])
+    with pytest.raises(ConfigError, match="this run has 2 \\(audio, other\\)"):
+        train_generation(cfg_for(0.5, audio=["audio", "other"]), pd.DataFrame(two), out=tmp_path / "two",
+                         progress=False)
