@@ -51,6 +51,7 @@ def ctc_greedy(model, inputs: dict) -> list[list[int]]:
 
 
 def test_the_ctc_head_learns_where_each_word_is_and_the_decoder_transcribes(trained):
+    from polyfuse.generation.run import Generator
     gen, tmp = trained
     test = write_clips(tmp, 24, seed=1)
     data = gen.encode(gen.read(test))
@@ -61,6 +62,8 @@ def test_the_ctc_head_learns_where_each_word_is_and_the_decoder_transcribes(trai
     assert np.mean([p == t for p, t in zip(paths, truth)]) >= 0.8, list(zip(paths, truth))[:6]
     texts = gen.generate(data)
     assert np.mean([t == c for t, c in zip(texts, test["text"])]) >= 0.8, list(zip(texts, test["text"]))[:6]
+    again = Generator.load(tmp / "run")                                    # the CTC head is saved with the run
+    assert again.generate(again.encode(again.read(test))) == texts
     # Both losses are logged; the CTC term fell; validation (none here) would read the next-token loss.
     log = [json.loads(line) for line in (tmp / "run" / "log.jsonl").read_text().splitlines()]
     assert log[-1]["ctc"] < 0.5 * log[0]["ctc"]
