@@ -183,7 +183,10 @@ def test_a_transcript_target_gets_no_crops_or_shifts_of_its_audio(tmp_path):
     for encoder, ctc in (("scratch", 0.3), (str(tmp_path / "some_tower"), None)):
         heard_cfg = Config.from_dict({"schema": vars(heard), "generate": {"decoder": "scratch"},
                                       "audio": {"encoder": encoder}})
-        assert make_plan(profile_table(table, heard), heard_cfg, len(table)).settings.get("generate", {}).get("ctc") == ctc
+        heard_plan = make_plan(profile_table(table, heard), heard_cfg, len(table))
+        assert heard_plan.settings.get("generate", {}).get("ctc") == ctc
+        if encoder == "scratch":
+            assert heard_plan.settings["audio"]["level"] == "band" and gen.settings["audio"]["level"] == "clip"
     plan, _ = _plan(path)
     assert "audio_crop" not in plan.settings.get("augment", {})       # classification keeps the defaults
     # Two modalities: classification drops one at times; a generation target needs them together.
