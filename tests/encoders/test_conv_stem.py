@@ -83,6 +83,19 @@ def test_masked_batch_norm_ignores_padding_in_training():
     assert bn.num_batches_tracked == 2 and not torch.allclose(bn.running_mean, torch.zeros(3))
 
 
+@pytest.mark.parametrize("k", [1, 2, 4, 16])
+def test_audio_cnn_stem_gives_one_token_per_k_frames(k):
+    """The first layer strides over frames only when a token spans several: a token's place in
+    time stays that of its first frame for every k."""
+    cfg = Config().merged({"audio": {"stem": "cnn", "n_mels": 16, "max_seconds": 0.64, "stem_width": 4,
+                                     "frames_per_token": k}})
+    enc = AudioEncoder(cfg).eval()
+    mask = torch.arange(64)[None] < torch.tensor([[64], [37]])                 # (2, 64): 64 and 37 real frames
+    out = enc({"mel": torch.randn(2, 16, 64), "mask": mask})
+    assert out["tokens"].shape[1] == 64 // k
+    assert out["mask"].sum(1).tolist() == [64 // k, -(-37 // k)]
+
+
 def test_audio_cnn_stem_learns_pitch_shifted_words():
     """Two 'words' (a rising vs a falling band sweep), each spoken at random pitch (band offset) and
     onset: the 2-D stem must tell them apart after a short training, on offsets it never saw."""

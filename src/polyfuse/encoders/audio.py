@@ -60,7 +60,7 @@ class SpectrogramCNN(nn.Module):
         3x3 conv, stride 2 -> BatchNorm -> ReLU
         max(4, log2 k) - 1 x [3x3 conv -> BatchNorm -> ReLU -> 2x2 max-pool] -> mean over bands -> 1x1 conv to D
 
-    with widths w, 2w, 4w, 4w, ... The first layer halves bands and frames by its stride, as
+    with widths w, 2w, 4w, 4w, ... The first layer halves bands and frames (k > 1) by its stride, as
     ResNet's stem does, where a 2x2 pool after a full-resolution layer would cost twice the time
     (that layer and its BatchNorm handle the largest tensor; avdigits, one speaker held out: the
     same accuracy at half the time). Time is halved in the first log2(k) stages only, frequency in
@@ -78,7 +78,9 @@ class SpectrogramCNN(nn.Module):
         self.time_pools = int(math.log2(k))
         stages = max(4, self.time_pools)
         widths = [width * 2 ** min(i, 2) for i in range(stages)]
-        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, stride=2 if i == 0 else 1, padding=1)
+        # The first layer's stride: bands always, frames when tokens span more than one frame.
+        self.first_stride = (2, 2 if self.time_pools else 1)
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, stride=self.first_stride if i == 0 else 1, padding=1)
                                    for i, (a, b) in enumerate(zip([1] + widths, widths)))
         self.norms = nn.ModuleList(MaskedBatchNorm2d(c) for c in widths)
         self.out = nn.Conv1d(widths[-1], d, 1)
@@ -88,7 +90,7 @@ class SpectrogramCNN(nn.Module):
         x = mel[:, None]                                           # (B, 1, M, F)
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
             if i == 0:
-                mask = mask[:, ::2]                                # the stride halves frames (and bands)
+                mask = mask[:, :: self.first_stride[1]]            # the stride halves frames (and bands)
             x = F.relu(norm(conv(x), mask)) * mask[:, None, None, :].to(x.dtype)
             if i == 0:
                 continue
