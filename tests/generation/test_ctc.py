@@ -39,12 +39,10 @@ def trained(tmp_path_factory):
 
 def ctc_greedy(model, inputs: dict) -> list[list[int]]:
     """The CTC head's best path per row: argmax per token, repeats merged, blanks dropped."""
-    encoded, fused = model.read(inputs)
-    a, b = fused.spans["audio"]
-    logits = model.ctc_head(fused.tokens[:, a:b])                          # (B, T, V + 1)
+    logits, mask = model.ctc_logits(*model.read(inputs))                   # (B, T, V + 1), (B, T)
     blank = logits.shape[-1] - 1
     out = []
-    for best, n in zip(logits.argmax(-1).tolist(), encoded["audio"]["mask"].sum(1).tolist()):
+    for best, n in zip(logits.argmax(-1).tolist(), mask.sum(1).tolist()):
         path = [t for i, t in enumerate(best[:n]) if t != blank and (i == 0 or t != best[i - 1])]
         out.append(path)
     return out

@@ -79,8 +79,8 @@ class SpectrogramCNN(nn.Module):
         stages = max(4, self.time_pools)
         widths = [width * 2 ** min(i, 2) for i in range(stages)]
         # The first layer's stride: bands always, frames when tokens span more than one frame.
-        self.first_stride = (2, 2 if self.time_pools else 1)
-        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, stride=self.first_stride if i == 0 else 1, padding=1)
+        first = (2, 2 if self.time_pools else 1)
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, stride=first if i == 0 else 1, padding=1)
                                    for i, (a, b) in enumerate(zip([1] + widths, widths)))
         self.norms = nn.ModuleList(MaskedBatchNorm2d(c) for c in widths)
         self.out = nn.Conv1d(widths[-1], d, 1)
@@ -89,11 +89,10 @@ class SpectrogramCNN(nn.Module):
     def forward(self, mel: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = mel[:, None]                                           # (B, 1, M, F)
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
-            if i == 0:
-                mask = mask[:, :: self.first_stride[1]]            # the stride halves frames (and bands)
+            mask = mask[:, :: conv.stride[1]]                      # a strided layer halves frames
             x = F.relu(norm(conv(x), mask)) * mask[:, None, None, :].to(x.dtype)
             if i == 0:
-                continue
+                continue                                           # the first layer strided instead of pooling
             # ReLU outputs are >= 0, so a pooled window that reaches into zeroed padding keeps its max.
             t = 2 if i < self.time_pools else 1
             f = 2 if x.shape[2] >= 2 else 1

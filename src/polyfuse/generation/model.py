@@ -289,20 +289,25 @@ class GenerationModel(nn.Module):
             mask = torch.cat([mask, prompt["mask"]], 1)
         return left_pack(x, mask)
 
-    def ctc_loss(self, encoded: dict, fused: Fused, ids: torch.Tensor, tmask: torch.Tensor) -> torch.Tensor:
-        """CTC of the target (end-of-text left out) against the audio column's tokens, per target
-        token, averaged over the rows that have the clip: its fused states where the fusion keeps
-        tokens (what the decoder reads), its encoder's tokens otherwise (concat, late fusion)."""
+    def ctc_logits(self, encoded: dict, fused: Fused) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, V + 1) the CTC head over the audio column's tokens (blank last), (B, T) real ones
+        first: its fused states where the fusion keeps tokens (what the decoder reads), its
+        encoder's tokens otherwise (concat, late fusion)."""
         col = self.ctc_column
         if col in fused.spans:
             a, b = fused.spans[col]
             states = fused.tokens[:, a:b]                                              # (B, T, D)
         else:
             states = encoded[col]["tokens"]
-        mask = encoded[col]["mask"]                                                    # (B, T), real first
+        return self.ctc_head(states), encoded[col]["mask"]
+
+    def ctc_loss(self, encoded: dict, fused: Fused, ids: torch.Tensor, tmask: torch.Tensor) -> torch.Tensor:
+        """CTC of the target (end-of-text left out) against the audio column's tokens, per target
+        token, averaged over the rows that have the clip."""
+        logits, mask = self.ctc_logits(encoded, fused)                                 # (B, T, V + 1), (B, T)
         lengths = tmask.sum(1) - 1                                                     # (B,) without end-of-text
         rows = mask.any(1) & (lengths > 0)
-        logp = F.log_softmax(self.ctc_head(states[rows]).float(), -1)                  # (N, T, V + 1)
+        logp = F.log_softmax(logits[rows].float(), -1)                                 # (N, T, V + 1)
         if not rows.any():
             return logp.sum()                    # 0, still part of the graph (DDP wants every parameter used)
         # zero_infinity: a clip with fewer tokens than its transcript needs adds nothing, not inf.
