@@ -154,14 +154,37 @@ def test_validation_scores_sit_beside_the_nearest_neighbour_baseline(tmp_path, l
     from polyfuse.recipes.generate import train_generation
     torch.set_num_threads(1)
     cfg = cfg_for(llama, decoder_train="full")
-    cfg.train.epochs = 2
+    cfg.train.epochs = 4
     _, summary = train_generation(cfg, write_scenes(tmp_path, 24, seed=4), write_scenes(tmp_path, 8, seed=5),
                                   out=tmp_path / "run", progress=False)
     m = summary["val_metrics"]
     assert m["n"] == 8 and m["nearest_neighbour"]["n"] == 8
     assert 0.0 <= m["nearest_neighbour"]["exact_match"] <= 1.0
     from polyfuse.runfolder import RunFolder
-    assert all("val_loss" in r for r in RunFolder(tmp_path / "run").log())     # the best epoch is chosen on it
+    folder = RunFolder(tmp_path / "run")
+    log = folder.log()
+    assert all("val_loss" in r and 0.0 <= r["val_token_accuracy"] <= 1.0 for r in log)
+    # The weights kept are the epoch with the most target tokens right (ties: the lower loss).
+    best = max(log, key=lambda r: (r["val_token_accuracy"], -r["val_loss"]))
+    assert folder.meta().info["epoch"] == best["epoch"]
+
+
+def test_teacher_forced_tokens_are_all_right_exactly_where_greedy_writes_the_reference(trained):
+    """The validation score counts the argmax given the true tokens before: greedy decoding
+    follows the reference to its end exactly when every one of them is right."""
+    gen, _, train, root = trained
+    rows = write_scenes(root, 16, seed=6)
+    swap = {"left": "right", "right": "left"}
+    rows.loc[:7, "caption"] = [f"{c.rsplit(' ', 1)[0]} {swap[c.rsplit(' ', 1)[1]]}" for c in rows.caption[:8]]
+    data = gen.encode(gen.read(rows), with_targets=True)
+    texts = gen.generate(data)
+    whole = []
+    with torch.no_grad():
+        for i in range(len(data)):
+            out = gen.model(gen.collate([i], data))
+            whole.append(out["correct"] == out["tokens"])
+    assert whole == [t == c for t, c in zip(texts, rows.caption)]
+    assert 0 < sum(whole) < len(whole)                  # both kinds of row are there
 
 
 def test_the_report_shows_inputs_references_and_generations_best_first(trained, tmp_path):

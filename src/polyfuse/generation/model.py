@@ -316,7 +316,8 @@ class GenerationModel(nn.Module):
 
     def forward(self, batch: dict, modality_dropout: float = 0.0) -> dict:
         """{"loss": what training minimises, "lm_loss": mean next-token cross-entropy over the
-        target tokens, "ctc": the CTC loss (generate.ctc; 0 when off), "tokens": how many}."""
+        target tokens, "ctc": the CTC loss (generate.ctc; 0 when off), "tokens": how many,
+        "correct": how many of them are the argmax given the true tokens before (teacher forcing)}."""
         ids, tmask = batch["target"]["ids"], batch["target"]["mask"]                  # (B, L)
         encoded, fused = self.read(batch["inputs"], modality_dropout)
         if self.seq2seq:
@@ -335,10 +336,11 @@ class GenerationModel(nn.Module):
             logits = self.lm(inputs_embeds=x, attention_mask=attn, position_ids=positions(attn)).logits
             P = prefix.shape[1]
         pred = logits[:, P - 1:-1]                     # position P-1+t predicts target token t
-        lm_loss = F.cross_entropy(pred[tmask].float(), ids[tmask])
+        scored = pred[tmask]                                                          # (N, V)
+        lm_loss = F.cross_entropy(scored.float(), ids[tmask])
         ctc = self.ctc_loss(encoded, fused, ids, tmask) if self.ctc_column else lm_loss.new_zeros(())
         return {"loss": lm_loss + self.cfg.generate.ctc * ctc, "lm_loss": lm_loss, "ctc": ctc,
-                "tokens": int(tmask.sum())}
+                "tokens": int(tmask.sum()), "correct": int((scored.argmax(-1) == ids[tmask]).sum())}
 
     def _memory_masked(self, mask: torch.Tensor, dtype: torch.dtype):
         """transformers' encoder-decoders take the memory mask as attention_mask; the families in

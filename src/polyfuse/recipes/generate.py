@@ -104,17 +104,25 @@ def train_generation(cfg: Config, train, val=None, out: str | Path = "runs/gen",
 
     @torch.no_grad()
     def validate(raw):
-        # The next-token loss per target token (generate.ctc's term left out, so runs with and
-        # without it compare): cheap enough every epoch, where generating is not.
+        # The score that picks the best epoch (and keeps early stopping off a plateau) is the share
+        # of target tokens the decoder gets right given the true ones before it, as speech
+        # recognisers choose epochs (ESPnet's valid.acc): the argmax is what greedy decoding writes,
+        # while the loss of an unheard voice or style climbs as the model grows sure of itself
+        # long before its words get worse (the loss's best epoch lost to the last in every digit
+        # run measured, docs/benchmarks.md). Thousands of tokens make it fine-grained, so no noise
+        # margin: ties go to the lower loss. The loss is the next-token loss alone (generate.ctc's
+        # term left out, so runs with and without it compare). One forward pass each; generating
+        # every epoch would cost far more.
         raw.eval()
-        total, tokens = 0.0, 0
+        total, tokens, correct = 0.0, 0, 0
         bs = cfg.train.batch_size * 2
         for i in range(0, len(val_set), bs):
             batch = to_device(collate(list(range(i, min(i + bs, len(val_set)))), val_set), acc.device)
             out = raw(batch)
             total, tokens = total + float(out["lm_loss"]) * out["tokens"], tokens + out["tokens"]
-        loss = total / max(1, tokens)
-        return {"val_loss": loss, "score": -loss}
+            correct += out["correct"]
+        accuracy = correct / max(1, tokens)
+        return {"val_loss": total / max(1, tokens), "val_token_accuracy": accuracy, "score": accuracy}
 
     def before_epoch(raw, epoch, planned):
         # LLaVA's two stages in one run: the projector alone, then the decoder's adapters too.
