@@ -253,6 +253,9 @@ class TrainConfig:
     # Also checkpoint every this many optimizer steps inside an epoch (with the position in it), so
     # a killed run on a long epoch loses at most these steps; None: after each epoch only.
     checkpoint_every: int | None = None
+    # Validate, keep and save an exponential moving average of the weights over about this many
+    # epochs of steps instead of the last step's (training/average.py); 0: off.
+    ema_epochs: float = 0.0
 
     def validate(self):
         _positive(self, "epochs", "batch_size", "lr")
@@ -270,6 +273,8 @@ class TrainConfig:
             raise ConfigError("train.warmup_ratio must be in [0, 1)")
         if self.patience is not None and self.patience < 1:
             raise ConfigError("train.patience must be >= 1 (or null to never stop early)")
+        if self.ema_epochs < 0:
+            raise ConfigError(f"train.ema_epochs must be >= 0 (0: off), got {self.ema_epochs}")
 
 
 @dataclass
@@ -305,6 +310,7 @@ class AugmentConfig:
     audio_gain_db: float = 6.0       # gain drawn in [-g, +g] dB
     audio_noise: float = 0.05        # std of Gaussian noise on the normalised log-mel
     freq_warp: float = 0.1           # mel axis stretched by a factor in [1 - w, 1 + w] (pitch / speaker)
+    audio_speed: float = 0.1         # tempo: each clip's frames played at a rate in [1 - s, 1 + s] (speaking rate)
     audio_filter_db: float = 6.0     # a random smooth equaliser over the mel bands, within +-this dB (microphone)
     time_masks: int = 2              # SpecAugment: masks of up to time_mask_width frames
     time_mask_width: int = 8
@@ -315,7 +321,7 @@ class AugmentConfig:
 
     def validate(self):
         for name in ("image_crop_scale", "color_jitter", "audio_crop", "audio_shift", "audio_noise", "token_dropout",
-                     "span_mask", "freq_warp"):
+                     "span_mask", "freq_warp", "audio_speed"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"augment.{name} must be in [0, 1], got {getattr(self, name)}")
         for name in ("time_masks", "time_mask_width", "freq_masks", "freq_mask_width", "audio_gain_db",

@@ -257,13 +257,17 @@ class RunFolder:
                     break
         return (final / "trainer.json").exists()
 
-    def save_checkpoint(self, model_state: dict, best_state: dict | None, opt: torch.optim.Optimizer, trainer: dict):
+    def save_checkpoint(self, model_state: dict, best_state: dict | None, opt: torch.optim.Optimizer, trainer: dict,
+                        average: dict | None = None):
+        """average: train.ema_epochs' running average of the weights, kept beside the live ones."""
         final, tmp = self.file(self.CHECKPOINT), self.file(self.CHECKPOINT + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         save_file(model_state, str(tmp / "model.safetensors"))
         if best_state is not None:
             save_file(best_state, str(tmp / "best.safetensors"))
+        if average is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in average.items()}, str(tmp / "average.safetensors"))
         opt_tensors, opt_meta = _optimizer_to_tensors(opt)
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
@@ -279,10 +283,11 @@ class RunFolder:
         if not self.has_checkpoint():
             return None
         folder = self.file(self.CHECKPOINT)
-        best = folder / "best.safetensors"
+        best, average = folder / "best.safetensors", folder / "average.safetensors"
         return {
             "model": load_file(str(folder / "model.safetensors")),
             "best": load_file(str(best)) if best.exists() else None,
+            "average": load_file(str(average)) if average.exists() else None,
             "optimizer": _optimizer_from_tensors(load_file(str(folder / "optimizer.safetensors")),
                                                  json.loads((folder / "optimizer.json").read_text())),
             "rng": load_file(str(folder / "rng.safetensors"))["torch"],

@@ -42,7 +42,7 @@ def test_seeded_and_shape_preserving():
 
 
 def test_absent_cells_and_padding_stay_untouched():
-    out, orig = run(0, audio_crop=0.0), batch()
+    out, orig = run(0, audio_crop=0.0, audio_speed=0.0), batch()
     assert torch.equal(out["image"]["pixels"][1], orig["image"]["pixels"][1])
     assert torch.equal(out["audio"]["mask"], orig["audio"]["mask"])
     assert (out["audio"]["mel"][1, :, 24:] == 0).all() and (out["audio"]["mel"][2] == 0).all()
@@ -105,7 +105,7 @@ def test_audio_crop_keeps_a_random_stretch_at_the_start():
     orig = batch()["audio"]
     kept = set()
     for seed in range(12):
-        out = run(seed, audio_crop=0.5, audio_shift=0.0, time_masks=0, freq_masks=0, freq_warp=0.0,
+        out = run(seed, audio_crop=0.5, audio_shift=0.0, time_masks=0, freq_masks=0, freq_warp=0.0, audio_speed=0.0,
                   audio_gain_db=0.0, audio_noise=0.0, audio_filter_db=0.0)["audio"]
         n = int(out["mask"][0].sum())
         assert 20 <= n <= 40 and out["mask"][0, :n].all() and (out["mel"][0, :, n:] == 0).all()
@@ -116,11 +116,34 @@ def test_audio_crop_keeps_a_random_stretch_at_the_start():
     assert len(kept) > 3
 
 
+def test_audio_speed_plays_each_clip_faster_or_slower_and_keeps_all_of_it():
+    """Tempo: a clip becomes n / rate frames (capped at the batch's width, so its end is never cut),
+    the same sound in order: a ramp stays a ramp from the clip's first value to its last."""
+    quiet = dict(audio_crop=0.0, audio_shift=0.0, time_masks=0, freq_masks=0, freq_warp=0.0, audio_gain_db=0.0,
+                 audio_noise=0.0, audio_filter_db=0.0)
+    ramp = batch()
+    ramp["audio"]["mel"][1, :, :24] = torch.linspace(-1, 1, 24)            # row 1: 24 of 40 frames
+    lengths = set()
+    for seed in range(16):
+        torch.manual_seed(seed)
+        b = batch()
+        b["audio"]["mel"][1] = ramp["audio"]["mel"][1]
+        out = Augmenter(AugmentConfig(enabled=True, audio_speed=0.3, **quiet), _Procs())(b)["audio"]
+        n = int(out["mask"][1].sum())
+        assert 18 <= n <= 35 and out["mask"][1, :n].all() and (out["mel"][1, :, n:] == 0).all()
+        x = out["mel"][1, 0, :n]
+        assert abs(float(x[0]) + 1) < 1e-5 and abs(float(x[-1]) - 1) < 1e-5 and (x.diff() > 0).all()
+        assert int(out["mask"][0].sum()) <= 40 and not out["mask"][2].any()   # never past the width; absent stays absent
+        lengths.add(n)
+    assert len(lengths) > 4
+    assert torch.equal(run(0, audio_speed=0.0, **quiet)["audio"]["mask"], batch()["audio"]["mask"])
+
+
 def test_random_filter_colours_every_frame_alike_within_its_bound():
     """The random equaliser adds one smooth curve over the mel bands to each clip: the same for all
     its frames, within +-audio_filter_db, and padding stays zero."""
     quiet = dict(audio_crop=0.0, audio_shift=0.0, time_masks=0, freq_masks=0, freq_warp=0.0, audio_gain_db=0.0,
-                 audio_noise=0.0)
+                 audio_noise=0.0, audio_speed=0.0)
     orig = batch()["audio"]
     assert torch.allclose(run(0, audio_filter_db=0.0, **quiet)["audio"]["mel"], orig["mel"])
     out = run(0, audio_filter_db=6.0, **quiet)["audio"]

@@ -16,7 +16,8 @@ from polyfuse.recipes.train import train_run
 from tests.conftest import tiny_config
 
 # Dropout, modality dropout and augmentation all draw from the RNG the checkpoint must carry.
-SECTIONS = {"train": {"epochs": 2, "checkpoint_every": 3}, "model": {"modality_dropout": 0.2, "dropout": 0.1},
+# The weight average (train.ema_epochs) too: a checkpoint keeps it beside the live weights.
+SECTIONS = {"train": {"epochs": 2, "checkpoint_every": 3, "ema_epochs": 1.0}, "model": {"modality_dropout": 0.2, "dropout": 0.1},
             "augment": {"enabled": True}}
 KILL_AT = (1, 4)    # (epoch, batch): killed after the second epoch's 4th batch (7 per epoch), 2 past the checkpoint
 

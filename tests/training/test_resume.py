@@ -19,8 +19,9 @@ def _log(run):
     return [{k: v for k, v in json.loads(x).items() if k not in drop} for x in (run / "log.jsonl").read_text().splitlines()]
 
 
-def test_resume_equals_unbroken_run(synth, tmp_path, monkeypatch):
-    cfg = tiny_config(train={"epochs": 3}, model={"modality_dropout": 0.2, "dropout": 0.1})
+@pytest.mark.parametrize("ema_epochs", [0.0, 1.0])
+def test_resume_equals_unbroken_run(synth, tmp_path, monkeypatch, ema_epochs):
+    cfg = tiny_config(train={"epochs": 3, "ema_epochs": ema_epochs}, model={"modality_dropout": 0.2, "dropout": 0.1})
     train_run(cfg, synth["train"], synth["val"], tmp_path / "a", progress=False)
 
     def stop_after_first(state):

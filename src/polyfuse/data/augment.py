@@ -73,11 +73,13 @@ class Augmenter:
         if c.audio_filter_db > 0:
             mel = mel + random_filter(B, n_mels, c.audio_filter_db) / self.audio_std
         lengths = mask.sum(1).tolist()
-        if c.audio_crop > 0:
+        if c.audio_crop > 0 or c.audio_speed > 0:
             mask = mask.clone()
         for i, n in enumerate(lengths):
             if n == 0:
                 continue
+            if c.audio_speed > 0:
+                n = change_tempo(mel, mask, i, n, 1.0 + (float(torch.rand(())) * 2 - 1) * c.audio_speed)
             if c.audio_crop > 0:         # a random stretch of at least 1 - audio_crop of the clip
                 keep = int(torch.randint(max(1, math.ceil((1 - c.audio_crop) * n)), n + 1, ()))
                 t0 = int(torch.randint(0, n - keep + 1, ()))
@@ -141,6 +143,20 @@ def freq_warp(mel: torch.Tensor, w: float) -> torch.Tensor:
     frac = (src - lo.to(mel.dtype))[..., None]                                # (B, n_mels, 1)
     take = lambda idx: mel.gather(1, idx[..., None].expand(-1, -1, mel.shape[2]))
     return take(lo) * (1 - frac) + take(hi) * frac
+
+
+def change_tempo(mel: torch.Tensor, mask: torch.Tensor, i: int, n: int, rate: float) -> int:
+    """Row i's first n frames of (B, n_mels, F) played at `rate` (in place): resampled by linear
+    interpolation to n / rate frames, no more than the batch's F, so nothing is cut off. Speakers
+    differ in tempo as much as in pitch; speech recognisers perturb speed for the same reason (Ko
+    et al., Interspeech 2015), here on the log-mel frames, which leaves the pitch alone (freq_warp
+    moves it). Returns the new length; the mask follows it."""
+    m = max(1, min(mel.shape[2], round(n / rate)))
+    if m != n:
+        mel[i, :, :m] = F.interpolate(mel[i:i + 1, :, :n], size=m, mode="linear", align_corners=True)[0]
+        mel[i, :, m:] = 0.0
+        mask[i, :m], mask[i, m:] = True, False
+    return m
 
 
 def random_filter(B: int, n_mels: int, db: float, points: int = 4) -> torch.Tensor:

@@ -32,6 +32,7 @@ from ..config import OBJECTIVES, DataConfig, TrainConfig
 from ..data.loader import BatchStream, ThreadTuner, worker_count
 from ..runfolder import RunFolder
 from ..util import state_dict_cpu, to_device
+from .average import WeightAverage
 from .schedule import warmup_cosine
 
 Step = Callable[[torch.nn.Module, dict], dict]
@@ -95,6 +96,7 @@ class TrainState:
     epoch_seen: int = 0
     epoch_sums: dict = field(default_factory=dict)
     threads: int | None = None       # the training process's intra-op threads, chosen by data.loader.ThreadTuner
+    averaged_steps: int = 0          # train.ema_epochs: the steps in the weight average so far
 
     def better(self, record: dict) -> bool:
         """A validation score above the best seen by more than its noise, or one within that noise at
@@ -169,6 +171,8 @@ class Trainer:
         if saved is not None:
             best = saved["best"]
             self._restore(saved, module, opt, sched, state)
+        average = WeightAverage(tc.ema_epochs * steps_per_epoch, saved["average"] if saved else None,
+                                state.averaged_steps) if tc.ema_epochs else None
         wrapped, opt = acc.prepare(module, opt)
         raw = acc.unwrap_model(wrapped)
 
@@ -195,6 +199,9 @@ class Trainer:
                     out = step(wrapped, b)
                 self._optimizer_step(wrapped, opt, sched, out["loss"])
                 state.step += 1
+                if average is not None:
+                    average.update(raw)
+                    state.averaged_steps = average.updates
                 if (chosen := tuner.after_step(state.step)) is not None:
                     state.threads = chosen
                     acc.print(f"training threads beside {workers} data worker(s): {chosen} (faster of "
@@ -218,7 +225,8 @@ class Trainer:
                     state.epoch_seen, state.epoch_sums = seen, sums
                     state.elapsed_s = time.perf_counter() - t_start
                     if acc.is_main_process and self.folder is not None:
-                        self.folder.save_checkpoint(state_dict_cpu(raw), best, opt, vars(state))
+                        self.folder.save_checkpoint(state_dict_cpu(raw), best, opt, vars(state),
+                                                    average.state if average is not None else None)
                     acc.wait_for_everyone()
                 after_step(vars(state))
             state.epoch += 1
@@ -227,6 +235,8 @@ class Trainer:
             record.update({k: v / max(1, seen) for k, v in sums.items() if k != "loss"})
             record.update(lr=sched.get_last_lr()[0], world_size=world,
                           samples_per_s=(seen - seen_before) * world / max(1e-9, time.perf_counter() - t_epoch))
+            # From here to the checkpoint the module holds the average: validated, kept, saved.
+            live = average.swap_in(raw) if average is not None else None
             if validate is not None:
                 record.update(validate(raw))
             improved = state.better(record)
@@ -268,14 +278,20 @@ class Trainer:
             if acc.is_main_process:
                 if on_epoch is not None:
                     on_epoch(raw, record, improved)
+            if live is not None:
+                average.swap_out(raw, live)
+            if acc.is_main_process:
                 if self.folder is not None:
-                    self.folder.save_checkpoint(state_dict_cpu(raw), best, opt, vars(state))
+                    self.folder.save_checkpoint(state_dict_cpu(raw), best, opt, vars(state),
+                                                average.state if average is not None else None)
                     self.folder.append_log(record)
                 acc.print(epoch_line(record))
             acc.wait_for_everyone()
             after_epoch(vars(state))
         if best is not None:
             raw.load_state_dict(best)
+        elif average is not None:       # no validation: the last average is the result
+            average.swap_in(raw)
         return {**vars(state), "steps_per_epoch": steps_per_epoch, "world_size": world}
 
     def _fill(self, state: TrainState, total: list, steps_per_epoch: int, epoch_s: float, done_s: float,
