@@ -197,6 +197,9 @@ def test_a_transcript_target_gets_no_crops_or_shifts_of_its_audio(tmp_path):
     vqa = make_plan(profile_table(table, vqa_schema), vqa_cfg, len(table))
     assert vqa.settings["augment"]["token_dropout"] == 0.0 and vqa.settings["augment"]["span_mask"] == 0.0
     assert "token_dropout" not in plan.settings.get("augment", {}) and "token_dropout" not in gen.settings["augment"]
+    # Generation keeps averaged weights (its epochs are picked on noisy token accuracy); classification does not.
+    assert gen.settings["train"]["ema_epochs"] == vqa.settings["train"]["ema_epochs"] == 2.0
+    assert "ema_epochs" not in plan.settings["train"]
     # A scratch decoder is small: the prefix stays whole and the batch is the table's.
     assert "prefix_tokens" not in gen.settings.get("generate", {})
     assert gen.settings["train"]["batch_size"] == plan.settings["train"]["batch_size"]
