@@ -103,7 +103,7 @@ class Polyfuse:
 
     def generate(self, data, **decoding) -> list[str]:
         """A generation model's text for every row; `decoding` overrides config section generate
-        (max_new_tokens, num_beams, do_sample, temperature, top_p)."""
+        (max_new_tokens, num_beams, do_sample, temperature, top_p, ctc_rescore)."""
         if not hasattr(self, "generator_"):
             raise RuntimeError("generate() needs a generation model (task='generation'): call fit() or polyfuse.load()")
         g = self.generator_

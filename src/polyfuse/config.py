@@ -384,6 +384,10 @@ class GenerateConfig:
     # and the decoder guess. For transcripts only (a description of a sound does not follow it in
     # order); 0: off. The validation loss stays the next-token loss alone.
     ctc: float = 0.0
+    # With generate.ctc and num_beams > 1: every beam is scored again by (1 - w) x the decoder's
+    # log-likelihood + w x the CTC head's, and the best one is written (joint CTC/attention
+    # decoding, as n-best rescoring); 0: the beam search's own choice.
+    ctc_rescore: float = 0.0
 
     @property
     def pretrained_decoder(self) -> bool:
@@ -395,6 +399,8 @@ class GenerateConfig:
                   "decoder_lr_scale")
         if self.ctc < 0:
             raise ConfigError(f"generate.ctc must be >= 0 (0: off), got {self.ctc}")
+        if not 0.0 <= self.ctc_rescore <= 1.0:
+            raise ConfigError(f"generate.ctc_rescore must be in [0, 1] (0: off), got {self.ctc_rescore}")
         if self.prefix_tokens is not None and self.prefix_tokens < 1:
             raise ConfigError(f"generate.prefix_tokens must be >= 1 or null, got {self.prefix_tokens}")
         if self.prompt is not None:

@@ -101,3 +101,44 @@ def test_ctc_needs_exactly_one_audio_column(tmp_path):
     with pytest.raises(ConfigError, match="this run has 2 \\(audio, other\\)"):
         train_generation(cfg_for(0.5, audio=["audio", "other"]), pd.DataFrame(two), out=tmp_path / "two",
                          progress=False)
+
+
+def ctc_nll(model, inputs: dict, texts: list[str], targets) -> list[float]:
+    """Each row's -log p(text | clip) under the CTC head, computed here from its logits."""
+    from torch.nn import functional as F
+    logits, mask = model.ctc_logits(*model.read(inputs))                   # (B, T, V + 1), (B, T)
+    logp = F.log_softmax(logits.float(), -1)
+    out = []
+    for i, t in enumerate(texts):
+        ids = targets.encode(t)[:-1]                                        # without end-of-text
+        n = int(mask[i].sum())
+        out.append(float(F.ctc_loss(logp[i, :n, None], ids[None], [n], [len(ids)], blank=logp.shape[-1] - 1,
+                                    reduction="sum")))
+    return out
+
+
+def test_ctc_rescoring_picks_among_the_beams_and_a_row_does_not_depend_on_its_batch(tmp_path):
+    """generate.ctc_rescore: at weight 1 the CTC head alone chooses among the beams, so the text
+    written is never less likely under it than the beam search's own choice; rows decode alike
+    alone and together (the beams of one clip stay with it)."""
+    from polyfuse.recipes.generate import train_generation
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    cfg = cfg_for(1.0)
+    cfg.train.epochs = 6                                  # half-trained: beams that disagree
+    gen, _ = train_generation(cfg, write_clips(tmp_path, 96, seed=0), out=tmp_path / "run", progress=False)
+    test = write_clips(tmp_path, 16, seed=5)
+    data = gen.encode(gen.read(test))
+    beam = gen.generate(data, num_beams=4)
+    chosen = gen.generate(data, num_beams=4, ctc_rescore=1.0)
+    gen.model.eval()
+    with torch.no_grad():
+        inputs = gen.collate(list(range(len(test))), data)["inputs"]
+        before, after = ctc_nll(gen.model, inputs, beam, gen.targets), ctc_nll(gen.model, inputs, chosen, gen.targets)
+    assert all(a <= b + 1e-4 for a, b in zip(after, before)), list(zip(after, before))
+    assert sum(after) < sum(before) and chosen != beam            # it chose otherwise somewhere, and better
+    assert gen.generate(data, batch_size=1, num_beams=4, ctc_rescore=0.3) == \
+        gen.generate(data, batch_size=16, num_beams=4, ctc_rescore=0.3)
+    with pytest.raises(ConfigError, match="ctc_rescore must be in"):
+        from polyfuse.config import Config
+        Config.from_dict({"generate": {"ctc_rescore": 1.5}})

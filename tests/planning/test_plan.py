@@ -185,6 +185,7 @@ def test_a_transcript_target_gets_no_crops_or_shifts_of_its_audio(tmp_path):
                                       "audio": {"encoder": encoder}})
         heard_plan = make_plan(profile_table(table, heard), heard_cfg, len(table))
         assert heard_plan.settings.get("generate", {}).get("ctc") == ctc
+        assert heard_plan.settings.get("generate", {}).get("ctc_rescore") == (0.3 if ctc else None)
         if encoder == "scratch":
             assert heard_plan.settings["audio"]["level"] == "band" and gen.settings["audio"]["level"] == "clip"
     plan, _ = _plan(path)

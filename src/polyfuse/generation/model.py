@@ -320,8 +320,22 @@ class GenerationModel(nn.Module):
         "correct": how many of them are the argmax given the true tokens before (teacher forcing)}."""
         ids, tmask = batch["target"]["ids"], batch["target"]["mask"]                  # (B, L)
         encoded, fused = self.read(batch["inputs"], modality_dropout)
+        pred = self.next_token_logits(encoded, fused, ids, tmask, batch.get("prompt"))  # (B, L, V)
+        scored = pred[tmask]                                                          # (N, V)
+        lm_loss = F.cross_entropy(scored.float(), ids[tmask])
+        ctc = self.ctc_loss(encoded, fused, ids, tmask) if self.ctc_column else lm_loss.new_zeros(())
+        return {"loss": lm_loss + self.cfg.generate.ctc * ctc, "lm_loss": lm_loss, "ctc": ctc,
+                "tokens": int(tmask.sum()), "correct": int((scored.argmax(-1) == ids[tmask]).sum())}
+
+    def next_token_logits(self, encoded: dict, fused: Fused, ids: torch.Tensor, tmask: torch.Tensor,
+                          prompt: dict | None = None, repeat: int = 1) -> torch.Tensor:
+        """(B * repeat, L, V): at t, the decoder's logits for target token t given the tokens before
+        it (teacher forcing). repeat: each input row is read by `repeat` consecutive target rows
+        (the hypotheses of one clip), so the encoders run once per input."""
+        rep = (lambda t: t.repeat_interleave(repeat, 0)) if repeat > 1 else (lambda t: t)   # noqa: E731
         if self.seq2seq:
             memory, mmask = self._memory(encoded, fused)
+            memory, mmask = rep(memory), rep(mmask)
             start = self.start_ids[None].expand(ids.shape[0], -1)                     # (B, S)
             dec = torch.cat([start, ids], 1)                                          # (B, S + L)
             dmask = torch.cat([torch.ones_like(start), tmask.long()], 1)
@@ -330,17 +344,13 @@ class GenerationModel(nn.Module):
                                  decoder_attention_mask=dmask, attention_mask=mmask.long()).logits
             P = start.shape[1]
         else:
-            prefix, pmask = self._prefix(fused, batch.get("prompt"))
+            prefix, pmask = self._prefix(fused, prompt)
+            prefix, pmask = rep(prefix), rep(pmask)
             x = torch.cat([prefix, self.lm.get_input_embeddings()(ids)], 1)           # (B, P + L, H)
             attn = torch.cat([pmask, tmask], 1).long()
             logits = self.lm(inputs_embeds=x, attention_mask=attn, position_ids=positions(attn)).logits
             P = prefix.shape[1]
-        pred = logits[:, P - 1:-1]                     # position P-1+t predicts target token t
-        scored = pred[tmask]                                                          # (N, V)
-        lm_loss = F.cross_entropy(scored.float(), ids[tmask])
-        ctc = self.ctc_loss(encoded, fused, ids, tmask) if self.ctc_column else lm_loss.new_zeros(())
-        return {"loss": lm_loss + self.cfg.generate.ctc * ctc, "lm_loss": lm_loss, "ctc": ctc,
-                "tokens": int(tmask.sum()), "correct": int((scored.argmax(-1) == ids[tmask]).sum())}
+        return logits[:, P - 1:-1]                     # position P-1+t predicts target token t
 
     def _memory_masked(self, mask: torch.Tensor, dtype: torch.dtype):
         """transformers' encoder-decoders take the memory mask as attention_mask; the families in
@@ -350,32 +360,56 @@ class GenerationModel(nn.Module):
     @torch.no_grad()
     def generate(self, inputs: dict, g: GenerateConfig, eos_id: int, pad_id: int, streamer=None,
                  prompt: dict | None = None) -> list[list[int]]:
-        """New token ids per row (transformers' generate: greedy, beam search or sampling, KV cache)."""
+        """New token ids per row (transformers' generate: greedy, beam search or sampling, KV cache).
+        With generate.ctc_rescore, every beam comes back and the CTC head helps choose (rescored)."""
+        rescore = self.ctc_column is not None and g.ctc_rescore > 0 and g.num_beams > 1 and not g.do_sample
+        n = g.num_beams if rescore else 1
+        encoded, fused = self.read(inputs)
+        kw = dict(max_new_tokens=g.max_new_tokens, num_beams=g.num_beams, do_sample=g.do_sample,
+                  temperature=g.temperature if g.do_sample else None, top_p=g.top_p if g.do_sample else None,
+                  eos_token_id=eos_id, pad_token_id=pad_id, streamer=streamer, num_return_sequences=n)
         if self.seq2seq:
-            return self._generate_seq2seq(inputs, g, eos_id, pad_id, streamer)
-        prefix, pmask = self.prefix(inputs, prompt=prompt)
-        attn = pmask.long()
-        # transformers derives positions from the mask the same way `positions` does (checked in tests).
-        out = self.lm.generate(inputs_embeds=prefix, attention_mask=attn,
-                               max_new_tokens=g.max_new_tokens, num_beams=g.num_beams, do_sample=g.do_sample,
-                               temperature=g.temperature if g.do_sample else None,
-                               top_p=g.top_p if g.do_sample else None, eos_token_id=eos_id, pad_token_id=pad_id,
-                               streamer=streamer)
-        return [row.tolist() for row in out]
+            from transformers import GenerationMixin
+            memory, mmask = self._memory(encoded, fused)
+            start = self.start_ids[None].expand(memory.shape[0], -1)
+            # GenerationMixin's own generate, not a family's override (Whisper's wants 30-second
+            # log-mel input and segments long audio): the memory is ready, only the decoding loop is wanted.
+            with self._memory_masked(mmask, memory.dtype):
+                out = GenerationMixin.generate(self.lm, encoder_outputs=_encoder_output(memory),
+                                               decoder_input_ids=start, attention_mask=mmask.long(), **kw)
+            rows = [row[start.shape[1]:].tolist() for row in out]
+        else:
+            prefix, pmask = self._prefix(fused, prompt)
+            # transformers derives positions from the mask the same way `positions` does (checked in tests).
+            out = self.lm.generate(inputs_embeds=prefix, attention_mask=pmask.long(), **kw)
+            rows = [row.tolist() for row in out]
+        return self._rescored(encoded, fused, prompt, rows, n, g.ctc_rescore, eos_id, pad_id) if rescore else rows
 
-    def _generate_seq2seq(self, inputs: dict, g: GenerateConfig, eos_id: int, pad_id: int, streamer) -> list[list[int]]:
-        from transformers import GenerationMixin
-        memory, mmask = self.memory(inputs)
-        start = self.start_ids[None].expand(memory.shape[0], -1)
-        # GenerationMixin's own generate, not a family's override (Whisper's wants 30-second log-mel
-        # input and segments long audio): the memory is ready, only the decoding loop is wanted.
-        with self._memory_masked(mmask, memory.dtype):
-            out = GenerationMixin.generate(
-                self.lm, encoder_outputs=_encoder_output(memory), decoder_input_ids=start,
-                max_new_tokens=g.max_new_tokens, num_beams=g.num_beams, do_sample=g.do_sample,
-                temperature=g.temperature if g.do_sample else None, top_p=g.top_p if g.do_sample else None,
-                eos_token_id=eos_id, pad_token_id=pad_id, streamer=streamer, attention_mask=mmask.long())
-        return [row[start.shape[1]:].tolist() for row in out]
+    def _rescored(self, encoded: dict, fused: Fused, prompt: dict | None, rows: list[list[int]], n: int,
+                  weight: float, eos_id: int, pad_id: int) -> list[list[int]]:
+        """Each input's n beams (consecutive in rows) -> the one with the best (1 - weight) x the
+        decoder's log-likelihood + weight x the CTC head's, both of the whole text (joint
+        CTC/attention decoding as n-best rescoring, as ESPnet's recognisers decode). The decoder
+        alone can write a fluent text the clip does not hold: a digit too many or one it heard
+        in the training voices; CTC must account for every stretch of the clip in order."""
+        hyps = [r[:r.index(eos_id) + 1] if eos_id in r else r + [eos_id] for r in rows]
+        L = max(len(h) for h in hyps)
+        device = fused.pooled.device
+        ids = torch.full((len(hyps), L), pad_id, dtype=torch.long, device=device)     # (B * n, L)
+        tmask = torch.zeros(len(hyps), L, dtype=torch.bool, device=device)
+        for i, h in enumerate(hyps):
+            ids[i, :len(h)], tmask[i, :len(h)] = torch.tensor(h, device=device), True
+        pred = self.next_token_logits(encoded, fused, ids, tmask, prompt, repeat=n)   # (B * n, L, V)
+        lm = (F.log_softmax(pred.float(), -1).gather(-1, ids[..., None])[..., 0] * tmask).sum(1)   # (B * n,)
+        logits, amask = self.ctc_logits(encoded, fused)                                # (B, T, V + 1)
+        logp = F.log_softmax(logits.float(), -1).repeat_interleave(n, 0)
+        amask = amask.repeat_interleave(n, 0)
+        # Not zero_infinity: a text the clip is too short for is impossible (-inf), not free.
+        ctc = -F.ctc_loss(logp.transpose(0, 1), ids, amask.sum(1), tmask.sum(1) - 1,
+                          blank=logp.shape[-1] - 1, reduction="none")                   # (B * n,)
+        ctc = torch.where(amask.any(1), ctc, torch.zeros_like(ctc))        # a row without the clip: the decoder alone
+        best = ((1 - weight) * lm + weight * ctc).view(-1, n).argmax(1)                 # (B,)
+        return [rows[b * n + int(k)] for b, k in enumerate(best)]
 
 
 def _encoder_output(memory: torch.Tensor):

@@ -101,7 +101,8 @@ class GenerationBackend:
         return {"backend": self.name, "task": "generation", "columns": {c: m for c, m in self.streams},
                 "prompt": self.cfg.generate.prompt,
                 "decoding": {"max_new_tokens": g.max_new_tokens, "num_beams": g.num_beams,
-                             "do_sample": g.do_sample, "temperature": g.temperature, "top_p": g.top_p}}
+                             "do_sample": g.do_sample, "temperature": g.temperature, "top_p": g.top_p,
+                             "ctc_rescore": g.ctc_rescore}}
 
 
 def add_generate_route(app, backend: GenerationBackend, settings: ServeConfig, require_key, errors: dict):
