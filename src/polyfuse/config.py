@@ -235,7 +235,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     bf16: bool = False
-    patience: int | None = 5         # epochs without validation improvement before stopping
+    # Epochs without validation improvement before stopping; with fill_budget, at least a quarter
+    # of the epochs planned.
+    patience: int | None = 5
     max_minutes: float | None = None
     # With max_minutes: time the first steps and choose the number of epochs (and the schedule's
     # length) that fills the budget; `epochs` is then unused. Early stopping still applies.

@@ -68,6 +68,15 @@ def test_a_falling_validation_loss_is_no_plateau(monkeypatch):
     assert state["epoch"] == 13                   # 3 epochs after the loss last fell (epoch 10)
 
 
+def test_a_long_planned_schedule_waits_a_quarter_of_it_before_stopping(monkeypatch):
+    """patience 3, but 27 epochs planned to fill the budget: a plateau stops the run after 6."""
+    clock = Clock()
+    monkeypatch.setattr(trainer.time, "perf_counter", clock)
+    state, _ = _fit(clock, step_s=0.5, validate=lambda m: {"val_loss": 1.0, "score": 0.5}, patience=3)
+    assert state["epochs"] == 1 + int((60 * trainer.BUDGET_SHARE - 2) // 2) == 27
+    assert state["stopped"] == "early_stopping" and state["epoch"] == 1 + 27 // 4
+
+
 def test_a_slow_first_epoch_does_not_set_the_plan(monkeypatch):
     """Epoch 1 fills a feature cache (10x slower): the plan made from it (2 epochs) is redone from
     the second, so the run still fills the budget."""

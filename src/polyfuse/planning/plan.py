@@ -260,7 +260,8 @@ def _train(plan: Plan, profile: dict, cfg: Config, rows: int, preset: str | None
         plan.set("train.max_minutes", minutes, "--max-minutes" if max_minutes is not None else f"preset {preset}")
         plan.set("train.fill_budget", True, "epochs chosen from the first steps' speed to fill the budget")
         plan.set("train.warmup_ratio", 0.05, "a long schedule needs a short warm-up")
-        plan.set("train.patience", 10, "stop early after 10 epochs without validation improvement")
+        plan.set("train.patience", 10, "stop early after 10 epochs (or a quarter of those planned, if more) "
+                                       "without validation improvement")
     else:
         steps = math.ceil(rows / batch)
         epochs = int(min(40, max(10, math.ceil(STEPS_WITHOUT_BUDGET / steps))))

@@ -10,7 +10,9 @@ Supervised training, pretraining and pruning's fine-tune are recipes (polyfuse/r
 Budgets: train.epochs, train.max_minutes (every rank stops at the same step) and early stopping on
 the validation score (train.patience). With train.fill_budget the number of epochs is chosen from
 the speed of the first steps (and again after the first epoch, validation included) so that the
-run ends inside the budget, with its cosine schedule complete. Reproducibility: each epoch's order comes from a generator
+run ends inside the budget, with its cosine schedule complete (and patience is at least a quarter
+of it). With train.ema_epochs, validation, the best epoch and the result use a moving average of
+the weights (training/average.py). Reproducibility: each epoch's order comes from a generator
 seeded with (seed, epoch), and the global RNG (dropout, masks) is saved in every checkpoint, so a
 resumed run takes exactly the steps an unbroken one would.
 """
@@ -96,7 +98,6 @@ class TrainState:
     epoch_seen: int = 0
     epoch_sums: dict = field(default_factory=dict)
     threads: int | None = None       # the training process's intra-op threads, chosen by data.loader.ThreadTuner
-    averaged_steps: int = 0          # train.ema_epochs: the steps in the weight average so far
 
     def better(self, record: dict) -> bool:
         """A validation score above the best seen by more than its noise, or one within that noise at
@@ -171,8 +172,9 @@ class Trainer:
         if saved is not None:
             best = saved["best"]
             self._restore(saved, module, opt, sched, state)
+        # Every step so far is in the average (a resumed run reads it back from the checkpoint).
         average = WeightAverage(tc.ema_epochs * steps_per_epoch, saved["average"] if saved else None,
-                                state.averaged_steps) if tc.ema_epochs else None
+                                state.step) if tc.ema_epochs else None
         wrapped, opt = acc.prepare(module, opt)
         raw = acc.unwrap_model(wrapped)
 
@@ -201,7 +203,6 @@ class Trainer:
                 state.step += 1
                 if average is not None:
                     average.update(raw)
-                    state.averaged_steps = average.updates
                 if (chosen := tuner.after_step(state.step)) is not None:
                     state.threads = chosen
                     acc.print(f"training threads beside {workers} data worker(s): {chosen} (faster of "
@@ -258,7 +259,7 @@ class Trainer:
                 state.bad_epochs = 0
             else:
                 state.bad_epochs += 1
-                if tc.patience is not None and state.bad_epochs >= tc.patience:
+                if tc.patience is not None and state.bad_epochs >= self._patience(state):
                     state.stopped = "early_stopping"
             state.elapsed_s = time.perf_counter() - t_start
             if fill:
@@ -293,6 +294,15 @@ class Trainer:
         elif average is not None:       # no validation: the last average is the result
             average.swap_in(raw)
         return {**vars(state), "steps_per_epoch": steps_per_epoch, "world_size": world}
+
+    def _patience(self, state: TrainState) -> int:
+        """train.patience; with fill_budget, at least a quarter of the planned epochs (the share a
+        run without a budget gets from the plan). The schedule was stretched to fill the budget, and
+        a plateau at the peak rate often gives way as the rate anneals: on an unheard voice the
+        last epoch beat the plateau's best in every digit-sequence run that reached it."""
+        if self.cfg.fill_budget and state.epochs:
+            return max(self.cfg.patience, state.epochs // 4)
+        return self.cfg.patience
 
     def _fill(self, state: TrainState, total: list, steps_per_epoch: int, epoch_s: float, done_s: float,
               tolerance: float = 0.0):
