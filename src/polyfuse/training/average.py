@@ -13,9 +13,10 @@ import torch
 
 
 class WeightAverage:
-    """The average of the tensors that change: parameters that train (a frozen tower's are left
-    out, so a frozen decoder costs no copy) and floating-point buffers (BatchNorm's running
-    statistics). A parameter that starts training later (a second stage) joins at its value then."""
+    """The average of the tensors that can change: parameters that train (a frozen tower's are
+    left out, so a frozen decoder's weights cost no copy) and every floating-point buffer in the
+    state dict (BatchNorm's running statistics; a frozen tower's too, which are small and stay
+    put). A parameter that starts training later (a second stage) joins at its value then."""
 
     def __init__(self, horizon_steps: float, state: dict[str, torch.Tensor] | None = None, updates: int = 0):
         self.decay = 1.0 - 1.0 / max(1.0, horizon_steps)
