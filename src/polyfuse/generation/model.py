@@ -35,6 +35,7 @@ from ..errors import ConfigError
 from ..fusion.fused import Fused
 from ..fusion.transformer import init_weights
 from ..model import PolyfuseModel
+from .targets import pad_right
 
 SCRATCH = "scratch"      # generate.decoder: a small decoder and tokenizer trained from the targets
 
@@ -392,13 +393,10 @@ class GenerationModel(nn.Module):
         CTC/attention decoding as n-best rescoring, as ESPnet's recognisers decode). The decoder
         alone can write a fluent text the clip does not hold: a digit too many or one it heard
         in the training voices; CTC must account for every stretch of the clip in order."""
-        hyps = [r[:r.index(eos_id) + 1] if eos_id in r else r + [eos_id] for r in rows]
-        L = max(len(h) for h in hyps)
         device = fused.pooled.device
-        ids = torch.full((len(hyps), L), pad_id, dtype=torch.long, device=device)     # (B * n, L)
-        tmask = torch.zeros(len(hyps), L, dtype=torch.bool, device=device)
-        for i, h in enumerate(hyps):
-            ids[i, :len(h)], tmask[i, :len(h)] = torch.tensor(h, device=device), True
+        hyps = [torch.tensor(r[:r.index(eos_id) + 1] if eos_id in r else r + [eos_id], device=device) for r in rows]
+        padded = pad_right(hyps, pad_id)
+        ids, tmask = padded["ids"], padded["mask"]                                      # (B * n, L)
         pred = self.next_token_logits(encoded, fused, ids, tmask, prompt, repeat=n)   # (B * n, L, V)
         lm = (F.log_softmax(pred.float(), -1).gather(-1, ids[..., None])[..., 0] * tmask).sum(1)   # (B * n,)
         logits, amask = self.ctc_logits(encoded, fused)                                # (B, T, V + 1)

@@ -104,12 +104,7 @@ class TextTargets:
 
     def collate(self, ys: list[torch.Tensor]) -> dict:
         """ids (B, L) right-padded, mask (B, L) True on real tokens."""
-        L = max(len(y) for y in ys)
-        ids = torch.full((len(ys), L), self.pad_id, dtype=torch.long)
-        mask = torch.zeros(len(ys), L, dtype=torch.bool)
-        for i, y in enumerate(ys):
-            ids[i, :len(y)], mask[i, :len(y)] = y, True
-        return {"ids": ids, "mask": mask}
+        return pad_right(ys, self.pad_id)
 
     def decode(self, ids) -> str:
         """Generated ids -> text, up to (not including) the first end-of-text."""
@@ -117,3 +112,14 @@ class TextTargets:
         if self.eos_id in ids:
             ids = ids[: ids.index(self.eos_id)]
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+def pad_right(ys: list[torch.Tensor], pad_id: int) -> dict:
+    """Token id rows -> {"ids": (B, L) right-padded with pad_id, "mask": (B, L) True on real tokens}."""
+    L = max(len(y) for y in ys)
+    device = ys[0].device
+    ids = torch.full((len(ys), L), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros(len(ys), L, dtype=torch.bool, device=device)
+    for i, y in enumerate(ys):
+        ids[i, :len(y)], mask[i, :len(y)] = y, True
+    return {"ids": ids, "mask": mask}

@@ -34,6 +34,7 @@ class WeightAverage:
         as timm and TensorFlow do), so the initial weights do not linger in it."""
         self.updates += 1
         keep = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        avgs, values = [], []
         for name, t in self._changing(module):
             avg = self.state.get(name)
             if avg is None:
@@ -41,7 +42,10 @@ class WeightAverage:
                 continue
             if avg.device != t.device:              # read back from a checkpoint onto the CPU
                 avg = self.state[name] = avg.to(t.device)
-            avg.lerp_(t.detach(), 1.0 - keep)
+            avgs.append(avg)
+            values.append(t.detach())
+        if avgs:        # every step: one multi-tensor update, as the optimizer's foreach step
+            torch._foreach_lerp_(avgs, values, 1.0 - keep)
 
     @torch.no_grad()
     def swap_in(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:
