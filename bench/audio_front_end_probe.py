@@ -8,11 +8,20 @@ clips). No fusion, no image: a quick, comparable look at the front end alone.
 
     python bench/audio_front_end_probe.py                                  # levels clip, band; stem conv
     python bench/audio_front_end_probe.py --levels none clip band --stems conv cnn --seeds 0 1
+    python bench/audio_front_end_probe.py --levels band --transforms none floor40 lift13 cmvn
+
+--transforms tries changes to the features that Polyfuse does not make, around the processor's
+level removal and before the training statistics: floorN keeps the raw log-mel within N dB of the
+clip's loudest bin (a dynamic range, as Whisper's 80 dB), liftN then keeps the first N cepstra of
+each frame (an MFCC-like smoothing that removes pitch harmonics), cmvn divides each band by its
+standard deviation over the clip (variance as well as mean normalised).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import time
 from pathlib import Path
 
@@ -28,6 +37,25 @@ from whisper_context_probe import clip_table          # bench/ is on the path wh
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {"sample_rate": 8000, "n_fft": 256, "hop_length": 80, "n_mels": 40, "max_seconds": 1.2,
             "frames_per_token": 4}
+
+
+def transformed(log_mel: torch.Tensor, level: str, name: str) -> torch.Tensor:
+    """The clip's raw log-mel (n_mels, F) with the level removed as AudioProcessor.features removes it
+    (audio.level), and the transform `name` (see above) applied around that."""
+    x = log_mel
+    if m := re.fullmatch(r"floor(\d+)", name):               # the floor is set on the raw log-mel
+        x = torch.maximum(x, x.max() - float(m[1]) * math.log(10) / 10)
+    x = {"none": x, "clip": x - x.mean(), "band": x - x.mean(1, keepdim=True)}[level]
+    if m := re.fullmatch(r"lift(\d+)", name):                 # DCT-II basis: first N cepstra, then back
+        n = x.shape[0]
+        i = torch.arange(n, dtype=x.dtype)
+        basis = torch.stack([torch.cos(math.pi / n * (i + 0.5) * j) for j in range(int(m[1]))])   # (N, n_mels)
+        x = torch.linalg.pinv(basis) @ (basis @ x)
+    if name == "cmvn":
+        x = x / x.std(1, keepdim=True).clamp_min(1e-3)
+    elif name != "none" and not re.fullmatch(r"(floor|lift)\d+", name):
+        raise SystemExit(f"unknown transform {name!r}: none, floorN, liftN or cmvn")
+    return x
 
 
 class Probe(torch.nn.Module):
@@ -86,6 +114,7 @@ def main(argv=None):
     p.add_argument("--data", default=str(ROOT / ".." / "shared" / "datasets" / "avdigits"))
     p.add_argument("--levels", nargs="+", default=["clip", "band"])
     p.add_argument("--stems", nargs="+", default=["conv"])
+    p.add_argument("--transforms", nargs="+", default=["none"], help="none, floorN, liftN, cmvn (see above)")
     p.add_argument("--speakers", nargs="+", help="held-out speakers (default: every one)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--epochs", type=int, default=15)
@@ -104,17 +133,20 @@ def main(argv=None):
     waves = [decoder.decode(root / f) for f in table.file]          # decoded once for every level
     for level in args.levels:
         proc = AudioProcessor(Config().merged({"audio": {**SETTINGS, "level": level}}).audio)
-        mels = [proc.features(w) for w in waves]
-        for stem in args.stems:
-            for held_out in args.speakers or sorted(set(speakers)):
-                for seed in args.seeds:
-                    t0 = time.time()
-                    acc = fold(mels, digits, speakers, held_out, stem, seed, args.epochs, args.stem_width)
-                    results.append({"level": level, "stem": stem, "speaker": held_out, "seed": seed,
-                                    "accuracy": acc, "seconds": round(time.time() - t0, 1)})
-                    print(json.dumps(results[-1]), flush=True)
+        # The bench's own level removal must be the processor's, or a transform's row would differ for that alone.
+        assert torch.allclose(transformed(proc.log_mel(waves[0]), level, "none"), proc.features(waves[0]))
+        for name in args.transforms:
+            mels = [proc.features(w) if name == "none" else transformed(proc.log_mel(w), level, name) for w in waves]
+            for stem in args.stems:
+                for held_out in args.speakers or sorted(set(speakers)):
+                    for seed in args.seeds:
+                        t0 = time.time()
+                        acc = fold(mels, digits, speakers, held_out, stem, seed, args.epochs, args.stem_width)
+                        results.append({"level": level, "transform": name, "stem": stem, "speaker": held_out,
+                                        "seed": seed, "accuracy": acc, "seconds": round(time.time() - t0, 1)})
+                        print(json.dumps(results[-1]), flush=True)
     df = pd.DataFrame(results)
-    table = df.pivot_table(index="speaker", columns=["level", "stem"], values="accuracy", aggfunc="mean")
+    table = df.pivot_table(index="speaker", columns=["level", "transform", "stem"], values="accuracy", aggfunc="mean")
     table.loc["mean"] = table.mean()
     print(table.round(3).to_string())
     if args.json:

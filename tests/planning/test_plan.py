@@ -91,6 +91,10 @@ def test_holdout_keeps_groups_and_shared_files_apart(tmp_path):
     tr, va, said = holdout(table, schema, 0.1, "speaker", seed=0)
     assert not set(tr.df.speaker) & set(va.df.speaker) and len(tr) + len(va) == 300
     assert "speaker" in said
+    assert f"{tr.df.speaker.nunique()} of 7 groups train" in said and "--val-fraction 0" in said
+    many = read_table(df.assign(speaker=[f"s{i % 40}" for i in range(300)]), tmp_path)
+    _, _, said = holdout(many, schema, 0.1, "speaker", seed=0)
+    assert "speaker" in said and "--val-fraction 0" not in said     # 36 voices train: one more is little
     tr, va, said = holdout(table, schema, 0.1, "none", seed=0)
     assert not set(tr.df.audio) & set(va.df.audio), "rows sharing a file must stay on one side"
     assert set(va.df.label) == {0, 1, 2, 3} and "audio" in said
