@@ -39,22 +39,23 @@ SETTINGS = {"sample_rate": 8000, "n_fft": 256, "hop_length": 80, "n_mels": 40, "
             "frames_per_token": 4}
 
 
-def transformed(log_mel: torch.Tensor, level: str, name: str) -> torch.Tensor:
-    """The clip's raw log-mel (n_mels, F) with the level removed as AudioProcessor.features removes it
-    (audio.level), and the transform `name` (see above) applied around that."""
-    x = log_mel
-    if m := re.fullmatch(r"floor(\d+)", name):               # the floor is set on the raw log-mel
-        x = torch.maximum(x, x.max() - float(m[1]) * math.log(10) / 10)
-    x = {"none": x, "clip": x - x.mean(), "band": x - x.mean(1, keepdim=True)}[level]
-    if m := re.fullmatch(r"lift(\d+)", name):                 # DCT-II basis: first N cepstra, then back
-        n = x.shape[0]
-        i = torch.arange(n, dtype=x.dtype)
-        basis = torch.stack([torch.cos(math.pi / n * (i + 0.5) * j) for j in range(int(m[1]))])   # (N, n_mels)
+TRANSFORM = re.compile(r"none|cmvn|(floor|lift)(\d+)")
+
+
+def transformed(proc: AudioProcessor, wave, name: str) -> torch.Tensor:
+    """The processor's features for one clip, with the transform `name` (see above) around its
+    level removal."""
+    x = proc.log_mel(wave)
+    kind, n = TRANSFORM.fullmatch(name).groups()
+    if kind == "floor":                                       # the floor is set on the raw log-mel
+        x = torch.maximum(x, x.max() - float(n) * math.log(10) / 10)
+    x = proc.remove_level(x)
+    if kind == "lift":                                        # DCT-II basis: first N cepstra, then back
+        i = torch.arange(x.shape[0], dtype=x.dtype)
+        basis = torch.stack([torch.cos(math.pi / x.shape[0] * (i + 0.5) * j) for j in range(int(n))])   # (N, n_mels)
         x = torch.linalg.pinv(basis) @ (basis @ x)
     if name == "cmvn":
         x = x / x.std(1, keepdim=True).clamp_min(1e-3)
-    elif name != "none" and not re.fullmatch(r"(floor|lift)\d+", name):
-        raise SystemExit(f"unknown transform {name!r}: none, floorN, liftN or cmvn")
     return x
 
 
@@ -122,6 +123,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", help="write the results here too")
     args = p.parse_args(argv)
+    if bad := [t for t in args.transforms if not TRANSFORM.fullmatch(t)]:
+        p.error(f"unknown transform(s) {bad}: none, floorN, liftN or cmvn")
     torch.set_num_threads(args.threads)
 
     root = Path(args.data)
@@ -133,10 +136,8 @@ def main(argv=None):
     waves = [decoder.decode(root / f) for f in table.file]          # decoded once for every level
     for level in args.levels:
         proc = AudioProcessor(Config().merged({"audio": {**SETTINGS, "level": level}}).audio)
-        # The bench's own level removal must be the processor's, or a transform's row would differ for that alone.
-        assert torch.allclose(transformed(proc.log_mel(waves[0]), level, "none"), proc.features(waves[0]))
         for name in args.transforms:
-            mels = [proc.features(w) if name == "none" else transformed(proc.log_mel(w), level, name) for w in waves]
+            mels = [transformed(proc, w, name) for w in waves]
             for stem in args.stems:
                 for held_out in args.speakers or sorted(set(speakers)):
                     for seed in args.seeds:

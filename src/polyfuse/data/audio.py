@@ -117,7 +117,10 @@ class AudioProcessor:
         """(n_mels, frames) log-mel, less the clip's own mean level (audio.level "clip") or each
         band's own mean over the clip ("band": a fixed filter, as a microphone is, adds the same
         amount to a band's log-mel in every frame, so this removes it)."""
-        mel = self.log_mel(wave)
+        return self.remove_level(self.log_mel(wave))
+
+    def remove_level(self, mel: torch.Tensor) -> torch.Tensor:
+        """(n_mels, frames) log-mel less what audio.level removes (see features)."""
         if self.cfg.level == "clip":
             return mel - mel.mean()
         if self.cfg.level == "band":

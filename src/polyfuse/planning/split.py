@@ -61,8 +61,7 @@ def holdout(table: Table, schema: SchemaConfig, fraction: float, group_by: str,
     said = (f"no validation table: held out {len(va)} of {n} rows ({len(va) / n:.0%})"
             + (", stratified by the label" if schema.task == "classification" else "")
             + (f", {how}" if how else ""))
-    left = len(np.unique(groups[tr]))
-    if group_by != "none" and left < FEW_GROUPS:
+    if group_by != "none" and (left := len(np.unique(groups[tr]))) < FEW_GROUPS:
         # Spoken digit sequences, one voice held out for the test: WER 0.21-0.26 training on four
         # voices with a fifth validating, 0.18-0.19 training on all five (docs/benchmarks.md).
         said += (f"; {left} of {n_groups} groups train, so the held-out ones are a large share of the "
