@@ -102,3 +102,26 @@ def test_a_slow_start_does_not_cut_the_run_short(monkeypatch):
     first_plan = 1 + int((60 * trainer.BUDGET_SHARE - 12) // 12)      # what the first epoch alone suggests
     assert state["epochs"] > first_plan + 2
     assert 0.8 * 60 <= state["elapsed_s"] <= 60
+
+
+def test_a_score_still_climbing_at_the_end_is_said(monkeypatch):
+    """The outcome says a longer run may score higher when the score set a new high (beyond its
+    noise) near the end; a score level at its top while the loss falls says nothing."""
+    from polyfuse.planning.run import budget_outcome
+    clock = Clock()
+    monkeypatch.setattr(trainer.time, "perf_counter", clock)
+    climbing = iter(range(1000))
+    state, t = _fit(clock, step_s=1.0, validate=lambda m: (lambda k: {"val_loss": 1.0 / (k + 1), "score": k / 1000,
+                                                                         "score_noise": 0.0005})(next(climbing)))
+    outcome = budget_outcome(t.cfg, state, validated=True)
+    assert state["rising_epoch"] == state["epoch"] and outcome["still_rising"]
+    assert f"new high in epoch {state['epoch']} of {state['epoch']}" in outcome["said"]
+
+    clock = Clock()
+    monkeypatch.setattr(trainer.time, "perf_counter", clock)
+    flat = iter(range(1000))
+    state, t = _fit(clock, step_s=1.0, validate=lambda m: (lambda k: {"val_loss": 1.0 / (k + 1),
+                                                                      "score": min(k, 3) / 10})(next(flat)))
+    outcome = budget_outcome(t.cfg, state, validated=True)
+    assert state["rising_epoch"] == 4 and state["epoch"] > 10 and "still_rising" not in outcome
+    assert "new high" not in outcome["said"]

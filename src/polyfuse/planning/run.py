@@ -49,8 +49,21 @@ def budget_outcome(tc: TrainConfig, summary: dict, validated: bool) -> dict:
         out["budget_s"] = tc.max_minutes * 60
         out["budget_used"] = round(used / out["budget_s"], 3)
         said += f" of the {tc.max_minutes:g} min budget ({out['budget_used']:.0%})"
+    if rising(summary):
+        out["still_rising"] = True
+        said += (f"; the validation score rose to a new high in epoch {summary['rising_epoch']} of "
+                 f"{summary['epoch']}: a longer run (--max-minutes, train.epochs) may score higher")
     out["said"] = said
     return out
+
+
+def rising(summary: dict) -> bool:
+    """The run ended while its validation score still climbed: it ran every epoch (or hit its time
+    limit) and the score set a new high, by more than its noise, in the last tenth of the epochs (at
+    least the last two). A score level at its top while the loss still falls is not rising."""
+    if summary["stopped"] == "early_stopping" or summary.get("rising_epoch") is None:
+        return False
+    return summary["rising_epoch"] > summary["epoch"] - max(2, summary["epoch"] // 10)
 
 
 def preview(cfg: Config, train, val, fixed: set[str], preset: str | None, init_from=None, base_dir=None) -> str:

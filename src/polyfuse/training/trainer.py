@@ -85,6 +85,7 @@ class TrainState:
     best_val_loss: float | None = None
     best_epoch: int | None = None
     top_score: float | None = None   # the highest validation score seen (the best epoch's may be within noise of it)
+    rising_epoch: int | None = None  # the last epoch whose score beat every earlier one by more than its noise
     bad_epochs: int = 0              # epochs since the score or the validation loss last improved
     lowest_val_loss: float | None = None
     elapsed_s: float = 0.0
@@ -242,6 +243,9 @@ class Trainer:
                 record.update(validate(raw))
             improved = state.better(record)
             if "score" in record:
+                noise = max(record.get("score_noise", 0.0), 1e-9)
+                if state.top_score is None or record["score"] > state.top_score + noise:
+                    state.rising_epoch = state.epoch
                 state.top_score = max(record["score"], state.top_score if state.top_score is not None else -math.inf)
             if improved:
                 state.best_score, state.best_val_loss = record.get("score"), record.get("val_loss")
