@@ -108,20 +108,24 @@ def test_a_score_still_climbing_at_the_end_is_said(monkeypatch):
     """The outcome says a longer run may score higher when the score set a new high (beyond its
     noise) near the end; a score level at its top while the loss falls says nothing."""
     from polyfuse.planning.run import budget_outcome
-    clock = Clock()
-    monkeypatch.setattr(trainer.time, "perf_counter", clock)
-    climbing = iter(range(1000))
-    state, t = _fit(clock, step_s=1.0, validate=lambda m: (lambda k: {"val_loss": 1.0 / (k + 1), "score": k / 1000,
-                                                                         "score_noise": 0.0005})(next(climbing)))
-    outcome = budget_outcome(t.cfg, state, validated=True)
+
+    def run(score, step_s=1.0):         # score(k) for the k-th validation (0, 1, ...); the loss always falls
+        clock, calls = Clock(), iter(range(1000))
+        monkeypatch.setattr(trainer.time, "perf_counter", clock)
+
+        def validate(m):
+            k = next(calls)
+            return {"val_loss": 1.0 / (k + 1), "score": score(k), "score_noise": 0.0005}
+        state, t = _fit(clock, step_s=step_s, validate=validate)
+        return state, budget_outcome(t.cfg, state, validated=True)
+
+    state, outcome = run(lambda k: k / 1000)                     # rises by twice its noise every epoch
     assert state["rising_epoch"] == state["epoch"] and outcome["still_rising"]
     assert f"new high in epoch {state['epoch']} of {state['epoch']}" in outcome["said"]
-
-    clock = Clock()
-    monkeypatch.setattr(trainer.time, "perf_counter", clock)
-    flat = iter(range(1000))
-    state, t = _fit(clock, step_s=1.0, validate=lambda m: (lambda k: {"val_loss": 1.0 / (k + 1),
-                                                                      "score": min(k, 3) / 10})(next(flat)))
-    outcome = budget_outcome(t.cfg, state, validated=True)
-    assert state["rising_epoch"] == 4 and state["epoch"] > 10 and "still_rising" not in outcome
-    assert "new high" not in outcome["said"]
+    state, outcome = run(lambda k: min(k, 3) / 10)               # level from the fourth epoch on
+    assert state["rising_epoch"] == 4 and state["epoch"] > 10
+    assert "still_rising" not in outcome and "new high" not in outcome["said"]
+    state, outcome = run(lambda k: k / 10000)                    # rises, but within its noise
+    assert state["rising_epoch"] == 1 and "still_rising" not in outcome
+    state, outcome = run(lambda k: k / 1000, step_s=16.0)        # the time limit ends the first epoch
+    assert state["epoch"] == 1 and state["stopped"] == "max_minutes" and "still_rising" not in outcome

@@ -59,9 +59,10 @@ def budget_outcome(tc: TrainConfig, summary: dict, validated: bool) -> dict:
 
 def rising(summary: dict) -> bool:
     """The run ended while its validation score still climbed: it ran every epoch (or hit its time
-    limit) and the score set a new high, by more than its noise, in the last tenth of the epochs (at
-    least the last two). A score level at its top while the loss still falls is not rising."""
-    if summary["stopped"] == "early_stopping" or summary.get("rising_epoch") is None:
+    limit) and the score rose above every earlier epoch's, by more than its noise, in the last
+    tenth of the epochs (at least the last two). A score level at its top while the loss still
+    falls is not rising, and neither is a first epoch with nothing before it."""
+    if summary["stopped"] == "early_stopping" or summary["rising_epoch"] is None or summary["rising_epoch"] < 2:
         return False
     return summary["rising_epoch"] > summary["epoch"] - max(2, summary["epoch"] // 10)
 

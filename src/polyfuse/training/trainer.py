@@ -109,10 +109,15 @@ class TrainState:
         if "score" not in record or self.best_score is None:
             return True
         top = self.best_score if self.top_score is None else self.top_score
-        noise = max(record.get("score_noise", 0.0), 1e-9)
+        noise = score_noise(record)
         if record["score"] > top + noise:
             return True
         return record["score"] >= top - noise and record["val_loss"] < self.best_val_loss
+
+
+def score_noise(record: dict) -> float:
+    """How far a validation score moves by chance (validate's `score_noise`; none given: any rise counts)."""
+    return max(record.get("score_noise", 0.0), 1e-9)
 
 
 @dataclass
@@ -243,8 +248,7 @@ class Trainer:
                 record.update(validate(raw))
             improved = state.better(record)
             if "score" in record:
-                noise = max(record.get("score_noise", 0.0), 1e-9)
-                if state.top_score is None or record["score"] > state.top_score + noise:
+                if state.top_score is None or record["score"] > state.top_score + score_noise(record):
                     state.rising_epoch = state.epoch
                 state.top_score = max(record["score"], state.top_score if state.top_score is not None else -math.inf)
             if improved:
