@@ -249,3 +249,19 @@ def test_a_transcript_hears_the_whole_longest_clip_where_a_label_stops_at_the_95
     cfg = Config.from_dict({"schema": vars(gen_schema), "generate": {"decoder": "scratch"}})
     gen = make_plan(profile_table(table, gen_schema), cfg, len(table))
     assert gen.settings["audio"]["max_seconds"] == pytest.approx(4.0, abs=0.01)
+
+
+def test_mixed_sample_rates_plan_the_low_rate_a_tenth_of_the_files_share(tmp_path):
+    """Upsampling adds no bandwidth: with 30% of the clips at 8 kHz, every clip goes to 8 kHz, though
+    most are at 22.05 kHz; one stray 8 kHz clip in 60 does not pull the rest down."""
+    def mixed(folder, low):
+        _table(folder, rate=22050)
+        for i in range(low):
+            sf.write(folder / f"wav/{i}.wav", np.zeros(12000, np.float32), 8000)
+        return folder / "t.csv"
+
+    plan, _ = _plan(mixed(tmp_path / "a", 18))
+    assert plan.settings["audio"]["sample_rate"] == 8000
+    assert "8000 Hz (most at 22050 Hz)" in plan.reasons["audio.sample_rate"]
+    plan, _ = _plan(mixed(tmp_path / "b", 1))
+    assert plan.settings["audio"]["sample_rate"] == 16000

@@ -200,9 +200,15 @@ def _pretrain_towers(plan: Plan, cfg: Config, towers: list[str], preset: str | N
 
 
 def _audio(plan: Plan, columns: list[dict], seconds: float):
-    rate = min(c["sample_rate"]["most_common"] for c in columns)
+    # Resampling up adds no bandwidth: when a tenth or more of the files are recorded at a lower
+    # rate, their empty upper bands would tell those files apart from the rest (a recording set,
+    # not the content) and carry nothing for them, so every clip is brought to that rate.
+    common = min(c["sample_rate"]["most_common"] for c in columns)
+    rate = min(min(c["sample_rate"]["p10"], c["sample_rate"]["most_common"]) for c in columns)
     sr = min(16000, rate)
-    plan.set("audio.sample_rate", sr, f"files are mostly {rate} Hz" + (", capped at 16 kHz" if rate > sr else ""))
+    why = f"files are mostly {common} Hz" if rate == common else \
+        f"a tenth or more of the files are at {rate} Hz (most at {common} Hz): higher bands would be empty for them"
+    plan.set("audio.sample_rate", sr, why + (", capped at 16 kHz" if rate > sr else ""))
     n_fft = 2 ** math.ceil(math.log2(0.025 * sr))          # >= 25 ms windows
     hop = max(1, round(0.010 * sr))                         # 10 ms hop
     plan.set("audio.n_fft", n_fft, f"{1000 * n_fft / sr:.0f} ms windows")

@@ -97,7 +97,8 @@ def _audio(table: Table, values: list) -> dict:
         return {"readable": 0, "unreadable": bad}
     vals, counts = np.unique(rates, return_counts=True)
     return {"readable": len(rates), "unreadable": bad,
-            "sample_rate": {"most_common": int(vals[counts.argmax()]), "min": int(min(rates)), "max": int(max(rates))},
+            "sample_rate": {"most_common": int(vals[counts.argmax()]), "min": int(min(rates)),
+                            "p10": int(np.percentile(rates, 10, method="lower")), "max": int(max(rates))},
             "seconds": {"median": float(np.median(seconds)), "p95": float(np.percentile(seconds, 95)),
                         "max": float(max(seconds))},
             "channels": int(max(channels))}
