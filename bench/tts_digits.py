@@ -36,7 +36,8 @@ import soundfile as sf
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 ACCENTS = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbcwmd", "en-gb-x-gbclan"]
-# espeak-ng voice variants (espeak-ng-data/voices/!v): the first ones train, the rest are test-only.
+# espeak-ng voice variants (espeak-ng-data/voices/!v): the first TRAIN_VARIANTS train, the rest are test-only.
+TRAIN_VARIANTS = 24
 VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "klatt", "klatt2", "Alex", "Andy",
             "adam", "david", "edward", "linda", "max", "paul", "robert", "steph", "john", "Annie",
             "f4", "f5", "m8", "klatt3", "belinda", "michel", "aunty", "grandpa", "Mike", "anika"]
@@ -72,7 +73,7 @@ def write_split(vs: list[dict], takes: int, sequences: int, out: Path, split: st
     """Single-digit clips (takes of each digit per voice) and digit sequences joined from them."""
     (out / "digits" / "audio").mkdir(parents=True, exist_ok=True)
     (out / "sequences" / "audio").mkdir(parents=True, exist_ok=True)
-    digit_rows, clips = [], {}
+    digit_rows, clips, sr = [], {}, None
     for v in vs:
         for d, word in enumerate(WORDS):
             for t in range(takes):
@@ -109,13 +110,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     if shutil.which("espeak-ng") is None:
         raise SystemExit("espeak-ng is not installed (Debian: apt-get install espeak-ng)")
-    n_train_variants = 24
-    if args.train_voices > 0 and args.test_voices > 0 and n_train_variants >= len(VARIANTS):
-        raise SystemExit("no variants left for the test voices")
     rng = np.random.default_rng(args.seed)
     out = Path(args.out)
-    train_v = voices(args.train_voices, VARIANTS[:n_train_variants], rng, "train")
-    test_v = voices(args.test_voices, VARIANTS[n_train_variants:], rng, "test")
+    train_v = voices(args.train_voices, VARIANTS[:TRAIN_VARIANTS], rng, "train")
+    test_v = voices(args.test_voices, VARIANTS[TRAIN_VARIANTS:], rng, "test")
     for split, vs, n in (("train", train_v, args.train_sequences), ("test", test_v, args.test_sequences)):
         digit_rows, seq_rows = write_split(vs, args.takes, n, out, split, rng)
         pd.DataFrame(digit_rows).to_csv(out / "digits" / f"{split}.csv", index=False)
