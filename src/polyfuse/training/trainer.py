@@ -114,6 +114,14 @@ class TrainState:
             return True
         return record["score"] >= top - noise and record["val_loss"] < self.best_val_loss
 
+    def note_score(self, record: dict):
+        """After `better`: the highest score so far, and the epoch that last raised it beyond its noise."""
+        if "score" not in record:
+            return
+        if self.top_score is None or record["score"] > self.top_score + score_noise(record):
+            self.rising_epoch = self.epoch
+        self.top_score = record["score"] if self.top_score is None else max(self.top_score, record["score"])
+
 
 def score_noise(record: dict) -> float:
     """How far a validation score moves by chance (validate's `score_noise`; none given: any rise counts)."""
@@ -247,10 +255,7 @@ class Trainer:
             if validate is not None:
                 record.update(validate(raw))
             improved = state.better(record)
-            if "score" in record:
-                if state.top_score is None or record["score"] > state.top_score + score_noise(record):
-                    state.rising_epoch = state.epoch
-                state.top_score = max(record["score"], state.top_score if state.top_score is not None else -math.inf)
+            state.note_score(record)
             if improved:
                 state.best_score, state.best_val_loss = record.get("score"), record.get("val_loss")
                 state.best_epoch = state.epoch
